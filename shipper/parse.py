@@ -1,0 +1,321 @@
+"""Container log lines to entries: CRI and docker json-file, partial lines joined, optional multiline.
+
+Pure and incremental: a `StreamParser` is fed raw bytes as the tailer reads them, in chunks cut
+anywhere, and yields the same entries whatever the cut (property-tested). It never raises on
+input: a malformed line is shipped raw with a parse-error flag.
+
+Offsets: every entry carries the file offset of its first line, and `safe_offset` is where reading
+must resume after a crash so that no entry is lost: the start of the oldest line not yet part of an
+emitted entry (a physical line without its newline, an open partial group, a held multiline group).
+One approximation is accepted: after a physical line longer than `max_entry_bytes` was shipped in
+pieces, the safe offset may point into that line, and a restart ships its rest flagged
+`cri_header` instead of continuing it.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from enum import IntFlag
+
+
+class EntryFlag(IntFlag):
+    NONE = 0
+    JOINED = 1            # partial lines were joined
+    TRUNCATED = 2         # cut at max_entry_bytes; the rest follows as the next entry
+    CONTINUED = 4         # this entry is the rest of a cut one
+    BAD_HEADER = 8        # CRI header malformed: shipped raw
+    BAD_JSON = 16         # docker json-file line not valid JSON: shipped raw
+    BAD_UTF8 = 32         # invalid UTF-8 replaced by U+FFFD (set by the record builder)
+    MULTILINE = 64        # several lines grouped by the multiline start pattern
+    UNTERMINATED = 128    # last line of a file that ended without a newline
+
+
+PARSE_ERRORS = ((EntryFlag.BAD_HEADER, "cri_header"), (EntryFlag.BAD_JSON, "docker_json"),
+                (EntryFlag.BAD_UTF8, "invalid_utf8"))
+
+FORMAT_CRI = "cri"
+FORMAT_DOCKER = "docker"
+FORMAT_RAW = "raw"
+
+_STREAMS = (b"stdout", b"stderr")
+_TAGS = (b"F", b"P")
+_EMPTY = b""
+_SLACK = 4096   # room for a header beyond max_entry before a physical line is cut
+
+
+@dataclass(slots=True)
+class Entries:
+    """Parallel lists, one slot per entry: cheaper than an object per line on the hot path.
+    An empty time means "no runtime time": the record builder uses the observed time."""
+
+    offsets: list[int] = field(default_factory=list)
+    times: list[bytes] = field(default_factory=list)
+    streams: list[bytes] = field(default_factory=list)
+    bodies: list[bytes] = field(default_factory=list)
+    flags: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.bodies)
+
+    def add(self, offset: int, time: bytes, stream: bytes, body: bytes, flags: int) -> None:
+        self.offsets.append(offset)
+        self.times.append(time)
+        self.streams.append(stream)
+        self.bodies.append(body)
+        self.flags.append(flags)
+
+    def rows(self) -> list[tuple[int, bytes, bytes, bytes, int]]:
+        return list(zip(self.offsets, self.times, self.streams, self.bodies, self.flags))
+
+
+def detect_format(first_bytes: bytes) -> str:
+    """docker json-file lines start with `{`; everything else is read as CRI."""
+    return FORMAT_DOCKER if first_bytes.lstrip()[:1] == b"{" else FORMAT_CRI
+
+
+# RFC3339 with an optional fraction: what runtimes write. Strict, because the time goes into the
+# record verbatim (and into the hash): free text in its place is a malformed header.
+looks_like_timestamp = re.compile(
+    rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,9})?(?:Z|[+-]\d\d:\d\d)").fullmatch
+
+
+class _Group:
+    """An open partial group of one stream (CRI P lines, docker lines without a newline)."""
+    __slots__ = ("offset", "time", "pieces", "size", "flags")
+
+    def __init__(self, offset: int, time: bytes, flags: int) -> None:
+        self.offset = offset
+        self.time = time
+        self.pieces: list[bytes] = []
+        self.size = 0
+        self.flags = flags
+
+
+class StreamParser:
+    """Incremental parser for one log file lineage (one tailer).
+
+    `feed(data, offset, end_of_file)` takes the next bytes of the file at `offset`; offsets are
+    contiguous within one file identity. With the last chunk of an identity the tailer passes
+    `end_of_file=True`; the parser then flushes whatever it holds (a file that ends mid-line or
+    mid-group will never be completed).
+    """
+
+    __slots__ = ("format", "max_entry", "_carry", "_carry_offset", "_groups", "_cont", "_next_offset",
+                 "_multiline", "_ml_max", "_held")
+
+    def __init__(self, *, fmt: str | None = None, max_entry_bytes: int = 1 << 20,
+                 multiline_start: str | None = None, multiline_max_lines: int = 500) -> None:
+        self.format = fmt                            # None: detected from the first bytes
+        self.max_entry = max_entry_bytes
+        self._carry = _EMPTY                         # physical line without its newline yet
+        self._carry_offset = 0
+        self._groups: dict[bytes, _Group] = {}       # open partial group per stream
+        self._cont: tuple[bytes, bytes, bytes] | None = None   # (time, stream, tag) of a cut line
+        self._next_offset = 0
+        self._multiline = re.compile(multiline_start.encode()) if multiline_start else None
+        self._ml_max = multiline_max_lines
+        self._held: list | None = None               # [offset, time, stream, bodies, flags]
+
+    # -- positions ---------------------------------------------------------------------------
+    @property
+    def safe_offset(self) -> int:
+        """Offset from which a restarted reader reproduces exactly the entries not yet emitted."""
+        safe = self._next_offset - len(self._carry)
+        for group in self._groups.values():
+            safe = min(safe, group.offset)
+        if self._held is not None:
+            safe = min(safe, self._held[0])
+        return safe
+
+    @property
+    def holds_data(self) -> bool:
+        return bool(self._carry or self._groups or self._held is not None)
+
+    def reset(self, offset: int) -> None:
+        """Start over at `offset` (a restore, or a file truncated under us)."""
+        self._carry = _EMPTY
+        self._groups = {}
+        self._cont = None
+        self._held = None
+        self._next_offset = offset
+
+    # -- feeding -----------------------------------------------------------------------------
+    def feed(self, data: bytes, offset: int, end_of_file: bool = False, out: Entries | None = None) -> Entries:
+        out = out if out is not None else Entries()
+        if self._carry:
+            data = self._carry + data
+            offset = self._carry_offset
+            self._carry = _EMPTY
+        self._next_offset = offset + len(data)
+        if self.format is None:
+            if not data.strip() and not end_of_file:
+                self._carry, self._carry_offset = data, offset
+                return out
+            self.format = detect_format(data)
+        add_line = {FORMAT_CRI: self._add_cri_line, FORMAT_DOCKER: self._add_docker_line}.get(
+            self.format, self._add_raw_line)
+        lines = data.split(b"\n")
+        tail = lines.pop()                           # bytes after the last newline (maybe empty)
+        line_offset = offset
+        for line in lines:
+            add_line(line, line_offset, out, 0)
+            line_offset += len(line) + 1
+        if tail:
+            if end_of_file:
+                add_line(tail, line_offset, out, EntryFlag.UNTERMINATED)
+            elif len(tail) > self.max_entry + _SLACK:
+                self._spill_long_line(tail, line_offset, out)
+            else:
+                self._carry, self._carry_offset = tail, line_offset
+        if end_of_file:
+            self._cont = None
+            for stream in list(self._groups):
+                self._close_group(stream, out)
+            self.flush_held(out)
+        return out
+
+    def flush_held(self, out: Entries) -> None:
+        """Emit a held multiline group (end of file, or idle longer than the grouping timeout)."""
+        held, self._held = self._held, None
+        if held is not None:
+            offset, time, stream, bodies, flags = held
+            self._emit(out, offset, time, stream, b"\n".join(bodies), flags | (EntryFlag.MULTILINE if len(bodies) > 1 else 0))
+
+    # -- line handlers -----------------------------------------------------------------------
+    def _add_cri_line(self, line: bytes, offset: int, out: Entries, flags: int) -> None:
+        if self._cont is not None:
+            time, stream, tag = self._cont
+            self._cont = None
+            self._add_message(out, offset, time, stream, tag, line, flags | EntryFlag.CONTINUED)
+            return
+        parts = line.split(b" ", 3)
+        if len(parts) == 3:
+            parts.append(_EMPTY)                     # "<ts> stdout F" with an empty message
+        if len(parts) == 4:
+            time, stream, tag, message = parts
+            if stream in _STREAMS and tag in _TAGS and looks_like_timestamp(time):
+                self._add_message(out, offset, time, stream, tag, message, flags)
+                return
+        self._emit(out, offset, _EMPTY, b"stdout", line, flags | EntryFlag.BAD_HEADER)
+
+    def _add_docker_line(self, line: bytes, offset: int, out: Entries, flags: int) -> None:
+        if self._cont is not None:
+            time, stream, tag = self._cont
+            self._cont = None
+            self._emit(out, offset, time, stream, line, flags | EntryFlag.CONTINUED | EntryFlag.BAD_JSON)
+            return
+        try:
+            obj = json.loads(line)
+            message = obj["log"]
+            stream = obj.get("stream", "stdout").encode()
+            time = obj.get("time", "").encode()
+            if not isinstance(message, str):
+                raise TypeError("log is not a string")
+            if time and not looks_like_timestamp(time):
+                time = _EMPTY           # the observed time stands in
+        except (ValueError, KeyError, TypeError, AttributeError):
+            if line.strip():
+                self._emit(out, offset, _EMPTY, b"stdout", line, flags | EntryFlag.BAD_JSON)
+            return
+        body = message.encode("utf-8", "surrogatepass")
+        if body.endswith(b"\n"):
+            self._add_message(out, offset, time, stream, b"F", body[:-1], flags)
+        else:
+            self._add_message(out, offset, time, stream, b"P", body, flags)
+
+    def _add_raw_line(self, line: bytes, offset: int, out: Entries, flags: int) -> None:
+        if self._cont is not None:
+            self._cont = None
+            flags |= EntryFlag.CONTINUED
+        self._emit(out, offset, _EMPTY, b"stdout", line[:-1] if line.endswith(b"\r") else line, flags)
+
+    # -- joining -----------------------------------------------------------------------------
+    def _add_message(self, out: Entries, offset: int, time: bytes, stream: bytes, tag: bytes,
+                     message: bytes, flags: int) -> None:
+        group = self._groups.get(stream)
+        if tag == b"P":
+            if group is None:
+                group = self._groups[stream] = _Group(offset, time, flags)
+            else:
+                group.flags |= flags
+            group.pieces.append(message)
+            group.size += len(message)
+            if group.size > self.max_entry:
+                self._cut_group(stream, group, offset, out)
+            return
+        if group is None:
+            self._emit(out, offset, time, stream, message, flags)
+            return
+        del self._groups[stream]
+        group.pieces.append(message)
+        self._emit(out, group.offset, group.time, stream, b"".join(group.pieces),
+                   group.flags | flags | EntryFlag.JOINED)
+
+    def _close_group(self, stream: bytes, out: Entries) -> None:
+        group = self._groups.pop(stream)
+        self._emit(out, group.offset, group.time, stream, b"".join(group.pieces), group.flags | EntryFlag.JOINED)
+
+    def _cut_group(self, stream: bytes, group: _Group, line_offset: int, out: Entries) -> None:
+        joined = b"".join(group.pieces)
+        head, rest = joined[:self.max_entry], joined[self.max_entry:]
+        self._emit(out, group.offset, group.time, stream, head, group.flags | EntryFlag.JOINED | EntryFlag.TRUNCATED)
+        # The rest lives in the line at line_offset: resuming there after a crash re-reads it whole.
+        group.offset = line_offset
+        group.pieces = [rest]
+        group.size = len(rest)
+        group.flags = (group.flags & ~EntryFlag.TRUNCATED) | EntryFlag.CONTINUED
+        if group.size > self.max_entry:
+            self._cut_group(stream, group, line_offset, out)
+
+    def _spill_long_line(self, tail: bytes, offset: int, out: Entries) -> None:
+        """A physical line longer than an entry may be: ship what we have in pieces instead of
+        buffering it; the rest of the line continues the entry when its newline arrives."""
+        if self._cont is None:
+            if self.format == FORMAT_CRI:
+                parts = tail.split(b" ", 3)
+                if len(parts) == 4 and parts[1] in _STREAMS and parts[2] in _TAGS and looks_like_timestamp(parts[0]):
+                    time, stream, tag, message = parts
+                    flags = 0
+                else:
+                    time, stream, tag, message, flags = _EMPTY, b"stdout", b"F", tail, EntryFlag.BAD_HEADER
+            else:
+                flags = EntryFlag.BAD_JSON if self.format == FORMAT_DOCKER else 0
+                time, stream, tag, message = _EMPTY, b"stdout", b"F", tail
+            consumed = len(tail) - len(message)
+        else:
+            time, stream, tag = self._cont
+            message, consumed, flags = tail, 0, EntryFlag.CONTINUED
+        cut = len(message) // self.max_entry * self.max_entry
+        # Route the shipped part through the joiner as a P piece: it cuts groups at max_entry.
+        self._add_message(out, offset, time, stream, b"P", message[:cut], flags)
+        self._cont = (time, stream, tag)
+        rest_offset = offset + consumed + cut
+        self._carry, self._carry_offset = message[cut:], rest_offset
+
+    # -- emitting ----------------------------------------------------------------------------
+    def _emit(self, out: Entries, offset: int, time: bytes, stream: bytes, body: bytes, flags: int) -> None:
+        if len(body) > self.max_entry:
+            step = self.max_entry
+            for start in range(0, len(body), step):
+                piece_flags = flags
+                if start + step < len(body):
+                    piece_flags |= EntryFlag.TRUNCATED
+                if start:
+                    piece_flags |= EntryFlag.CONTINUED
+                self._emit_one(out, offset, time, stream, body[start:start + step], piece_flags)
+            return
+        self._emit_one(out, offset, time, stream, body, flags)
+
+    def _emit_one(self, out: Entries, offset: int, time: bytes, stream: bytes, body: bytes, flags: int) -> None:
+        pattern = self._multiline
+        if pattern is None:
+            out.add(offset, time, stream, body, flags)
+            return
+        held = self._held
+        if held is not None and held[2] == stream and not pattern.match(body) and len(held[3]) < self._ml_max:
+            held[3].append(body)
+            held[4] |= flags
+            return
+        self.flush_held(out)
+        self._held = [offset, time, stream, [body], flags]
