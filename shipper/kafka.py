@@ -1,0 +1,455 @@
+"""The Kafka stage: WAL frames out, acknowledgements back.
+
+Records leave the WAL in order; each partition has one worker with at most one batch in flight,
+so a chain (one key, one partition) reaches Kafka in seq order. A frame's WAL position travels with
+its records and comes back as the ack: the ack cursor moves past a frame only when every record in
+it is acknowledged (or turned into a gap record, for one the broker refused for good). A failed
+batch is sent again from memory, with backoff, forever: an outage is normal, the WAL is the buffer.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import ssl
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Awaitable, Callable
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import (
+    CorruptRecordException,
+    InvalidTopicError,
+    KafkaConnectionError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+    UnsupportedVersionError,
+)
+from aiokafka.partitioner import murmur2
+
+from .batch import decode_batch
+from .config import KafkaConfig, SecurityProtocol
+from .metrics import Metrics
+from .model import LossEvent, LossReason
+from .seal import SCHEMA_BYTES
+from .state import Snapshot, StateStore
+from .wal import Wal, WalPosition
+
+log = logging.getLogger("shipper.kafka")
+
+# Errors after which sending the same record again cannot succeed.
+_REJECTED = (MessageSizeTooLargeError, RecordTooLargeError, CorruptRecordException, InvalidTopicError)
+_RECORD_OVERHEAD = 512  # batch and record headers around a value, generously
+
+
+class KafkaSetupError(Exception):
+    """The Kafka client cannot be configured (e.g. an unreadable CA or password file)."""
+
+
+def read_secret_file(path: str, what: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError as exc:
+        raise KafkaSetupError(f"{what} file {path}: {exc.strerror}") from None
+
+
+def ssl_context_for(config: KafkaConfig) -> ssl.SSLContext | None:
+    if config.security_protocol not in (SecurityProtocol.SSL, SecurityProtocol.SASL_SSL):
+        return None
+    tls = config.tls
+    try:
+        context = ssl.create_default_context(cafile=tls.ca_file) if tls.ca_file else ssl.create_default_context()
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.check_hostname = tls.check_hostname
+        if tls.cert_file:
+            context.load_cert_chain(tls.cert_file, tls.key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise KafkaSetupError(f"kafka.tls: cannot load certificates: {exc}") from None
+    return context
+
+
+def producer_options(config: KafkaConfig, *, idempotent: bool) -> dict:
+    options = dict(
+        bootstrap_servers=config.bootstrap_servers,
+        client_id=config.client_id,
+        acks="all",
+        enable_idempotence=idempotent,
+        compression_type=None if config.compression.value == "none" else config.compression.value,
+        max_batch_size=config.batch_bytes,
+        max_request_size=config.max_request_bytes,
+        linger_ms=config.linger_ms,
+        request_timeout_ms=config.request_timeout_ms,
+        retry_backoff_ms=config.retry_backoff_ms,
+        security_protocol=config.security_protocol.value,
+        ssl_context=ssl_context_for(config),
+    )
+    if config.security_protocol in (SecurityProtocol.SASL_SSL, SecurityProtocol.SASL_PLAINTEXT):
+        options.update(sasl_mechanism=config.sasl.mechanism.value, sasl_plain_username=config.sasl.username,
+                       sasl_plain_password=read_secret_file(config.sasl.password_file, "kafka.sasl.password_file"))
+    return options
+
+
+def partition_of(key: bytes, partitions: int) -> int:
+    """Kafka's Java default partitioner for keyed records: murmur2, sign bit cleared, modulo."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def backoff_delays(first_ms: int, max_ms: int):
+    delay = first_ms / 1000
+    while True:
+        yield delay * (0.8 + 0.4 * random.random())
+        delay = min(delay * 2, max_ms / 1000)
+
+
+class KafkaSink:
+    """The producer, created and re-created as the broker and configuration allow."""
+
+    def __init__(self, config: KafkaConfig, metrics: Metrics) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.producer: AIOKafkaProducer | None = None
+        self.idempotent = config.idempotence != "off"
+        self._partitions: dict[str, int] = {}
+        self._secret_mtime: float | None = None
+
+    async def start(self, stopping: asyncio.Event) -> bool:
+        """Connect, retrying forever with backoff; False when stopping was requested first."""
+        delays = backoff_delays(self.config.retry_backoff_ms, self.config.retry_backoff_max_ms)
+        while not stopping.is_set():
+            producer = AIOKafkaProducer(**producer_options(self.config, idempotent=self.idempotent))
+            try:
+                await producer.start()
+            except (UnsupportedVersionError, KafkaError) as exc:
+                await _quietly_stop(producer)
+                if self._idempotence_unsupported(exc):
+                    continue
+                self.metrics.send_errors.labels(reason=type(exc).__name__).inc()
+                log.warning("kafka not reachable yet: %s", _describe(exc))
+                await _wait(stopping, next(delays))
+                continue
+            self.producer = producer
+            self._remember_secret_mtime()
+            log.info("kafka producer started", extra={"bootstrap": self.config.bootstrap_servers,
+                                                       "idempotent": self.idempotent})
+            return True
+        return False
+
+    def _idempotence_unsupported(self, exc: Exception) -> bool:
+        if not self.idempotent or self.config.idempotence != "auto" or isinstance(exc, KafkaConnectionError):
+            return False
+        # Brokers without InitProducerId support (Tansu) answer with an error at start: fall back to
+        # acks=all without idempotence; duplicates stay exact and recognisable by event_id.
+        log.warning("broker refused the idempotent producer (%s); continuing with acks=all without idempotence",
+                    _describe(exc))
+        self.idempotent = False
+        return True
+
+    def _remember_secret_mtime(self) -> None:
+        path = self.config.sasl.password_file
+        if path:
+            try:
+                self._secret_mtime = Path(path).stat().st_mtime
+            except OSError:
+                self._secret_mtime = None
+
+    def secret_changed(self) -> bool:
+        path = self.config.sasl.password_file
+        if not path:
+            return False
+        try:
+            return Path(path).stat().st_mtime != self._secret_mtime
+        except OSError:
+            return False
+
+    async def restart(self, stopping: asyncio.Event) -> bool:
+        if self.producer is not None:
+            await _quietly_stop(self.producer)
+            self.producer = None
+        self._partitions.clear()
+        return await self.start(stopping)
+
+    async def partitions(self, topic: str) -> int:
+        count = self._partitions.get(topic)
+        if count is None:
+            assert self.producer is not None
+            found = await self.producer.partitions_for(topic)
+            count = self._partitions[topic] = len(found)
+        return count
+
+    async def stop(self) -> None:
+        if self.producer is not None:
+            await _quietly_stop(self.producer)
+            self.producer = None
+
+
+async def _quietly_stop(producer: AIOKafkaProducer) -> None:
+    try:
+        await asyncio.wait_for(producer.stop(), timeout=5)
+    except Exception:  # noqa: BLE001 - a producer that cannot stop cleanly is dropped either way
+        pass
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(event.wait(), timeout=seconds)
+    except asyncio.TimeoutError:
+        pass
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if type(exc).__name__ not in text else text
+
+
+@dataclass(slots=True)
+class _FrameTicket:
+    """One WAL frame in flight: acknowledged when `pending` reaches zero."""
+
+    end: WalPosition
+    sources: dict
+    chains: dict
+    read_time: float
+    pending: int
+    nbytes: int
+
+
+@dataclass(slots=True)
+class _Pending:
+    ticket: _FrameTicket
+    chain: str
+    seq: int
+    value: bytes
+
+
+@dataclass(slots=True)
+class _PartitionQueue:
+    items: deque = field(default_factory=deque)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+# Called with a refused record's loss event; resolves once the gap record is durable in the WAL.
+GapWriter = Callable[[str, LossEvent, int, str], Awaitable[None]]
+
+
+class Sender:
+    """Pumps durable WAL frames to Kafka and moves the ack cursor (and the state snapshot) behind them."""
+
+    def __init__(self, wal: Wal, state: StateStore, snapshot: Snapshot, sink: KafkaSink, metrics: Metrics,
+                 write_gap: GapWriter, *, ack_interval_s: float = 0.2) -> None:
+        self.wal = wal
+        self.state = state
+        self.snapshot = snapshot
+        self.sink = sink
+        self.metrics = metrics
+        self.write_gap = write_gap
+        self.ack_interval_s = ack_interval_s
+        self.visible = wal.acked             # frames before this are durable and may be sent
+        self._visible_changed = asyncio.Event()
+        self._read_position = wal.acked
+        self._tickets: deque[_FrameTicket] = deque()
+        self._in_flight_bytes = 0
+        self._room = asyncio.Event()
+        self._acked_pending: tuple[dict, dict, WalPosition] | None = None
+        self._queues: dict[tuple[str, int], _PartitionQueue] = {}
+        self._workers: asyncio.TaskGroup | None = None
+        self._progress = asyncio.Event()
+        self.last_success = 0.0
+
+    # -- interface for the pipeline --------------------------------------------------------------
+    def make_visible(self, position: WalPosition) -> None:
+        if position > self.visible:
+            self.visible = position
+            self._visible_changed.set()
+
+    @property
+    def drained(self) -> bool:
+        return self.wal.acked >= self.visible and not self._tickets
+
+    async def wait_progress(self) -> None:
+        self._progress.clear()
+        await self._progress.wait()
+
+    # -- tasks -----------------------------------------------------------------------------------
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Runs until cancelled: reading frames, partition workers, the ack flusher."""
+        if not await self.sink.start(stopping):
+            return
+        async with asyncio.TaskGroup() as group:
+            self._workers = group
+            group.create_task(self._flush_acks_forever(), name="ack-flusher")
+            await self._read_frames_forever()
+
+    async def _read_frames_forever(self) -> None:
+        max_in_flight = self.sink.config.max_in_flight_bytes
+        while True:
+            if self._read_position >= self.visible:
+                self._visible_changed.clear()
+                await self._visible_changed.wait()
+                continue
+            while self._in_flight_bytes >= max_in_flight:
+                self._room.clear()
+                await self._room.wait()
+            frames = await asyncio.to_thread(
+                lambda: list(self.wal.read_frames(self._read_position, self.visible, max_bytes=4 << 20)))
+            for _start, end, payload in frames:
+                await self._dispatch(end, payload)
+                self._read_position = end
+
+    async def _dispatch(self, end: WalPosition, payload: bytes) -> None:
+        batch = decode_batch(payload)
+        ticket = _FrameTicket(end, batch.sources, batch.chains, batch.read_time, batch.record_count, len(payload))
+        self._tickets.append(ticket)
+        self._in_flight_bytes += len(payload)
+        if ticket.pending == 0:
+            self._complete(ticket)
+            return
+        for run in batch.runs:
+            partitions = await self._partitions(run.topic)
+            partition = partition_of(run.chain.encode(), partitions)
+            queue = self._queue(run.topic, partition)
+            items = queue.items
+            for index, value in enumerate(run.values):
+                items.append(_Pending(ticket, run.chain, run.first_seq + index, value))
+            queue.ready.set()
+
+    async def _partitions(self, topic: str) -> int:
+        delays = backoff_delays(self.sink.config.retry_backoff_ms, self.sink.config.retry_backoff_max_ms)
+        while True:
+            try:
+                return await self.sink.partitions(topic)
+            except KafkaError as exc:
+                self.metrics.send_errors.labels(reason=type(exc).__name__).inc()
+                log.warning("no metadata for topic %s yet: %s", topic, _describe(exc))
+                await asyncio.sleep(next(delays))
+
+    def _queue(self, topic: str, partition: int) -> _PartitionQueue:
+        queue = self._queues.get((topic, partition))
+        if queue is None:
+            queue = self._queues[(topic, partition)] = _PartitionQueue()
+            assert self._workers is not None
+            self._workers.create_task(self._partition_worker(topic, partition, queue), name=f"send-{topic}-{partition}")
+        return queue
+
+    async def _partition_worker(self, topic: str, partition: int, queue: _PartitionQueue) -> None:
+        config = self.sink.config
+        limit = config.max_request_bytes - _RECORD_OVERHEAD
+        while True:
+            if not queue.items:
+                queue.ready.clear()
+                await queue.ready.wait()
+                continue
+            records: list[_Pending] = []
+            size = 0
+            items = queue.items
+            while items and (not records or size + len(items[0].value) + 64 <= config.batch_bytes):
+                item = items.popleft()
+                if len(item.value) > limit:
+                    await self._refuse(item, topic, f"record of {len(item.value)} bytes exceeds "
+                                                    f"kafka.max_request_bytes ({config.max_request_bytes})")
+                    continue
+                records.append(item)
+                size += len(item.value) + 64
+            if records:
+                await self._send_until_acked(topic, partition, records)
+
+    async def _send_until_acked(self, topic: str, partition: int, records: list[_Pending]) -> None:
+        delays = backoff_delays(self.sink.config.retry_backoff_ms, self.sink.config.retry_backoff_max_ms)
+        attempt = 0
+        while True:
+            producer = self.sink.producer
+            try:
+                assert producer is not None
+                batch = producer.create_batch()
+                for item in records:
+                    if batch.append(key=item.chain.encode(), value=item.value, timestamp=None,
+                                    headers=[("schema", SCHEMA_BYTES), ("event_id", f"{item.chain}:{item.seq}".encode())]
+                                    ) is None:
+                        raise RuntimeError("batch builder refused a record that fits the batch size")
+                future = await producer.send_batch(batch, topic, partition=partition)
+                await future
+            except _REJECTED as exc:
+                if len(records) == 1:
+                    await self._refuse(records[0], topic, _describe(exc))
+                    return
+                # Find the refused record(s): the rest of the batch must still arrive.
+                for item in records:
+                    await self._send_until_acked(topic, partition, [item])
+                return
+            except (KafkaError, asyncio.TimeoutError, OSError) as exc:
+                attempt += 1
+                self.metrics.send_errors.labels(reason=type(exc).__name__).inc()
+                self.metrics.kafka_connected.set(0)
+                if attempt == 1 or attempt % 20 == 0:
+                    log.warning("send to %s[%d] failed (attempt %d), retrying: %s", topic, partition, attempt,
+                                _describe(exc))
+                self.metrics.retries.inc()
+                await asyncio.sleep(next(delays))
+                continue
+            self.last_success = time.monotonic()
+            self.metrics.kafka_connected.set(1)
+            self.metrics.records_shipped.inc(len(records))
+            self.metrics.bytes_shipped.inc(sum(len(item.value) for item in records))
+            for item in records:
+                ticket = item.ticket
+                ticket.pending -= 1
+                if ticket.pending == 0:
+                    self._complete(ticket)
+            return
+
+    async def _refuse(self, item: _Pending, topic: str, reason: str) -> None:
+        """A record Kafka will never take: its chain gets a gap record naming it; then it counts as done."""
+        try:
+            seal = json.loads(item.value)["seal"]
+            record_hash = seal["hash"]
+            source = json.loads(item.value).get("source", {})
+        except (ValueError, KeyError):
+            record_hash, source = "", {}
+        loss = LossEvent(path=source.get("path", ""), reason=LossReason.REJECTED_BY_BROKER, bytes_lost=len(item.value),
+                         offset=source.get("offset", 0), detail=f"topic {topic}: {reason}")
+        self.metrics.loss_events.labels(reason=loss.reason.value).inc()
+        self.metrics.lost_bytes.labels(reason=loss.reason.value).inc(len(item.value))
+        log.error("kafka refused record %s:%d for good (%s); writing a gap record", item.chain, item.seq, reason)
+        await self.write_gap(item.chain, loss, item.seq, record_hash)
+        ticket = item.ticket
+        ticket.pending -= 1
+        if ticket.pending == 0:
+            self._complete(ticket)
+
+    def _complete(self, _ticket: _FrameTicket) -> None:
+        # Frames complete out of order across partitions; the cursor moves over the completed prefix.
+        tickets = self._tickets
+        now = time.time()
+        while tickets and tickets[0].pending == 0:
+            done = tickets.popleft()
+            self._in_flight_bytes -= done.nbytes
+            if done.read_time:
+                self.metrics.lag.observe(max(0.0, now - done.read_time))
+            if self._acked_pending is None:
+                self._acked_pending = ({}, {}, done.end)
+            sources, chains, _ = self._acked_pending
+            sources.update(done.sources)
+            chains.update(done.chains)
+            self._acked_pending = (sources, chains, done.end)
+        self._room.set()
+
+    async def _flush_acks_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.ack_interval_s)
+            await self.flush_acks()
+
+    async def flush_acks(self) -> None:
+        pending, self._acked_pending = self._acked_pending, None
+        if pending is None:
+            return
+        sources, chains, position = pending
+        # The snapshot moves first: segments are deleted only behind a snapshot that covers them.
+        await asyncio.to_thread(self.state.save, sources, chains, position)
+        self.snapshot.apply(sources, chains, position)
+        await asyncio.to_thread(self.wal.ack, position)
+        self.metrics.wal_bytes.set(self.wal.bytes_on_disk)
+        self.metrics.wal_segments.set(self.wal.segment_count)
+        self._progress.set()

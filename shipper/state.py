@@ -1,0 +1,87 @@
+"""`state.db`: where each source stands and each chain's head, as of a WAL position.
+
+The snapshot is written when the ack cursor moves (the sender applies the headers of acknowledged
+frames); frames after the snapshot's position stay in the WAL and recovery rolls the snapshot
+forward through them. So the snapshot never runs ahead of what the WAL holds, and a WAL frame cut
+off at recovery simply never reaches it.
+"""
+from __future__ import annotations
+
+import os
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .wal import WalPosition
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sources (key TEXT PRIMARY KEY, dev INTEGER, ino INTEGER, fingerprint TEXT,
+                                    path TEXT, offset INTEGER, chain TEXT);
+CREATE TABLE IF NOT EXISTS chains (chain TEXT PRIMARY KEY, seq INTEGER, hash TEXT, closed INTEGER);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+"""
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """Sources as [dev, ino, fingerprint, path, offset, chain]; chains as [seq, hash_hex, closed];
+    a source mapped to None was dropped (its file is gone for good)."""
+
+    sources: dict[str, list | None] = field(default_factory=dict)
+    chains: dict[str, list] = field(default_factory=dict)
+    position: WalPosition = WalPosition(0, 0)
+
+    def apply(self, sources: dict[str, list | None], chains: dict[str, list], position: WalPosition) -> None:
+        self.sources.update(sources)
+        self.chains.update(chains)
+        if position > self.position:
+            self.position = position
+
+
+class StateStore:
+    def __init__(self, directory: str | Path) -> None:
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.path = self.dir / "state.db"
+        if not self.path.exists():
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        for suffix in ("-wal", "-shm"):
+            side = Path(str(self.path) + suffix)
+            if side.exists():
+                os.chmod(side, 0o600)
+
+    def load(self) -> Snapshot:
+        snapshot = Snapshot()
+        for key, dev, ino, fingerprint, path, offset, chain in self._db.execute("SELECT * FROM sources"):
+            snapshot.sources[key] = [dev, ino, fingerprint, path, offset, chain]
+        for chain, seq, hash_hex, closed in self._db.execute("SELECT * FROM chains"):
+            snapshot.chains[chain] = [seq, hash_hex, bool(closed)]
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'position'").fetchone()
+        if row:
+            segment, offset = (int(part) for part in row[0].split())
+            snapshot.position = WalPosition(segment, offset)
+        return snapshot
+
+    def save(self, sources: dict[str, list | None], chains: dict[str, list], position: WalPosition) -> None:
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            for key, value in sources.items():
+                if value is None:
+                    db.execute("DELETE FROM sources WHERE key = ?", (key,))
+                else:
+                    db.execute("INSERT OR REPLACE INTO sources VALUES (?, ?, ?, ?, ?, ?, ?)", (key, *value))
+            db.executemany("INSERT OR REPLACE INTO chains VALUES (?, ?, ?, ?)",
+                           [(chain, seq, hash_hex, int(closed)) for chain, (seq, hash_hex, closed) in chains.items()])
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('position', ?)", (f"{position.segment} {position.offset}",))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        self._db.close()

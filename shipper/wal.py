@@ -1,0 +1,327 @@
+"""The write-ahead log: sealed records on disk between the tailers and Kafka.
+
+Layout: `<dir>/NNNNNNNNNNNN.seg` segment files of frames `[len u32 BE][crc32c u32 BE][payload]`, and
+`<dir>/acked`, the send cursor, replaced atomically (write, fsync, rename, fsync dir).
+
+Invariants (tests in tests/unit/test_wal.py are named after them):
+- APPEND_ONLY: frames are only appended; a segment is closed when the next frame would pass
+  `segment_bytes` and is never written again.
+- DURABLE_BEFORE_VISIBLE: `sync()` returns the position up to which frames are on disk; readers
+  (the Kafka sender) never see a frame past the last durable position.
+- TORN_TAIL_TRUNCATED: on open, frames from the ack cursor on are checked; the first frame that is
+  short or fails its CRC and everything after it is cut off. Those frames were not acknowledged by
+  Kafka; the caller restores source positions from the frames that survive, so their lines are
+  read again from the source.
+- ACK_MONOTONIC: the ack cursor only moves forward and never past the durable position.
+- DELETE_ONLY_ACKED: a segment is deleted only when every frame in it is before the ack cursor.
+- BOUNDED: `bytes_on_disk` counts every segment; `has_room(n)` is false when appending n bytes
+  would pass `max_bytes` — the caller pauses reading (backpressure) instead of dropping data.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import crc32c
+
+_HEADER = struct.Struct(">II")
+HEADER_SIZE = _HEADER.size
+SEGMENT_SUFFIX = ".seg"
+ACKED_FILE = "acked"
+MAX_FRAME = 1 << 30
+
+
+class WalError(Exception):
+    """The WAL cannot be used (a bad directory, an unreadable segment)."""
+
+
+class WalWriteError(WalError):
+    """A frame could not be written (e.g. the disk is full); nothing of it counts as written."""
+
+    def __init__(self, message: str, errno_: int | None) -> None:
+        super().__init__(message)
+        self.errno = errno_
+
+
+@dataclass(slots=True, frozen=True, order=True)
+class WalPosition:
+    """A place in the WAL: a segment number and a byte offset in it (a frame boundary)."""
+
+    segment: int
+    offset: int
+
+    def __str__(self) -> str:
+        return f"{self.segment}:{self.offset}"
+
+
+START = WalPosition(0, 0)
+
+
+def encode_frame(payload: bytes) -> bytes:
+    return _HEADER.pack(len(payload), crc32c.crc32c(payload)) + payload
+
+
+def segment_name(number: int) -> str:
+    return f"{number:012d}{SEGMENT_SUFFIX}"
+
+
+@dataclass(slots=True)
+class RecoveryReport:
+    frames_checked: int = 0
+    truncated_at: WalPosition | None = None
+    truncated_bytes: int = 0
+    reason: str = ""
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Wal:
+    """Owns the segment files. Blocking methods: call them from a worker thread."""
+
+    def __init__(self, directory: str | Path, *, max_bytes: int, segment_bytes: int) -> None:
+        self.dir = Path(directory)
+        self.max_bytes = max_bytes
+        self.segment_bytes = segment_bytes
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._segments: dict[int, int] = {}      # number -> size on disk
+        for entry in self.dir.iterdir():
+            if entry.name.endswith(SEGMENT_SUFFIX) and entry.name[:-len(SEGMENT_SUFFIX)].isdigit():
+                self._segments[int(entry.name[:-len(SEGMENT_SUFFIX)])] = entry.stat().st_size
+        self.acked = self._read_ack_cursor()
+        self.recovery = self._recover()
+        # With every segment deleted, writing goes on after the cursor, never before it.
+        last = max(self._segments) if self._segments else self.acked.segment + (1 if self.acked.offset else 0)
+        if last not in self._segments:
+            self._create_segment(last)
+        self._active = last
+        self._fd = os.open(self.dir / segment_name(last), os.O_WRONLY | os.O_APPEND)
+        self.written = WalPosition(last, self._segments[last])
+        self.durable = self.written
+
+    # -- recovery ----------------------------------------------------------------------------
+    def _read_ack_cursor(self) -> WalPosition:
+        try:
+            text = (self.dir / ACKED_FILE).read_text()
+        except FileNotFoundError:
+            first = min(self._segments) if self._segments else 0
+            return WalPosition(first, 0)
+        try:
+            segment, offset = (int(part) for part in text.split())
+        except ValueError:
+            raise WalError(f"{self.dir / ACKED_FILE}: unreadable ack cursor {text!r}") from None
+        return WalPosition(segment, offset)
+
+    def _recover(self) -> RecoveryReport:
+        report = RecoveryReport()
+        for number in sorted(self._segments):
+            if number < self.acked.segment:
+                continue
+            start = self.acked.offset if number == self.acked.segment else 0
+            path = self.dir / segment_name(number)
+            with open(path, "rb") as handle:
+                data = handle.read()
+            offset = start
+            while offset < len(data):
+                bad = ""
+                if offset + HEADER_SIZE > len(data):
+                    bad = "torn frame header"
+                else:
+                    length, crc = _HEADER.unpack_from(data, offset)
+                    end = offset + HEADER_SIZE + length
+                    if length > MAX_FRAME or end > len(data):
+                        bad = "torn frame"
+                    elif crc32c.crc32c(data[offset + HEADER_SIZE:end]) != crc:
+                        bad = "frame checksum mismatch"
+                if bad:
+                    self._truncate_from(WalPosition(number, offset), report, bad)
+                    return report
+                report.frames_checked += 1
+                offset = end
+        return report
+
+    def _truncate_from(self, position: WalPosition, report: RecoveryReport, reason: str) -> None:
+        report.truncated_at = position
+        report.reason = reason
+        for number in sorted(self._segments):
+            if number < position.segment:
+                continue
+            path = self.dir / segment_name(number)
+            if number == position.segment:
+                report.truncated_bytes += self._segments[number] - position.offset
+                os.truncate(path, position.offset)
+                self._segments[number] = position.offset
+            else:
+                report.truncated_bytes += self._segments.pop(number)
+                path.unlink()
+        fd = os.open(self.dir / segment_name(position.segment), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _fsync_dir(self.dir)
+
+    def _create_segment(self, number: int) -> None:
+        fd = os.open(self.dir / segment_name(number), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(fd)
+        self._segments[number] = 0
+        _fsync_dir(self.dir)
+
+    # -- writing -----------------------------------------------------------------------------
+    @property
+    def bytes_on_disk(self) -> int:
+        return sum(self._segments.values())
+
+    @property
+    def segment_count(self) -> int:
+        return len(self._segments)
+
+    def has_room(self, nbytes: int) -> bool:
+        return self.bytes_on_disk + nbytes <= self.max_bytes
+
+    def append(self, payloads: list[bytes]) -> WalPosition:
+        """Append frames (not yet durable); returns the position after the last one.
+        On failure the segment is cut back to where it was: a half-written frame never stays."""
+        data = b"".join(encode_frame(payload) for payload in payloads)
+        size = self._segments[self._active]
+        if size and size + len(data) > self.segment_bytes:
+            self._roll()
+            size = 0
+        try:
+            written = os.write(self._fd, data)
+            if written != len(data):
+                raise OSError(errno.ENOSPC, "short write")
+        except OSError as exc:
+            try:
+                os.ftruncate(self._fd, size)
+            except OSError:
+                pass
+            raise WalWriteError(f"writing {len(data)} bytes to the WAL failed: {exc.strerror}", exc.errno) from None
+        self._segments[self._active] = size + len(data)
+        self.written = WalPosition(self._active, size + len(data))
+        return self.written
+
+    def sync(self) -> WalPosition:
+        """Make everything appended durable; returns the durable position."""
+        try:
+            os.fsync(self._fd)
+        except OSError as exc:
+            raise WalWriteError(f"fsync of the WAL failed: {exc.strerror}", exc.errno) from None
+        self.durable = self.written
+        return self.durable
+
+    def _roll(self) -> None:
+        os.fsync(self._fd)
+        os.close(self._fd)
+        self._active += 1
+        self._create_segment(self._active)
+        self._fd = os.open(self.dir / segment_name(self._active), os.O_WRONLY | os.O_APPEND)
+
+    # -- reading -----------------------------------------------------------------------------
+    def read_frames(self, start: WalPosition, limit: WalPosition, max_bytes: int = 8 << 20
+                    ) -> Iterator[tuple[WalPosition, WalPosition, bytes]]:
+        """Frames in [start, limit): (frame start, frame end, payload), about max_bytes at a time.
+        The caller holds no lock: segments at or after `start` are not deleted while unacked."""
+        position = start
+        budget = max_bytes
+        while position < limit and budget > 0:
+            size = self._segments.get(position.segment)
+            if size is None:
+                later = [n for n in self._segments if n > position.segment]
+                if not later:
+                    return
+                position = WalPosition(min(later), 0)
+                continue
+            end_here = limit.offset if limit.segment == position.segment else size
+            if position.offset >= end_here:
+                if limit.segment == position.segment:
+                    return
+                position = WalPosition(position.segment + 1, 0)
+                continue
+            with open(self.dir / segment_name(position.segment), "rb") as handle:
+                handle.seek(position.offset)
+                chunk = handle.read(min(end_here - position.offset, max(budget, HEADER_SIZE)))
+                offset = 0
+                while offset + HEADER_SIZE <= len(chunk):
+                    length, crc = _HEADER.unpack_from(chunk, offset)
+                    end = offset + HEADER_SIZE + length
+                    if end > len(chunk):
+                        if offset == 0:       # one frame larger than the budget: read it whole
+                            chunk = chunk + handle.read(end - len(chunk))
+                            continue
+                        break
+                    payload = chunk[offset + HEADER_SIZE:end]
+                    if crc32c.crc32c(payload) != crc:
+                        raise WalError(f"WAL frame at {position.segment}:{position.offset + offset} fails its checksum")
+                    frame_start = WalPosition(position.segment, position.offset + offset)
+                    yield frame_start, WalPosition(position.segment, position.offset + end), payload
+                    offset = end
+                    budget -= HEADER_SIZE + length
+                    if budget <= 0:
+                        return
+                position = WalPosition(position.segment, position.offset + offset)
+
+    def scan_unacked(self) -> Iterator[tuple[WalPosition, WalPosition, bytes]]:
+        """Every frame from the ack cursor to the end (recovery replays their source positions)."""
+        position = self.acked
+        while True:
+            count = 0
+            for frame_start, frame_end, payload in self.read_frames(position, self.written):
+                count += 1
+                position = frame_end
+                yield frame_start, frame_end, payload
+            if count == 0:
+                return
+
+    # -- acknowledging -----------------------------------------------------------------------
+    def ack(self, position: WalPosition) -> None:
+        """Persist the send cursor and delete segments that are wholly before it."""
+        if position <= self.acked:
+            return
+        if position > self.durable:
+            raise WalError(f"ack at {position} is past the durable position {self.durable}")
+        tmp = self.dir / (ACKED_FILE + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, f"{position.segment} {position.offset}\n".encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.dir / ACKED_FILE)
+        _fsync_dir(self.dir)
+        self.acked = position
+        for number in sorted(self._segments):
+            if number >= position.segment or number == self._active:
+                break
+            (self.dir / segment_name(number)).unlink(missing_ok=True)
+            del self._segments[number]
+        # A cursor at the very end of a closed segment also frees that segment.
+        if position.segment != self._active and position.offset >= self._segments.get(position.segment, 0):
+            (self.dir / segment_name(position.segment)).unlink(missing_ok=True)
+            self._segments.pop(position.segment, None)
+
+    @property
+    def unacked_bytes(self) -> int:
+        total = 0
+        for number, size in self._segments.items():
+            if number > self.acked.segment:
+                total += size
+            elif number == self.acked.segment:
+                total += size - self.acked.offset
+        return total
+
+    def close(self) -> None:
+        try:
+            os.fsync(self._fd)
+        except OSError:
+            pass
+        os.close(self._fd)
