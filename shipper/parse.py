@@ -180,7 +180,8 @@ class StreamParser:
         held, self._held = self._held, None
         if held is not None:
             offset, time, stream, bodies, flags = held
-            self._emit(out, offset, time, stream, b"\n".join(bodies), flags | (EntryFlag.MULTILINE if len(bodies) > 1 else 0))
+            self._emit_cut(out, offset, time, stream, b"\n".join(bodies),
+                           flags | (EntryFlag.MULTILINE if len(bodies) > 1 else 0))
 
     # -- line handlers -----------------------------------------------------------------------
     def _add_cri_line(self, line: bytes, offset: int, out: Entries, flags: int) -> None:
@@ -295,22 +296,9 @@ class StreamParser:
 
     # -- emitting ----------------------------------------------------------------------------
     def _emit(self, out: Entries, offset: int, time: bytes, stream: bytes, body: bytes, flags: int) -> None:
-        if len(body) > self.max_entry:
-            step = self.max_entry
-            for start in range(0, len(body), step):
-                piece_flags = flags
-                if start + step < len(body):
-                    piece_flags |= EntryFlag.TRUNCATED
-                if start:
-                    piece_flags |= EntryFlag.CONTINUED
-                self._emit_one(out, offset, time, stream, body[start:start + step], piece_flags)
-            return
-        self._emit_one(out, offset, time, stream, body, flags)
-
-    def _emit_one(self, out: Entries, offset: int, time: bytes, stream: bytes, body: bytes, flags: int) -> None:
         pattern = self._multiline
         if pattern is None:
-            out.add(offset, time, stream, body, flags)
+            self._emit_cut(out, offset, time, stream, body, flags)
             return
         held = self._held
         if held is not None and held[2] == stream and not pattern.match(body) and len(held[3]) < self._ml_max:
@@ -319,3 +307,16 @@ class StreamParser:
             return
         self.flush_held(out)
         self._held = [offset, time, stream, [body], flags]
+
+    def _emit_cut(self, out: Entries, offset: int, time: bytes, stream: bytes, body: bytes, flags: int) -> None:
+        if len(body) <= self.max_entry:
+            out.add(offset, time, stream, body, flags)
+            return
+        step = self.max_entry
+        for start in range(0, len(body), step):
+            piece_flags = flags
+            if start + step < len(body):
+                piece_flags |= EntryFlag.TRUNCATED
+            if start:
+                piece_flags |= EntryFlag.CONTINUED
+            out.add(offset, time, stream, body[start:start + step], piece_flags)

@@ -1,0 +1,469 @@
+"""From files to sealed batches: owns the tailers, their parsers and the chain heads.
+
+`Ingest.collect()` is the one blocking call the pipeline makes (from a worker thread): it finds new
+files, reads what they grew by, parses, enriches, seals, and returns one `Batch` — the records and
+where every source and chain stands after them. Nothing here touches the WAL or Kafka; the caller
+commits the batch and only then is any of it acknowledged as read.
+
+Loss (bytes rotated away unread, truncation, a record Kafka refused) becomes a gap record in the
+chain of the file it happened to. A chain is closed (a `close` record, then a checkpoint) when its
+files are gone for good.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .batch import Batch, Run
+from .config import Settings, SourceMode
+from .discover import DiscoveredFile, discover, discover_flat
+from .metrics import Metrics
+from .model import ContainerRef, FileId, LossEvent, SourcePosition
+from .parse import FORMAT_RAW, Entries, EntryFlag, StreamParser
+from .records import ChainContext, SealStats, seal_control, seal_entries
+from .seal import TYPE_CHECKPOINT, TYPE_CLOSE, TYPE_GAP, ChainHead, Signer, checkpoint_body, gap_body, statement_text
+from .state import Snapshot
+from .tail import Tailer
+
+log = logging.getLogger("shipper.ingest")
+
+TYPE_MANIFEST = "manifest"
+
+
+def rfc3339_now(now_ns: int | None = None) -> str:
+    now_ns = time.time_ns() if now_ns is None else now_ns
+    seconds, nanos = divmod(now_ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{nanos:09d}Z"
+
+
+def path_resource_json(ref: ContainerRef, node: str) -> str:
+    """Resource fields the path alone tells, for when no metadata provider knows more."""
+    import json
+
+    return json.dumps({"k8s.namespace.name": ref.namespace, "k8s.pod.name": ref.pod, "k8s.pod.uid": ref.pod_uid,
+                       "k8s.container.name": ref.container, "k8s.container.restart_count": ref.restart_count,
+                       "k8s.node.name": node, "audit_shipper.metadata": "path"}, separators=(",", ":"))
+
+
+class PathMetadata:
+    """The metadata provider used when Kubernetes enrichment is off: the path says it all."""
+
+    api_healthy = False
+
+    def __init__(self, node: str) -> None:
+        self.node = node
+        self._cache: dict[ContainerRef, str] = {}
+
+    def resource_json(self, ref: ContainerRef) -> str:
+        text = self._cache.get(ref)
+        if text is None:
+            text = self._cache[ref] = path_resource_json(ref, self.node)
+        return text
+
+    def is_excluded(self, ref: ContainerRef) -> bool:
+        return False
+
+    def should_wait(self, ref: ContainerRef, first_seen_monotonic: float) -> bool:
+        return False
+
+    def body_processor(self, ref: ContainerRef):
+        return None
+
+
+@dataclass(slots=True)
+class _Source:
+    key: str
+    ref: ContainerRef
+    tailer: Tailer
+    parser: StreamParser
+    first_seen: float
+    position: list | None = None        # [dev, ino, fingerprint, path, offset, chain]
+    finished: bool = False
+
+
+@dataclass(slots=True)
+class _Chain:
+    head: ChainHead
+    ref: ContainerRef
+    topic: str
+    closed: bool = False
+    since_checkpoint: int = 0
+    last_checkpoint: float = field(default_factory=time.monotonic)
+    sources: int = 0
+
+
+@dataclass(slots=True)
+class _ExternalGap:
+    chain: str
+    loss: LossEvent
+    missing_seq: int
+    missing_hash: str
+    done: Callable[[], None]
+
+
+class SigningKey:
+    """The checkpoint signing key, re-read when its file changes (Kubernetes rotates Secrets)."""
+
+    def __init__(self, path: str | None, key_id: str | None) -> None:
+        self.path = path
+        self.key_id = key_id
+        self._mtime: float | None = None
+        self.signer: Signer | None = None
+        if path:
+            self.reload(force=True)
+
+    def reload(self, force: bool = False) -> None:
+        if not self.path:
+            return
+        try:
+            mtime = os.stat(self.path).st_mtime
+        except OSError as exc:
+            if force:
+                raise ValueError(f"seal.signing_key_file {self.path}: {exc.strerror}") from None
+            return
+        if not force and mtime == self._mtime:
+            return
+        try:
+            self.signer = Signer.from_pem(Path(self.path).read_bytes(), self.key_id)
+        except (OSError, ValueError) as exc:
+            if force:
+                raise ValueError(f"seal.signing_key_file {self.path}: {exc}") from None
+            log.error("signing key file changed but cannot be loaded; keeping the previous key")
+            return
+        self._mtime = mtime
+
+
+class Ingest:
+    def __init__(self, settings: Settings, snapshot: Snapshot, metrics: Metrics, provider=None,
+                 signing_key: SigningKey | None = None) -> None:
+        self.settings = settings
+        self.sources_config = settings.sources
+        self.metrics = metrics
+        self.node = settings.node_name
+        self.provider = provider or PathMetadata(self.node)
+        self.signing_key = signing_key or SigningKey(settings.seal.signing_key_file, settings.seal.key_id)
+        self._sources: dict[str, _Source] = {}
+        self._chains: dict[str, _Chain] = {}
+        self._restored_sources = {key: value for key, value in snapshot.sources.items() if value is not None}
+        self._restored_chains = dict(snapshot.chains)
+        self._last_discovery = 0.0
+        self._rejected_seen: set[str] = set()
+        self._excluded_seen: set[str] = set()
+        self._external_gaps: deque[_ExternalGap] = deque()
+        self._lock = threading.Lock()
+        self._stats = SealStats()
+        self._manifest_chain = f"node/{self.node}"
+        self._manifest_dirty: set[str] = set()
+        self._last_manifest = time.monotonic()
+        self._topic_template = settings.kafka.topic
+
+    # -- chains ----------------------------------------------------------------------------------
+    def _chain(self, ref: ContainerRef) -> _Chain:
+        name = ref.chain
+        chain = self._chains.get(name)
+        if chain is None:
+            restored = self._restored_chains.get(name)
+            if restored is not None:
+                seq, hash_hex, closed = restored
+                head = ChainHead(name, seq, bytes.fromhex(hash_hex))
+            else:
+                head, closed = ChainHead.genesis(name), False
+            chain = self._chains[name] = _Chain(head, ref, self._topic_for(ref), closed)
+        return chain
+
+    def _topic_for(self, ref: ContainerRef) -> str:
+        template = self._topic_template
+        if "{" not in template:
+            return template
+        return template.format(namespace=ref.namespace, pod=ref.pod, container=ref.container)
+
+    # -- discovery -------------------------------------------------------------------------------
+    def _discover(self) -> None:
+        config = self.sources_config
+        if config.mode is SourceMode.sidecar:
+            result = discover_flat(config.sidecar_dir, self._sidecar_template(), config.include, config.exclude)
+        else:
+            result = discover(config.roots, config.symlink_roots, config.include, config.exclude)
+        for rejected in result.rejected:
+            if rejected.path not in self._rejected_seen:
+                self._rejected_seen.add(rejected.path)
+                self.metrics.discovery_rejected.labels(reason=_reason_label(rejected.reason)).inc()
+                log.warning("not reading %s: %s", rejected.path, rejected.reason)
+        for found in result.files:
+            if found.path not in self._sources and len(self._sources) < config.max_open_files:
+                self._add_source(found)
+        self.metrics.files_tracked.set(len(self._sources))
+
+    def _sidecar_template(self) -> ContainerRef:
+        env = os.environ
+        return ContainerRef(namespace=env.get("POD_NAMESPACE", "default"), pod=env.get("POD_NAME", self.node),
+                            pod_uid=env.get("POD_UID", self.node), container="app", restart_count=0)
+
+    def _add_source(self, found: DiscoveredFile) -> None:
+        chain = self._chain(found.ref)
+        if chain.closed:
+            return
+        saved = self._restored_sources.pop(found.path, None)
+        position = None
+        if saved is not None:
+            dev, ino, fingerprint, path, offset, _chain_name = saved
+            position = SourcePosition(FileId(dev, ino, fingerprint), path, offset)
+        fmt = self.sources_config.sidecar_format if self.sources_config.mode is SourceMode.sidecar else None
+        parser = StreamParser(fmt=fmt if fmt != "raw" or self.sources_config.mode is SourceMode.sidecar else None,
+                              max_entry_bytes=self.sources_config.max_entry_bytes,
+                              multiline_start=self.sources_config.multiline_start_pattern,
+                              multiline_max_lines=self.sources_config.multiline_max_lines)
+        if position is not None:
+            parser.reset(position.offset)
+        tailer = Tailer(found.path, found.ref, position, read_size=self.sources_config.read_size)
+        self._sources[found.path] = _Source(found.path, found.ref, tailer, parser, time.monotonic(), saved)
+        chain.sources += 1
+
+    # -- the cycle -------------------------------------------------------------------------------
+    def add_external_gap(self, chain: str, loss: LossEvent, missing_seq: int, missing_hash: str,
+                         done: Callable[[], None]) -> None:
+        """A record Kafka refused: its chain gets a gap record in the next batch; `done` runs once
+        that batch is durable (the caller wires it to the ack of the refused record)."""
+        self._external_gaps.append(_ExternalGap(chain, loss, missing_seq, missing_hash, done))
+
+    def collect(self, max_record_bytes: int) -> tuple[Batch, list[Callable[[], None]]] | None:
+        """Read, parse, seal; returns the batch and callbacks to run once it is durable, or None."""
+        now = time.monotonic()
+        if now - self._last_discovery >= self.sources_config.discover_interval_s:
+            self._last_discovery = now
+            self._discover()
+        observed = rfc3339_now()
+        batch = Batch(read_time=time.time())
+        runs: dict[str, Run] = {}
+        callbacks: list[Callable[[], None]] = []
+        emitted = 0
+        while self._external_gaps:
+            gap = self._external_gaps.popleft()
+            chain = self._chains.get(gap.chain)
+            if chain is None:
+                gap.done()
+                continue
+            body = gap_body(gap.loss.reason.value, gap.loss.bytes_lost, gap.loss.path, gap.loss.offset,
+                            gap.loss.detail, gap.missing_seq, gap.missing_hash)
+            emitted += self._control(chain, TYPE_GAP, body, gap.loss.path, observed, runs, _gap_members(gap.loss))
+            self.metrics.gap_records.labels(reason=gap.loss.reason.value).inc()
+            callbacks.append(gap.done)
+        finished: list[str] = []
+        for key in sorted(self._sources, key=_source_order(self._sources)):
+            if emitted >= max_record_bytes:
+                break
+            source = self._sources[key]
+            emitted += self._read_source(source, observed, now, runs, batch)
+            if source.finished:
+                finished.append(key)
+        for key in finished:
+            emitted += self._drop_source(key, observed, runs, batch)
+        emitted += self._checkpoints(observed, runs, force=False)
+        if not runs:
+            return None
+        batch.runs = list(runs.values())
+        for name in runs:
+            chain = self._chains[name]
+            batch.chains[name] = [chain.head.seq, chain.head.hash.hex(), chain.closed]
+        self.metrics.entries.inc(self._stats.processed)
+        if self._stats.invalid_utf8:
+            self.metrics.parse_errors.labels(kind="invalid_utf8").inc(self._stats.invalid_utf8)
+        self._stats = SealStats()
+        return batch, callbacks
+
+    def _read_source(self, source: _Source, observed: str, now: float, runs: dict[str, Run], batch: Batch) -> int:
+        ref = source.ref
+        provider = self.provider
+        if provider.is_excluded(ref):
+            if source.key not in self._excluded_seen:
+                self._excluded_seen.add(source.key)
+            return 0
+        if provider.should_wait(ref, source.first_seen):
+            return 0
+        polled = source.tailer.poll()
+        chain = self._chain(ref)
+        emitted = 0
+        for loss in polled.losses:
+            emitted += self._record_loss(chain, loss, observed, runs)
+        if polled.chunks:
+            parser = source.parser
+            process_body = provider.body_processor(ref)
+            resource = provider.resource_json(ref)
+            fmt_label = parser.format or "cri"
+            for chunk in polled.chunks:
+                entries = parser.feed(chunk.data, chunk.offset, chunk.end_of_file)
+                self.metrics.bytes_read.labels(format=parser.format or fmt_label).inc(len(chunk.data))
+                self.metrics.lines_read.labels(format=parser.format or fmt_label).inc(chunk.data.count(b"\n"))
+                if len(entries):
+                    self._count_degradations(entries)
+                    emitted += self._seal(chain, entries, ChainContext(chain.head.chain, resource, chunk.path),
+                                          observed, process_body, runs)
+                if chunk.end_of_file:
+                    self.metrics.rotations.labels(kind="drained").inc()
+                offset = parser.safe_offset if not chunk.end_of_file else chunk.offset + len(chunk.data)
+                file_id = chunk.file_id
+                source.position = [file_id.dev, file_id.ino, file_id.fingerprint, chunk.path, offset, ref.chain]
+            batch.sources[source.key] = source.position
+        if polled.finished:
+            source.finished = True
+        return emitted
+
+    def _count_degradations(self, entries: Entries) -> None:
+        flags_seen = 0
+        for flags in entries.flags:
+            flags_seen |= flags
+        if not flags_seen & (EntryFlag.BAD_HEADER | EntryFlag.BAD_JSON | EntryFlag.TRUNCATED):
+            return
+        for flag, kind in ((EntryFlag.BAD_HEADER, "cri_header"), (EntryFlag.BAD_JSON, "docker_json"),
+                           (EntryFlag.TRUNCATED, "truncated")):
+            count = sum(1 for flags in entries.flags if flags & flag)
+            if count:
+                self.metrics.parse_errors.labels(kind=kind).inc(count)
+
+    def _seal(self, chain: _Chain, entries: Entries, context: ChainContext, observed: str, process_body,
+              runs: dict[str, Run]) -> int:
+        values, chain.head = seal_entries(chain.head, entries, context, observed, process_body, self._stats)
+        self._run(chain, runs).values.extend(values)
+        chain.since_checkpoint += len(values)
+        self._manifest_dirty.add(chain.head.chain)
+        return sum(len(value) for value in values)
+
+    def _run(self, chain: _Chain, runs: dict[str, Run]) -> Run:
+        run = runs.get(chain.head.chain)
+        if run is None:
+            run = runs[chain.head.chain] = Run(chain.head.chain, chain.topic, chain.head.seq + 1, [])
+        return run
+
+    def _control(self, chain: _Chain, type_: str, body: str, path: str, observed: str, runs: dict[str, Run],
+                 extra_members: str = "") -> int:
+        run = self._run(chain, runs)
+        context = ChainContext(chain.head.chain, self.provider.resource_json(chain.ref), path)
+        value, chain.head = seal_control(chain.head, type_, body, context, observed, extra_members)
+        run.values.append(value)
+        self._manifest_dirty.add(chain.head.chain)
+        return len(value)
+
+    def _record_loss(self, chain: _Chain, loss: LossEvent, observed: str, runs: dict[str, Run]) -> int:
+        self.metrics.loss_events.labels(reason=loss.reason.value).inc()
+        if loss.bytes_lost > 0:
+            self.metrics.lost_bytes.labels(reason=loss.reason.value).inc(loss.bytes_lost)
+        self.metrics.gap_records.labels(reason=loss.reason.value).inc()
+        log.warning("loss at source in chain %s: %s, %s bytes (%s)", chain.head.chain, loss.reason.value,
+                    loss.bytes_lost, loss.detail or loss.path)
+        body = gap_body(loss.reason.value, loss.bytes_lost, loss.path, loss.offset, loss.detail)
+        chain.since_checkpoint += 1
+        return self._control(chain, TYPE_GAP, body, loss.path, observed, runs, _gap_members(loss))
+
+    def _drop_source(self, key: str, observed: str, runs: dict[str, Run], batch: Batch) -> int:
+        source = self._sources.pop(key)
+        source.tailer.close()
+        batch.sources[key] = None
+        chain = self._chains[source.ref.chain]
+        chain.sources -= 1
+        emitted = 0
+        if chain.sources == 0 and not os.path.isdir(os.path.dirname(key)):
+            # The container's directory is gone and all its files are drained: the stream ended.
+            emitted += self._control(chain, TYPE_CLOSE, "stream ended: files removed and drained", key, observed, runs)
+            chain.closed = True
+            emitted += self._checkpoint(chain, observed, runs)
+        self.metrics.files_tracked.set(len(self._sources))
+        return emitted
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def _checkpoints(self, observed: str, runs: dict[str, Run], force: bool) -> int:
+        seal_config = self.settings.seal
+        now = time.monotonic()
+        emitted = 0
+        self.signing_key.reload()
+        for chain in self._chains.values():
+            if chain.since_checkpoint == 0 or chain.closed:
+                continue
+            if force or chain.since_checkpoint >= seal_config.checkpoint_every_records \
+                    or now - chain.last_checkpoint >= seal_config.checkpoint_every_s:
+                emitted += self._checkpoint(chain, observed, runs)
+        if self._manifest_dirty and (force or now - self._last_manifest >= seal_config.checkpoint_every_s):
+            emitted += self._manifest(observed, runs)
+        return emitted
+
+    def _checkpoint(self, chain: _Chain, observed: str, runs: dict[str, Run]) -> int:
+        head = chain.head
+        statement = statement_text(head.chain, head.seq, head.hash, observed, self.node)
+        signer = self.signing_key.signer
+        body = checkpoint_body(statement, [signer.sign(statement)] if signer else [])
+        chain.since_checkpoint = 0
+        chain.last_checkpoint = time.monotonic()
+        self.metrics.checkpoints.labels(signed=str(signer is not None).lower()).inc()
+        return self._control(chain, TYPE_CHECKPOINT, body, "", observed, runs)
+
+    def _manifest(self, observed: str, runs: dict[str, Run]) -> int:
+        from .verify import manifest_statement
+
+        heads = [(name, self._chains[name].head.seq, self._chains[name].head.hash)
+                 for name in sorted(self._manifest_dirty) if name in self._chains and name != self._manifest_chain]
+        self._manifest_dirty.clear()
+        self._last_manifest = time.monotonic()
+        if not heads:
+            return 0
+        statement = manifest_statement(self.node, observed, heads)
+        signer = self.signing_key.signer
+        body = checkpoint_body(statement, [signer.sign(statement)] if signer else [])
+        ref = ContainerRef(namespace="", pod=self.node, pod_uid="node", container=self.node, restart_count=0)
+        chain = self._chains.get(self._manifest_chain)
+        if chain is None:
+            chain = self._chain_named(self._manifest_chain, ref)
+        emitted = self._control(chain, TYPE_MANIFEST, body, "", observed, runs)
+        self._manifest_dirty.discard(self._manifest_chain)
+        return emitted
+
+    def _chain_named(self, name: str, ref: ContainerRef) -> _Chain:
+        restored = self._restored_chains.get(name)
+        head = ChainHead(name, restored[0], bytes.fromhex(restored[1])) if restored else ChainHead.genesis(name)
+        topic = self._topic_template if "{" not in self._topic_template else \
+            self._topic_template.format(namespace="audit-shipper", pod=self.node, container="manifest")
+        chain = self._chains[name] = _Chain(head, ref, topic)
+        return chain
+
+    def final_checkpoints(self) -> Batch | None:
+        """On shutdown: attest every chain's head, so a clean stop leaves no unattested tail."""
+        observed = rfc3339_now()
+        runs: dict[str, Run] = {}
+        self._checkpoints(observed, runs, force=True)
+        if not runs:
+            return None
+        batch = Batch(runs=list(runs.values()), read_time=time.time())
+        for name in runs:
+            chain = self._chains[name]
+            batch.chains[name] = [chain.head.seq, chain.head.hash.hex(), chain.closed]
+        return batch
+
+    def close(self) -> None:
+        for source in self._sources.values():
+            source.tailer.close()
+
+
+def _gap_members(loss: LossEvent) -> str:
+    import json
+
+    return ',"gap":' + json.dumps({"reason": loss.reason.value, "bytes": loss.bytes_lost}, separators=(",", ":"))
+
+
+def _reason_label(reason: str) -> str:
+    lowered = reason.lower()
+    if "symlink" in lowered or "outside" in lowered or "escape" in lowered:
+        return "symlink_escape"
+    if "not" in lowered and "layout" in lowered or "is not" in lowered:
+        return "layout"
+    return "other"
+
+
+def _source_order(sources: dict[str, _Source]):
+    def key(name: str):
+        ref = sources[name].ref
+        return (ref.chain, ref.restart_count, name)
+    return key

@@ -1,0 +1,236 @@
+"""Wires the stages: discover -> tail -> parse -> enrich -> seal (Ingest) -> WAL -> Kafka (Sender).
+
+Owns no logic of a stage, only the order of things: a batch is committed to the WAL before the
+sender may see it; the state snapshot moves with the acks; SIGTERM stops reading, attests every
+chain, waits for acks up to the grace period and closes cleanly.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from .batch import decode_header, encode_batch
+from .config import FsyncMode, Settings
+from .ingest import Ingest, SigningKey
+from .kafka import KafkaSink, Sender
+from .metrics import Metrics
+from .model import LossEvent
+from .state import StateStore
+from .wal import Wal, WalWriteError
+
+log = logging.getLogger("shipper.pipeline")
+
+
+@dataclass(slots=True)
+class PipelineStatus:
+    running: bool = False
+    last_tick: float = 0.0          # monotonic time the ingest loop last went round
+    backpressure: bool = False
+    wal_error: str = ""
+
+
+class Pipeline:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None, provider=None) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.status = PipelineStatus()
+        self._provider = provider
+        self.wal: Wal | None = None
+        self.sender: Sender | None = None
+        self.ingest: Ingest | None = None
+
+    # -- start-up --------------------------------------------------------------------------------
+    def _open_state(self) -> tuple[Wal, StateStore, Ingest]:
+        settings = self.settings
+        wal = Wal(settings.wal.dir, max_bytes=settings.wal.max_bytes, segment_bytes=settings.wal.segment_bytes)
+        if wal.recovery.truncated_at is not None:
+            log.warning("WAL recovery cut %d bytes at %s (%s); those lines are read again from their files",
+                        wal.recovery.truncated_bytes, wal.recovery.truncated_at, wal.recovery.reason)
+        state = StateStore(settings.state.dir)
+        snapshot = state.load()
+        rolled = 0
+        for _start, end, payload in wal.scan_unacked():
+            if end > snapshot.position:
+                header = decode_header(payload)
+                snapshot.apply(header["sources"], header["chains"], snapshot.position)
+                rolled += 1
+        if rolled:
+            log.info("rolled source positions forward through %d unacknowledged WAL frames", rolled)
+        ingest = Ingest(settings, snapshot, self.metrics, self._provider,
+                        SigningKey(settings.seal.signing_key_file, settings.seal.key_id))
+        self._snapshot = snapshot
+        self.metrics.wal_limit_bytes.set(settings.wal.max_bytes)
+        self.metrics.wal_bytes.set(wal.bytes_on_disk)
+        self.metrics.wal_segments.set(wal.segment_count)
+        return wal, state, ingest
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Run until `stopping` is set, then drain within the grace period."""
+        wal, state, ingest = await asyncio.to_thread(self._open_state)
+        self.wal, self.ingest = wal, ingest
+        sink = KafkaSink(self.settings.kafka, self.metrics)
+        loop = asyncio.get_running_loop()
+
+        async def write_gap(chain: str, loss: LossEvent, seq: int, record_hash: str) -> None:
+            done = loop.create_future()
+            ingest.add_external_gap(chain, loss, seq, record_hash, lambda: done.done() or done.set_result(None))
+            await done
+
+        sender = self.sender = Sender(wal, state, self._snapshot, sink, self.metrics, write_gap)
+        sender.make_visible(wal.written)
+        self.status.running = True
+        self.metrics.up.set(1)
+        try:
+            async with asyncio.TaskGroup() as group:
+                send_task = group.create_task(sender.run(stopping), name="sender")
+                provider_task = None
+                if self._provider is not None and hasattr(self._provider, "run"):
+                    provider_task = group.create_task(self._provider.run(), name="metadata")
+                await self._ingest_until(stopping, wal, ingest, sender)
+                await self._drain(wal, ingest, sender)
+                send_task.cancel()
+                if provider_task is not None:
+                    provider_task.cancel()
+        finally:
+            self.status.running = False
+            self.metrics.up.set(0)
+            await sink.stop()
+            await asyncio.to_thread(self._close, wal, state, ingest)
+
+    @staticmethod
+    def _close(wal: Wal, state: StateStore, ingest: Ingest) -> None:
+        ingest.close()
+        wal.close()
+        state.close()
+
+    # -- the ingest loop -------------------------------------------------------------------------
+    async def _ingest_until(self, stopping: asyncio.Event, wal: Wal, ingest: Ingest, sender: Sender) -> None:
+        config = self.settings
+        commit_bytes = config.wal.commit_bytes
+        poll = config.sources.poll_interval_s
+        interval_sync = config.wal.fsync is FsyncMode.interval
+        sync_every = config.wal.fsync_interval_ms / 1000
+        last_sync = time.monotonic()
+        while not stopping.is_set():
+            self.status.last_tick = time.monotonic()
+            if not wal.has_room(commit_bytes * 2):
+                await self._pause_for_room(stopping, wal, sender, commit_bytes * 2)
+                continue
+            collected = await asyncio.to_thread(_collect_encoded, ingest, commit_bytes)
+            if collected is None:
+                if interval_sync and wal.written > wal.durable:
+                    await self._sync(wal, sender)
+                await _wait(stopping, poll)
+                continue
+            payload, callbacks = collected
+            await self._commit(stopping, wal, sender, payload)
+            if not interval_sync or time.monotonic() - last_sync >= sync_every:
+                await self._sync(wal, sender)
+                last_sync = time.monotonic()
+            for callback in callbacks:
+                callback()
+
+    async def _pause_for_room(self, stopping: asyncio.Event, wal: Wal, sender: Sender, needed: int) -> None:
+        if not self.status.backpressure:
+            log.warning("WAL full (%d of %d bytes): reading paused until Kafka acknowledges records",
+                        wal.bytes_on_disk, wal.max_bytes)
+        self.status.backpressure = True
+        self.metrics.backpressure.set(1)
+        started = time.monotonic()
+        while not wal.has_room(needed) and not stopping.is_set():
+            waiter = asyncio.ensure_future(sender.wait_progress())
+            stop_waiter = asyncio.ensure_future(stopping.wait())
+            await asyncio.wait({waiter, stop_waiter}, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            stop_waiter.cancel()
+            self.status.last_tick = time.monotonic()
+        self.metrics.backpressure_seconds.inc(time.monotonic() - started)
+        self.status.backpressure = False
+        self.metrics.backpressure.set(0)
+        log.info("WAL has room again: reading resumed")
+
+    async def _commit(self, stopping: asyncio.Event, wal: Wal, sender: Sender, payload: bytes) -> None:
+        """Append the frame, retrying while the disk refuses (the batch waits in memory, reading
+        stays paused meanwhile); never gives up on a sealed batch."""
+        delay = 0.2
+        while True:
+            if not wal.has_room(len(payload)):
+                await self._pause_for_room(stopping, wal, sender, len(payload))
+                if stopping.is_set() and not wal.has_room(len(payload)):
+                    # Not written, not acknowledged: its lines are read again on the next start.
+                    return
+            try:
+                await asyncio.to_thread(wal.append, [payload])
+            except WalWriteError as exc:
+                self.metrics.wal_write_errors.labels(errno=str(exc.errno)).inc()
+                self.status.wal_error = str(exc)
+                self.status.backpressure = True
+                self.metrics.backpressure.set(1)
+                log.error("%s; reading paused, retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                self.status.last_tick = time.monotonic()
+                continue
+            if self.status.wal_error:
+                log.info("WAL writes succeed again")
+                self.status.wal_error = ""
+                self.status.backpressure = False
+                self.metrics.backpressure.set(0)
+            self.metrics.wal_commits.inc()
+            self.metrics.wal_bytes.set(wal.bytes_on_disk)
+            self.metrics.wal_segments.set(wal.segment_count)
+            return
+
+    async def _sync(self, wal: Wal, sender: Sender) -> None:
+        delay = 0.2
+        while True:
+            try:
+                durable = await asyncio.to_thread(wal.sync)
+                break
+            except WalWriteError as exc:
+                self.metrics.wal_write_errors.labels(errno=str(exc.errno)).inc()
+                log.error("%s; retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        sender.make_visible(durable)
+
+    # -- shutdown --------------------------------------------------------------------------------
+    async def _drain(self, wal: Wal, ingest: Ingest, sender: Sender) -> None:
+        deadline = time.monotonic() + self.settings.shutdown_grace_s
+        final = await asyncio.to_thread(ingest.final_checkpoints)
+        if final is not None:
+            payload = encode_batch(final)
+            if wal.has_room(len(payload)):
+                try:
+                    await asyncio.to_thread(wal.append, [payload])
+                    await self._sync(wal, sender)
+                except WalWriteError as exc:
+                    log.error("final checkpoints not written: %s", exc)
+        while not sender.drained and time.monotonic() < deadline:
+            try:
+                await asyncio.wait_for(sender.wait_progress(), timeout=max(0.05, min(1.0, deadline - time.monotonic())))
+            except asyncio.TimeoutError:
+                pass
+        await sender.flush_acks()
+        if sender.drained:
+            log.info("drained: every record is acknowledged by Kafka")
+        else:
+            log.warning("grace period over with %d unacknowledged WAL bytes; they are sent on the next start",
+                        wal.unacked_bytes)
+
+
+def _collect_encoded(ingest: Ingest, commit_bytes: int):
+    collected = ingest.collect(commit_bytes)
+    if collected is None:
+        return None
+    batch, callbacks = collected
+    return encode_batch(batch), callbacks
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(event.wait(), timeout=seconds)
+    except asyncio.TimeoutError:
+        pass

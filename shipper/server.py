@@ -1,0 +1,84 @@
+"""The long-running process of `shipper run`: the pipeline, the health server, signals."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import stat
+from pathlib import Path
+
+from .config import Settings
+from .health import HealthServer, pipeline_checks
+from .metrics import Metrics
+from .pipeline import Pipeline
+
+log = logging.getLogger("shipper.server")
+
+
+class UnsafeStateDirectory(Exception):
+    """The WAL or state directory could be read or changed by someone else."""
+
+
+def check_private_directory(path: str, what: str) -> None:
+    """Create `path` 0700 if missing; refuse one that others may write or that another user owns."""
+    directory = Path(path)
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    info = directory.stat()
+    if info.st_mode & stat.S_IWOTH:
+        raise UnsafeStateDirectory(f"{what} {path} is world-writable (mode {stat.filemode(info.st_mode)}); "
+                                   f"refusing to keep audit data there — chmod 700 it")
+    if info.st_uid != os.geteuid():
+        raise UnsafeStateDirectory(f"{what} {path} is owned by uid {info.st_uid}, not by this process "
+                                   f"(uid {os.geteuid()}); refusing to keep audit data there")
+
+
+class Server:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None, provider=None) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.provider = provider
+        self.pipeline: Pipeline | None = None
+        self.health: HealthServer | None = None
+        self.stopping = asyncio.Event()
+
+    def _build_provider(self):
+        if self.provider is not None or not self.settings.enrich.kubernetes:
+            return self.provider
+        from .enrich import build_provider
+
+        return build_provider(self.settings, self.metrics)
+
+    async def serve(self) -> int:
+        settings = self.settings
+        check_private_directory(settings.wal.dir, "wal.dir")
+        check_private_directory(settings.state.dir, "state.dir")
+        loop = asyncio.get_running_loop()
+        signals_seen = 0
+
+        def on_signal(signum: int) -> None:
+            nonlocal signals_seen
+            signals_seen += 1
+            if signals_seen == 1:
+                log.info("signal %s: draining (grace %.0fs)", signal.Signals(signum).name, settings.shutdown_grace_s)
+                self.stopping.set()
+            else:
+                log.warning("second signal: exiting now; unacknowledged records stay in the WAL")
+                os._exit(0)
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, on_signal, signum)
+        self.pipeline = Pipeline(settings, self.metrics, self._build_provider())
+        if settings.metrics.enabled:
+            alive, ready = pipeline_checks(self.pipeline)
+            self.health = HealthServer(self.metrics, settings.metrics.host, settings.metrics.port, alive=alive,
+                                       ready=ready)
+            await self.health.start()
+        try:
+            await self.pipeline.run(self.stopping)
+        finally:
+            if self.health is not None:
+                await self.health.stop()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
+        return 0

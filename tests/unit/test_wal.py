@@ -1,0 +1,129 @@
+"""The WAL's invariants (see shipper/wal.py): each test is named after the one it proves."""
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from shipper.batch import Batch, Run, decode_batch, encode_batch
+from shipper.wal import HEADER_SIZE, Wal, WalError, WalPosition, segment_name
+
+
+def open_wal(path, max_bytes=1 << 20, segment_bytes=4096) -> Wal:
+    return Wal(path, max_bytes=max_bytes, segment_bytes=segment_bytes)
+
+
+def frames(wal: Wal, start=None) -> list[bytes]:
+    return [payload for _s, _e, payload in wal.read_frames(start or wal.acked, wal.written, max_bytes=1 << 30)]
+
+
+def test_APPEND_ONLY_frames_read_back_in_order_across_segments(tmp_path):
+    wal = open_wal(tmp_path)
+    payloads = [bytes([i]) * (300 + i) for i in range(40)]
+    for payload in payloads:
+        wal.append([payload])
+    wal.sync()
+    assert wal.segment_count > 1
+    assert frames(wal) == payloads
+    wal.close()
+    assert frames(open_wal(tmp_path)) == payloads
+
+
+def test_DURABLE_BEFORE_VISIBLE_sync_reports_the_durable_position(tmp_path):
+    wal = open_wal(tmp_path)
+    end = wal.append([b"x" * 10])
+    assert wal.durable < end
+    assert wal.sync() == end == wal.durable
+
+
+def test_TORN_TAIL_TRUNCATED_a_frame_cut_mid_way_is_removed_on_open(tmp_path):
+    wal = open_wal(tmp_path, segment_bytes=1 << 20)
+    wal.append([b"a" * 100, b"b" * 100])
+    wal.sync()
+    wal.close()
+    segment = tmp_path / segment_name(0)
+    os.truncate(segment, segment.stat().st_size - 30)
+    reopened = open_wal(tmp_path, segment_bytes=1 << 20)
+    assert reopened.recovery.reason == "torn frame"
+    assert frames(reopened) == [b"a" * 100]
+    assert segment.stat().st_size == HEADER_SIZE + 100
+
+
+def test_TORN_TAIL_TRUNCATED_a_corrupted_frame_and_all_after_it_are_cut(tmp_path):
+    wal = open_wal(tmp_path, segment_bytes=1 << 20)
+    wal.append([b"a" * 100, b"b" * 100, b"c" * 100])
+    wal.sync()
+    wal.close()
+    segment = tmp_path / segment_name(0)
+    data = bytearray(segment.read_bytes())
+    data[HEADER_SIZE + 100 + HEADER_SIZE + 5] ^= 0xFF
+    segment.write_bytes(bytes(data))
+    reopened = open_wal(tmp_path, segment_bytes=1 << 20)
+    assert reopened.recovery.reason == "frame checksum mismatch"
+    assert frames(reopened) == [b"a" * 100]
+
+
+def test_ACK_MONOTONIC_cursor_survives_restart_and_never_moves_back(tmp_path):
+    wal = open_wal(tmp_path)
+    first = wal.append([b"1" * 50])
+    wal.append([b"2" * 50])
+    wal.sync()
+    wal.ack(first)
+    wal.ack(WalPosition(0, 0))
+    assert wal.acked == first
+    wal.close()
+    reopened = open_wal(tmp_path)
+    assert reopened.acked == first
+    assert frames(reopened) == [b"2" * 50]
+
+
+def test_ACK_MONOTONIC_cursor_cannot_pass_the_durable_position(tmp_path):
+    wal = open_wal(tmp_path)
+    end = wal.append([b"x"])
+    with pytest.raises(WalError):
+        wal.ack(end)
+
+
+def test_DELETE_ONLY_ACKED_segments_go_when_wholly_acknowledged(tmp_path):
+    wal = open_wal(tmp_path)
+    ends = [wal.append([b"z" * 1000]) for _ in range(12)]
+    wal.sync()
+    before = wal.segment_count
+    wal.ack(ends[3])
+    assert wal.segment_count < before
+    remaining = sorted(p.name for p in tmp_path.glob("*.seg"))
+    assert segment_name(ends[3].segment) in remaining or ends[3].offset >= 4000
+    assert frames(wal) == [b"z" * 1000] * 8
+
+
+def test_BOUNDED_has_room_turns_false_at_the_limit(tmp_path):
+    wal = open_wal(tmp_path, max_bytes=1 << 20, segment_bytes=64 << 10)
+    assert wal.has_room(1000)
+    while wal.has_room(10_000):
+        wal.append([b"q" * 10_000])
+    assert wal.bytes_on_disk + 10_000 > wal.max_bytes
+    wal.sync()
+    wal.ack(wal.durable)
+    assert wal.has_room(10_000)
+
+
+def test_segments_and_cursor_are_private_files(tmp_path):
+    wal = open_wal(tmp_path / "wal")
+    end = wal.append([b"x"])
+    wal.sync()
+    wal.ack(end)
+    assert stat.S_IMODE((tmp_path / "wal").stat().st_mode) == 0o700
+    for path in (tmp_path / "wal").iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.text(min_size=1, max_size=10), st.integers(1, 10**9),
+                          st.lists(st.binary(max_size=64), min_size=1, max_size=5)), max_size=6))
+def test_batch_payload_round_trips(runs):
+    batch = Batch([Run(chain, "logs", seq, values) for chain, seq, values in runs],
+                  {"k": [1, 2, "fp", "/p", 9, "c"]}, {"c": [3, "00", False]}, 12.5)
+    decoded = decode_batch(encode_batch(batch))
+    assert decoded == batch
