@@ -98,6 +98,11 @@ def partition_of(key: bytes, partitions: int) -> int:
     return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
+def _append(batch, item: "_Pending"):
+    return batch.append(key=item.chain.encode(), value=item.value, timestamp=None,
+                        headers=[("schema", SCHEMA_BYTES), ("event_id", f"{item.chain}:{item.seq}".encode())])
+
+
 def backoff_delays(first_ms: int, max_ms: int):
     delay = first_ms / 1000
     while True:
@@ -335,41 +340,46 @@ class Sender:
         return queue
 
     async def _partition_worker(self, topic: str, partition: int, queue: _PartitionQueue) -> None:
-        config = self.sink.config
-        limit = config.max_request_bytes - _RECORD_OVERHEAD
+        limit = self.sink.config.max_request_bytes - _RECORD_OVERHEAD
+        items = queue.items
         while True:
-            if not queue.items:
+            if not items:
                 queue.ready.clear()
                 await queue.ready.wait()
                 continue
+            while self.sink.producer is None:
+                await asyncio.sleep(0.1)
+            batch = self.sink.producer.create_batch()
             records: list[_Pending] = []
-            size = 0
-            items = queue.items
-            while items and (not records or size + len(items[0].value) + 64 <= config.batch_bytes):
-                item = items.popleft()
+            while items:
+                item = items[0]
                 if len(item.value) > limit:
+                    items.popleft()
                     await self._refuse(item, topic, f"record of {len(item.value)} bytes exceeds "
-                                                    f"kafka.max_request_bytes ({config.max_request_bytes})")
+                                                    f"kafka.max_request_bytes ({self.sink.config.max_request_bytes})")
                     continue
+                if _append(batch, item) is None:
+                    break                      # batch full: the rest goes in the next one
+                items.popleft()
                 records.append(item)
-                size += len(item.value) + 64
             if records:
-                await self._send_until_acked(topic, partition, records)
+                await self._send_until_acked(topic, partition, records, batch)
 
-    async def _send_until_acked(self, topic: str, partition: int, records: list[_Pending]) -> None:
+    async def _send_until_acked(self, topic: str, partition: int, records: list[_Pending], batch=None) -> None:
         delays = backoff_delays(self.sink.config.retry_backoff_ms, self.sink.config.retry_backoff_max_ms)
         attempt = 0
         while True:
             producer = self.sink.producer
             try:
-                assert producer is not None
-                batch = producer.create_batch()
-                for item in records:
-                    if batch.append(key=item.chain.encode(), value=item.value, timestamp=None,
-                                    headers=[("schema", SCHEMA_BYTES), ("event_id", f"{item.chain}:{item.seq}".encode())]
-                                    ) is None:
-                        raise RuntimeError("batch builder refused a record that fits the batch size")
+                if producer is None:
+                    raise KafkaConnectionError("producer is restarting")
+                if batch is None:
+                    batch = producer.create_batch()
+                    for item in records:
+                        if _append(batch, item) is None:
+                            raise RuntimeError("a batch that fitted once no longer fits")
                 future = await producer.send_batch(batch, topic, partition=partition)
+                batch = None
                 await future
             except _REJECTED as exc:
                 if len(records) == 1:
@@ -380,6 +390,7 @@ class Sender:
                     await self._send_until_acked(topic, partition, [item])
                 return
             except (KafkaError, asyncio.TimeoutError, OSError) as exc:
+                batch = None
                 attempt += 1
                 self.metrics.send_errors.labels(reason=type(exc).__name__).inc()
                 self.metrics.kafka_connected.set(0)
