@@ -295,20 +295,29 @@ class Ingest:
             parser = source.parser
             process_body = provider.body_processor(ref)
             resource = provider.resource_json(ref)
-            fmt_label = parser.format or "cri"
             for chunk in polled.chunks:
-                entries = parser.feed(chunk.data, chunk.offset, chunk.end_of_file)
-                self.metrics.bytes_read.labels(format=parser.format or fmt_label).inc(len(chunk.data))
-                self.metrics.lines_read.labels(format=parser.format or fmt_label).inc(chunk.data.count(b"\n"))
+                entries = Entries()
+                if chunk.offset != parser.expected_offset and parser.holds_data:
+                    # Truncated under us: what the parser holds was read and is shipped as it is.
+                    parser.feed(b"", parser.expected_offset, end_of_file=True, out=entries)
+                if chunk.offset != parser.expected_offset:
+                    parser.reset(chunk.offset)
+                parser.feed(chunk.data, chunk.offset, chunk.end_of_file, out=entries)
+                fmt = parser.format or "cri"
+                self.metrics.bytes_read.labels(format=fmt).inc(len(chunk.data))
+                self.metrics.lines_read.labels(format=fmt).inc(chunk.data.count(b"\n"))
                 if len(entries):
                     self._count_degradations(entries)
                     emitted += self._seal(chain, entries, ChainContext(chain.head.chain, resource, chunk.path),
                                           observed, process_body, runs)
                 if chunk.end_of_file:
                     self.metrics.rotations.labels(kind="drained").inc()
-                offset = parser.safe_offset if not chunk.end_of_file else chunk.offset + len(chunk.data)
-                file_id = chunk.file_id
-                source.position = [file_id.dev, file_id.ino, file_id.fingerprint, chunk.path, offset, ref.chain]
+                    position = source.tailer.position_of(chunk.file_id, chunk.offset + len(chunk.data))
+                else:
+                    position = source.tailer.position_of(chunk.file_id, parser.safe_offset)
+                file_id = position.file_id
+                source.position = [file_id.dev, file_id.ino, file_id.fingerprint, position.path, position.offset,
+                                   ref.chain]
             batch.sources[source.key] = source.position
         if polled.finished:
             source.finished = True

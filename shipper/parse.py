@@ -16,10 +16,11 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from enum import IntFlag
 
 
-class EntryFlag(IntFlag):
+class EntryFlag:
+    """Bits of an entry's flags (plain ints: enum arithmetic costs a call per line)."""
+
     NONE = 0
     JOINED = 1            # partial lines were joined
     TRUNCATED = 2         # cut at max_entry_bytes; the rest follows as the next entry
@@ -127,6 +128,11 @@ class StreamParser:
         if self._held is not None:
             safe = min(safe, self._held[0])
         return safe
+
+    @property
+    def expected_offset(self) -> int:
+        """Offset of the next byte the parser expects (the end of what it was fed)."""
+        return self._next_offset
 
     @property
     def holds_data(self) -> bool:

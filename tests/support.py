@@ -1,0 +1,137 @@
+"""Helpers shared by integration and fault tests: run `shipper run` as a real process, write its
+configuration, wait for conditions, scrape its metrics, account for what reached the topic."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from shipper.embedded import free_port
+from shipper.reconcile import Reconciliation, read_topic, reconcile
+
+
+def write_config(path: Path, *, bootstrap: str, node_root: Path, state_dir: Path, topic: str = "logs",
+                 metrics_port: int | None = None, **sections) -> Path:
+    """A YAML config for a test shipper; `sections` deep-merge over the defaults here."""
+    config = {
+        "node_name": "test-node",
+        "sources": {"roots": [str(node_root / "pods")], "symlink_roots": [str(node_root / "containers")],
+                    "discover_interval_s": 0.2, "poll_interval_s": 0.05},
+        "wal": {"dir": str(state_dir / "wal"), "max_bytes": 64 << 20, "segment_bytes": 4 << 20},
+        "state": {"dir": str(state_dir)},
+        "kafka": {"bootstrap_servers": bootstrap, "topic": topic, "request_timeout_ms": 5000,
+                  "retry_backoff_ms": 100, "retry_backoff_max_ms": 1000},
+        "enrich": {"kubernetes": False},
+        "seal": {"checkpoint_every_s": 2},
+        "metrics": {"enabled": True, "host": "127.0.0.1", "port": metrics_port or free_port()},
+        "shutdown_grace_s": 20,
+    }
+    for section, values in sections.items():
+        if isinstance(values, dict):
+            config.setdefault(section, {}).update(values)
+        else:
+            config[section] = values
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+class ShipperProcess:
+    """`shipper run` in its own process, for tests that kill it."""
+
+    def __init__(self, config: Path, log_path: Path, env: dict | None = None) -> None:
+        self.config = config
+        self.log_path = log_path
+        self.env = env or {}
+        self.process: subprocess.Popen | None = None
+        self.metrics_port = yaml.safe_load(config.read_text())["metrics"]["port"]
+
+    def start(self) -> ShipperProcess:
+        env = {key: value for key, value in os.environ.items() if not key.startswith("SHIPPER_")} | self.env
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen([sys.executable, "-m", "shipper.cli", "run", "--config", str(self.config)],
+                                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def sigkill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def sigterm(self, timeout: float = 60) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def stop(self) -> None:
+        if self.alive():
+            self.sigkill()
+
+    def metrics(self) -> dict[str, float]:
+        return scrape(self.metrics_port)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def rss_bytes(self) -> int:
+        status = Path(f"/proc/{self.pid}/status").read_text()
+        return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) * 1024
+
+
+def scrape(port: int, path: str = "/metrics") -> dict[str, float]:
+    """Prometheus text -> {'name{labels}': value}."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+        text = response.read().decode()
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
+
+
+def http_status(port: int, path: str) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.2) -> None:
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except Exception as exc:  # noqa: BLE001 - e.g. the metrics port not open yet
+            last_error = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}" + (f" ({last_error})" if last_error else ""))
+
+
+def shipped(process: ShipperProcess) -> float:
+    return process.metrics().get("audit_shipper_records_shipped_total", 0.0)
+
+
+async def account(bootstrap: str, topic: str, node, idle_s: float = 3.0) -> Reconciliation:
+    values = await read_topic(bootstrap, topic, idle_s=idle_s)
+    return reconcile({chain: node.ledger.bodies(chain) for chain in node.ledger.chains()}, values)
