@@ -135,7 +135,8 @@ class KafkaConfig(_Section):
     tls: TlsConfig = TlsConfig()
     sasl: SaslConfig = SaslConfig()
     allow_sasl_without_tls: bool = Field(False, description="Permit SASL_PLAINTEXT (password over clear text).")
-    compression: Compression = Field(Compression.lz4, description="Batch compression codec.")
+    compression: Compression = Field(Compression.snappy, description="Batch compression codec (`snappy`: fastest; "
+                                     "`zstd`: about twice the ratio at four times the CPU; aiokafka runs lz4 at level 9, slow).")
     idempotence: Literal["auto", "on", "off"] = Field("auto", description="`auto`: on when the broker supports it "
                                                       "(falls back with a warning).")
     batch_bytes: int = Field(1 * MiB, ge=16 * 1024, le=64 * MiB, description="Most bytes in one per-partition batch.")

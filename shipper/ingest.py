@@ -27,7 +27,8 @@ from .metrics import Metrics
 from .model import ContainerRef, FileId, LossEvent, SourcePosition
 from .parse import FORMAT_RAW, Entries, EntryFlag, StreamParser
 from .records import ChainContext, SealStats, seal_control, seal_entries
-from .seal import TYPE_CHECKPOINT, TYPE_CLOSE, TYPE_GAP, ChainHead, Signer, checkpoint_body, gap_body, statement_text
+from .seal import (TYPE_CHECKPOINT, TYPE_CLOSE, TYPE_GAP, ChainHead, Signer, checkpoint_body, gap_body,
+                   manifest_statement, statement_text)
 from .state import Snapshot
 from .tail import Tailer
 
@@ -411,8 +412,6 @@ class Ingest:
         return self._control(chain, TYPE_CHECKPOINT, body, "", observed, runs)
 
     def _manifest(self, observed: str, runs: dict[str, Run]) -> int:
-        from .verify import manifest_statement
-
         heads = [(name, self._chains[name].head.seq, self._chains[name].head.hash)
                  for name in sorted(self._manifest_dirty) if name in self._chains and name != self._manifest_chain]
         self._manifest_dirty.clear()

@@ -309,6 +309,7 @@ class Sender:
         ticket = _FrameTicket(end, batch.sources, batch.chains, batch.read_time, batch.record_count, len(payload))
         self._tickets.append(ticket)
         self._in_flight_bytes += len(payload)
+        self.metrics.wal_unacked_records.inc(ticket.pending)
         if ticket.pending == 0:
             self._complete(ticket)
             return
@@ -404,6 +405,7 @@ class Sender:
             self.metrics.kafka_connected.set(1)
             self.metrics.records_shipped.inc(len(records))
             self.metrics.bytes_shipped.inc(sum(len(item.value) for item in records))
+            self.metrics.wal_unacked_records.dec(len(records))
             for item in records:
                 ticket = item.ticket
                 ticket.pending -= 1
@@ -425,6 +427,7 @@ class Sender:
         self.metrics.lost_bytes.labels(reason=loss.reason.value).inc(len(item.value))
         log.error("kafka refused record %s:%d for good (%s); writing a gap record", item.chain, item.seq, reason)
         await self.write_gap(item.chain, loss, item.seq, record_hash)
+        self.metrics.wal_unacked_records.dec()
         ticket = item.ticket
         ticket.pending -= 1
         if ticket.pending == 0:

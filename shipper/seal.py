@@ -185,3 +185,15 @@ def generate_key_pair() -> tuple[bytes, bytes]:
                                 serialization.NoEncryption())
     public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     return private, public
+
+
+# -- manifests ---------------------------------------------------------------------------------
+MANIFEST_HEADER = "audit-shipper/manifest/v1"
+
+
+def manifest_statement(node: str, time: str, heads: list[tuple[str, int, bytes]]) -> str:
+    """A node's signed list of chain heads (chain `node/<node>`, type `manifest`): lets `verify`
+    notice a chain whose tail was removed from the topic together with its checkpoints."""
+    lines = [MANIFEST_HEADER, f"node {node}", f"time {time}"]
+    lines += [f"head {chain} {seq} {base64.b64encode(head).decode()}" for chain, seq, head in heads]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,174 @@
+"""End-to-end throughput harness (not part of the tests): `make bench` or `python bench/run.py`.
+
+Workload after PEERS.md: CRI files in a /var/log/pods layout, ~205-byte lines, 70 % JSON bodies
+with trace ids, ~2 % of entries split into P + F lines. The files are written first, then
+`shipper run` (a separate process, default configuration apart from paths) tails them from the
+start into a real broker; the run ends when every entry is acknowledged.
+
+Prints: entries/s, MB/s, CPU-seconds per million lines (the shipper's user+sys), peak RSS,
+end-to-end lag p50/p99 (line read -> broker ack, from the shipper's histogram), and the share of
+CPU time per stage (from a profiled in-process run of the ingest stages over the same files).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import os
+import pstats
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from shipper.embedded import EmbeddedTansu, free_port  # noqa: E402
+from shipper.simnode import SimNode  # noqa: E402
+from tests.support import ShipperProcess, scrape, write_config  # noqa: E402
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def peak_rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def histogram_quantile(metrics: dict[str, float], name: str, q: float) -> float:
+    buckets = sorted(((float(key.split('le="')[1].split('"')[0]), value) for key, value in metrics.items()
+                      if key.startswith(name + "_bucket")), key=lambda item: item[0])
+    total = buckets[-1][1] if buckets else 0
+    for bound, count in buckets:
+        if total and count >= q * total:
+            return bound
+    return float("nan")
+
+
+async def start_broker(kind: str, workdir: Path):
+    if kind == "tansu":
+        broker = EmbeddedTansu(log_dir=str(workdir))
+        broker.start()
+        await broker.wait_ready()
+        await broker.create_topic("logs", 1)
+        return broker, broker.stop
+    from tests.harness.kafka import KafkaBroker  # the test harness's real Apache Kafka
+
+    broker = KafkaBroker(workdir / "kafka")
+    broker.start()
+    await broker.wait_ready(120)
+    await broker.create_topic("logs", 1)
+    return broker, broker.stop
+
+
+def write_workload(root: Path, lines: int, files: int) -> tuple[SimNode, int]:
+    node = SimNode(root, pods=files, containers_per_pod=1, rotate_every_bytes=None, seed=7, keep_bodies=False,
+                   flush_bytes=1 << 20)
+    node.write(lines)
+    return node, node.ledger.total()
+
+
+def profile_stages(settings_path: Path) -> list[tuple[str, float]]:
+    """CPU share per stage of an in-process ingest over the same files (no Kafka)."""
+    from shipper.config import load_settings
+    from shipper.ingest import Ingest
+    from shipper.metrics import Metrics
+    from shipper.state import Snapshot
+    from shipper.batch import encode_batch
+
+    settings = load_settings(str(settings_path))
+    ingest = Ingest(settings, Snapshot(), Metrics())
+    profiler = cProfile.Profile()
+    profiler.enable()
+    while True:
+        collected = ingest.collect(settings.wal.commit_bytes)
+        if collected is None:
+            break
+        encode_batch(collected[0])
+    profiler.disable()
+    stats = pstats.Stats(profiler)
+    total = stats.total_tt
+    stages = {"tail (read)": ("tail.py", "poll"), "parse": ("parse.py", "feed"),
+              "seal + JSON (records)": ("records.py", "seal_entries"), "enrich (body)": ("body.py", "process"),
+              "WAL frame encode": ("batch.py", "encode_batch")}
+    shares = []
+    for label, (filename, function) in stages.items():
+        cumulative = sum(value[3] for (file, _line, name), value in stats.stats.items()
+                         if file.endswith(filename) and name == function)
+        shares.append((label, cumulative / total if total else 0.0))
+    return shares
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--lines", type=int, default=500_000, help="entries to write (PEERS.md used 2,000,000)")
+    parser.add_argument("--files", type=int, default=10)
+    parser.add_argument("--broker", choices=["kafka", "tansu"], default="kafka")
+    parser.add_argument("--no-profile", action="store_true")
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="audit-shipper-bench-"))
+    try:
+        started = time.monotonic()
+        node, entries = write_workload(workdir / "log", args.lines, args.files)
+        size = sum(f.stat().st_size for f in (workdir / "log" / "pods").rglob("*.log"))
+        print(f"workload: {entries:,} entries, {size / 1e6:.0f} MB in {args.files} files "
+              f"(written in {time.monotonic() - started:.1f}s)")
+        broker, stop_broker = await start_broker(args.broker, workdir)
+        try:
+            config = write_config(workdir / "config.yaml", bootstrap=broker.bootstrap, node_root=workdir / "log",
+                                  state_dir=workdir / "state", metrics_port=free_port(),
+                                  sources={"discover_interval_s": 1.0, "poll_interval_s": 0.1},
+                                  kafka={"request_timeout_ms": 30000})
+            shipper = ShipperProcess(config, workdir / "shipper.log").start()
+            begin = time.monotonic()
+            target = entries
+            metrics: dict[str, float] = {}
+            while time.monotonic() - begin < 1800:
+                time.sleep(0.5)
+                if not shipper.alive():
+                    print(shipper.log_text()[-3000:])
+                    return 1
+                try:
+                    metrics = scrape(shipper.metrics_port)
+                except OSError:
+                    continue
+                if metrics.get("audit_shipper_entries_total", 0) >= target and \
+                        metrics.get("audit_shipper_wal_unacked_records", 0) == 0 and \
+                        metrics.get("audit_shipper_records_shipped_total", 0) >= target:
+                    break
+            elapsed = time.monotonic() - begin
+            cpu = cpu_seconds(shipper.pid)
+            rss = peak_rss(shipper.pid)
+            metrics = scrape(shipper.metrics_port)
+            shipper.sigterm()
+        finally:
+            stop_broker()
+        physical = metrics.get('audit_shipper_lines_read_total{format="cri"}', entries)
+        print(f"broker: {args.broker}")
+        print(f"entries/s:            {entries / elapsed:,.0f}")
+        print(f"MB/s:                 {size / elapsed / 1e6:,.1f}")
+        print(f"CPU-s per 1M lines:   {cpu / physical * 1e6:.2f}  (user+sys {cpu:.1f}s for {physical:,.0f} lines)")
+        print(f"peak RSS:             {rss / 2**20:.0f} MiB")
+        print(f"lag p50 / p99:        {histogram_quantile(metrics, 'audit_shipper_end_to_end_lag_seconds', 0.5)}s / "
+              f"{histogram_quantile(metrics, 'audit_shipper_end_to_end_lag_seconds', 0.99)}s (bucket bounds)")
+        if not args.no_profile:
+            print("CPU share per stage (profiled in-process run, no Kafka):")
+            for label, share in profile_stages(config):
+                print(f"  {label:24s} {share * 100:5.1f} %")
+        return 0
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(asyncio.run(main()))
