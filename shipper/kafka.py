@@ -262,6 +262,8 @@ class Sender:
         self._queues: dict[tuple[str, int], _PartitionQueue] = {}
         self._workers: asyncio.TaskGroup | None = None
         self._progress = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._restarting = False
         self.last_success = 0.0
 
     # -- interface for the pipeline --------------------------------------------------------------
@@ -281,6 +283,7 @@ class Sender:
     # -- tasks -----------------------------------------------------------------------------------
     async def run(self, stopping: asyncio.Event) -> None:
         """Runs until cancelled: reading frames, partition workers, the ack flusher."""
+        self._stopping = stopping
         if not await self.sink.start(stopping):
             return
         async with asyncio.TaskGroup() as group:
@@ -400,6 +403,7 @@ class Sender:
                                 _describe(exc))
                 self.metrics.retries.inc()
                 await asyncio.sleep(next(delays))
+                await self._pick_up_rotated_secret()
                 continue
             self.last_success = time.monotonic()
             self.metrics.kafka_connected.set(1)
@@ -412,6 +416,16 @@ class Sender:
                 if ticket.pending == 0:
                     self._complete(ticket)
             return
+
+    async def _pick_up_rotated_secret(self) -> None:
+        """Kubernetes rotates Secrets in place: a changed password file means a new producer."""
+        if self.sink.secret_changed() and not self._restarting:
+            self._restarting = True
+            try:
+                log.info("kafka.sasl.password_file changed: reconnecting with the new password")
+                await self.sink.restart(self._stopping)
+            finally:
+                self._restarting = False
 
     async def _refuse(self, item: _Pending, topic: str, reason: str) -> None:
         """A record Kafka will never take: its chain gets a gap record naming it; then it counts as done."""

@@ -164,9 +164,12 @@ class StreamParser:
         lines = data.split(b"\n")
         tail = lines.pop()                           # bytes after the last newline (maybe empty)
         line_offset = offset
-        for line in lines:
-            add_line(line, line_offset, out, 0)
-            line_offset += len(line) + 1
+        if self.format == FORMAT_CRI and self._multiline is None:
+            line_offset = self._add_cri_lines_fast(lines, line_offset, out)
+        else:
+            for line in lines:
+                add_line(line, line_offset, out, 0)
+                line_offset += len(line) + 1
         if tail:
             if end_of_file:
                 add_line(tail, line_offset, out, EntryFlag.UNTERMINATED)
@@ -190,6 +193,28 @@ class StreamParser:
                            flags | (EntryFlag.MULTILINE if len(bodies) > 1 else 0))
 
     # -- line handlers -----------------------------------------------------------------------
+    def _add_cri_lines_fast(self, lines: list[bytes], line_offset: int, out: Entries) -> int:
+        """The common case inlined: a well-formed `F` line with no partial group open becomes an
+        entry here; everything else goes through `_add_cri_line`."""
+        offsets, times, streams, bodies, flags = out.offsets, out.times, out.streams, out.bodies, out.flags
+        max_entry = self.max_entry
+        is_timestamp = looks_like_timestamp
+        slow = self._add_cri_line
+        for line in lines:
+            parts = line.split(b" ", 3)
+            if (len(parts) == 4 and parts[2] == b"F" and not self._groups and self._cont is None
+                    and (parts[1] == b"stdout" or parts[1] == b"stderr") and len(parts[3]) <= max_entry
+                    and is_timestamp(parts[0])):
+                offsets.append(line_offset)
+                times.append(parts[0])
+                streams.append(parts[1])
+                bodies.append(parts[3])
+                flags.append(0)
+            else:
+                slow(line, line_offset, out, 0)
+            line_offset += len(line) + 1
+        return line_offset
+
     def _add_cri_line(self, line: bytes, offset: int, out: Entries, flags: int) -> None:
         if self._cont is not None:
             time, stream, tag = self._cont

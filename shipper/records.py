@@ -34,6 +34,9 @@ _ATTRIBUTE_FLAGS = (EntryFlag.BAD_HEADER | EntryFlag.BAD_JSON | EntryFlag.BAD_UT
                     | EntryFlag.CONTINUED | EntryFlag.MULTILINE | EntryFlag.UNTERMINATED)
 
 
+_STREAM_TEXT = {b"stdout": "stdout", b"stderr": "stderr"}
+
+
 def flag_attributes(flags: int) -> list[str]:
     return [member for flag, member in _FLAG_ATTRIBUTES if flags & flag]
 
@@ -68,6 +71,7 @@ def seal_entries(head: ChainHead, entries: Entries, ctx: ChainContext, observed_
     head_tpl, source_tpl, seal_tpl = ctx.templates()
     observed_b = observed_time.encode()
     prev = head.hash
+    prev_hex = prev.hex()
     seq = head.seq
     values: list[bytes] = []
     append = values.append
@@ -103,10 +107,13 @@ def seal_entries(head: ChainHead, entries: Entries, ctx: ChainContext, observed_
         seq_b = b"%d" % seq
         digest = sha(b"%s%d:%s,%d:%s,%d:%s,%d:%s,0:," % (prev, len(seq_b), seq_b, len(time_b), time_b,
                                                          len(stream_b), stream_b, len(body_b), body_b)).digest()
+        digest_hex = digest.hex()
         append((f'{head_tpl}{seq}","time":"{time_b.decode()}","observed_time":"{observed_time}",'
-                f'"stream":"{stream_b.decode()}","body":{quote(body)}{extra},"attributes":{{{attributes}}}'
-                f'{source_tpl}{offset}{seal_tpl}{seq},"prev":"{prev.hex()}","hash":"{digest.hex()}"}}}}').encode())
+                f'"stream":"{_STREAM_TEXT.get(stream_b) or stream_b.decode()}","body":{quote(body)}{extra},'
+                f'"attributes":{{{attributes}}}{source_tpl}{offset}{seal_tpl}{seq},"prev":"{prev_hex}",'
+                f'"hash":"{digest_hex}"}}}}').encode())
         prev = digest
+        prev_hex = digest_hex
     if stats is not None:
         stats.invalid_utf8 += bad_utf8
         stats.processed += len(values)
