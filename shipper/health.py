@@ -80,7 +80,7 @@ def pipeline_checks(pipeline) -> tuple[Callable[[], bool], Callable[[], bool]]:
 
     def ready() -> bool:
         status = pipeline.status
-        if not status.running:
+        if not status.running or status.draining:
             return False
         sender, wal = pipeline.sender, pipeline.wal
         if sender is None or wal is None:

@@ -27,6 +27,7 @@ log = logging.getLogger("shipper.pipeline")
 class PipelineStatus:
     running: bool = False
     last_tick: float = 0.0          # monotonic time the ingest loop last went round
+    draining: bool = False
     backpressure: bool = False
     wal_error: str = ""
 
@@ -89,6 +90,7 @@ class Pipeline:
                 if self._provider is not None and hasattr(self._provider, "run"):
                     provider_task = group.create_task(self._provider.run(), name="metadata")
                 await self._ingest_until(stopping, wal, ingest, sender)
+                self.status.draining = True
                 await self._drain(wal, ingest, sender)
                 send_task.cancel()
                 if provider_task is not None:

@@ -1,0 +1,270 @@
+"""At-least-once delivery under faults, against the real Apache Kafka broker.
+
+Every test writes with a simulated kubelet, breaks something, and then accounts for every entry
+written: it is in the topic (deduplicated by event_id), or its chain carries a gap record.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from shipper.simnode import SimNode
+from shipper.wal import HEADER_SIZE, segment_name
+from tests.support import ShipperProcess, account, wait_until, write_config
+
+pytestmark = [pytest.mark.kafka, pytest.mark.timeout(420)]
+
+
+class Writer:
+    """Writes entries in a background thread at about `rate` entries per second."""
+
+    def __init__(self, node: SimNode, rate: int) -> None:
+        self.node = node
+        self.rate = rate
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.lock = threading.Lock()
+
+    def _run(self) -> None:
+        tick = 0.05
+        while not self._stop.is_set():
+            with self.lock:
+                self.node.write(max(1, int(self.rate * tick)))
+            time.sleep(tick)
+
+    def __enter__(self) -> Writer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self.node.flush()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def new_topic(broker, partitions: int = 3) -> str:
+    topic = f"logs-{uuid.uuid4().hex[:8]}"
+    asyncio.run(broker.create_topic(topic, partitions))
+    return topic
+
+
+def settle(bootstrap: str, topic: str, node: SimNode, timeout: float = 120):
+    """Read the topic until every written entry is there (or the timeout); returns the account."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = asyncio.run(account(bootstrap, topic, node, idle_s=2.0))
+        if result.total("missing") == 0 or time.monotonic() > deadline:
+            return result
+        time.sleep(2)
+
+
+def make_shipper(tmp_path: Path, broker, topic: str, node: SimNode, **sections) -> ShipperProcess:
+    config = write_config(tmp_path / "config.yaml", bootstrap=broker.bootstrap, node_root=node.root,
+                          state_dir=tmp_path / "state", topic=topic, **sections)
+    return ShipperProcess(config, tmp_path / "shipper.log")
+
+
+def assert_complete(result, shipper: ShipperProcess | None = None) -> None:
+    summary = result.summary()
+    context = f"\nshipper log tail:\n{shipper.log_text()[-4000:]}" if shipper else ""
+    assert summary["written"] > 0
+    assert summary["missing"] == 0, f"{summary}{context}"
+    assert summary["duplicates_conflicting"] == 0, f"{summary}{context}"
+    assert summary["malformed"] == 0
+
+
+def test_sigkill_at_ten_random_moments_loses_nothing(tmp_path, fresh_kafka_broker):
+    broker = fresh_kafka_broker
+    topic = new_topic(broker)
+    node = SimNode(tmp_path / "log", pods=4, containers_per_pod=1, rotate_every_bytes=2 << 20, keep_rotated=4, seed=11)
+    shipper = make_shipper(tmp_path, broker, topic, node).start()
+    rng = random.Random(7)
+    try:
+        with Writer(node, rate=3000):
+            for _ in range(10):
+                time.sleep(rng.uniform(0.3, 2.5))
+                shipper.sigkill()
+                shipper.start()
+            time.sleep(1)
+        result = settle(broker.bootstrap, topic, node)
+    finally:
+        shipper.stop()
+    assert_complete(result, shipper)
+    print(f"\n10 SIGKILLs: {result.total('written')} entries, {result.total('duplicates_exact')} exact duplicates "
+          f"({result.total('duplicates_exact') / 10:.0f} per crash), gaps {result.total('gaps')}")
+
+
+def test_broker_sigkilled_mid_stream_and_restarted_loses_nothing(tmp_path, fresh_kafka_broker):
+    broker = fresh_kafka_broker
+    topic = new_topic(broker)
+    node = SimNode(tmp_path / "log", pods=3, containers_per_pod=1, rotate_every_bytes=4 << 20, seed=12)
+    shipper = make_shipper(tmp_path, broker, topic, node).start()
+    try:
+        with Writer(node, rate=3000):
+            time.sleep(2)
+            broker.kill()
+            time.sleep(4)
+            broker.restart()
+            time.sleep(2)
+        result = settle(broker.bootstrap, topic, node)
+    finally:
+        shipper.stop()
+    assert_complete(result, shipper)
+
+
+def test_broker_paused_sixty_seconds_memory_stays_bounded_and_nothing_is_lost(tmp_path, fresh_kafka_broker):
+    broker = fresh_kafka_broker
+    topic = new_topic(broker)
+    node = SimNode(tmp_path / "log", pods=4, containers_per_pod=1, rotate_every_bytes=None, seed=13,
+                   keep_bodies=True)
+    shipper = make_shipper(tmp_path, broker, topic, node, wal={"max_bytes": 32 << 20, "segment_bytes": 4 << 20}).start()
+    peak = 0
+    try:
+        wait_until(lambda: shipper.metrics() is not None, 20, "the shipper's metrics")
+        with Writer(node, rate=20_000):
+            time.sleep(1)
+            broker.pause()
+            try:
+                until = time.monotonic() + 60
+                while time.monotonic() < until:
+                    peak = max(peak, shipper.rss_bytes())
+                    time.sleep(1)
+                backpressure = shipper.metrics().get("audit_shipper_backpressure_active", 0)
+            finally:
+                broker.resume()
+        result = settle(broker.bootstrap, topic, node, timeout=180)
+    finally:
+        shipper.stop()
+    assert_complete(result, shipper)
+    print(f"\n60 s pause at ~20k lines/s: peak RSS {peak / 2**20:.0f} MiB, backpressure at the end {backpressure}")
+    assert peak < 200 * 2**20, f"peak RSS {peak / 2**20:.0f} MiB during the outage"
+
+
+def test_outage_longer_than_the_wal_holds_pauses_reading_and_loses_nothing(tmp_path, fresh_kafka_broker):
+    broker = fresh_kafka_broker
+    topic = new_topic(broker)
+    node = SimNode(tmp_path / "log", pods=2, containers_per_pod=1, rotate_every_bytes=None, seed=14)
+    shipper = make_shipper(tmp_path, broker, topic, node, wal={"max_bytes": 2 << 20, "segment_bytes": 256 << 10,
+                                                               "commit_bytes": 128 << 10}).start()
+    try:
+        broker.stop()
+        node.write(30_000)                     # ~6 MB of source, ~20 MB of records: three WALs' worth
+        wait_until(lambda: shipper.metrics().get("audit_shipper_backpressure_active") == 1, 60, "backpressure")
+        wal_bytes = shipper.metrics()["audit_shipper_wal_bytes"]
+        assert wal_bytes <= 2 << 20
+        broker.start()
+        result = settle(broker.bootstrap, topic, node, timeout=180)
+        wait_until(lambda: shipper.metrics().get("audit_shipper_backpressure_active") == 0, 60, "backpressure to end")
+        paused = shipper.metrics()["audit_shipper_backpressure_seconds_total"]
+    finally:
+        shipper.stop()
+    assert_complete(result, shipper)
+    assert paused > 0
+
+
+def _frames_in(segment: Path) -> list[int]:
+    data = segment.read_bytes()
+    starts, offset = [], 0
+    while offset + HEADER_SIZE <= len(data):
+        starts.append(offset)
+        offset += HEADER_SIZE + int.from_bytes(data[offset:offset + 4], "big")
+    return starts
+
+
+def test_torn_wal_tail_and_corrupted_frame_on_restart_lose_nothing(tmp_path, fresh_kafka_broker):
+    broker = fresh_kafka_broker
+    topic = new_topic(broker)
+    node = SimNode(tmp_path / "log", pods=2, containers_per_pod=1, rotate_every_bytes=None, seed=15)
+    shipper = make_shipper(tmp_path, broker, topic, node, wal={"commit_bytes": 64 << 10, "segment_bytes": 64 << 20})
+    broker.stop()
+    wal_dir = tmp_path / "state" / "wal"
+    try:
+        shipper.start()
+        node.write(3000)
+        wait_until(lambda: shipper.metrics().get("audit_shipper_wal_commits_total", 0) >= 3, 60, "three WAL commits")
+        shipper.sigkill()
+        segment = wal_dir / segment_name(0)
+        os.truncate(segment, segment.stat().st_size - 37)           # torn tail
+        shipper.start()
+        node.write(3000)
+        wait_until(lambda: shipper.metrics().get("audit_shipper_wal_commits_total", 0) >= 3, 60, "more commits")
+        shipper.sigkill()
+        starts = _frames_in(segment)
+        assert len(starts) >= 4
+        data = bytearray(segment.read_bytes())
+        data[starts[len(starts) // 2] + HEADER_SIZE + 10] ^= 0x5A     # corrupt a frame in the middle
+        segment.write_bytes(bytes(data))
+        shipper.start()
+        broker.start()
+        result = settle(broker.bootstrap, topic, node)
+    finally:
+        shipper.stop()
+    assert_complete(result, shipper)
+    log = shipper.log_text()
+    assert "torn frame" in log and "checksum mismatch" in log
+
+
+@pytest.fixture
+def tiny_filesystem(tmp_path):
+    mount_point = tmp_path / "walfs"
+    mount_point.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m,mode=0700", "tmpfs", str(mount_point)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
+    yield mount_point
+    subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)
+
+
+def test_wal_disk_full_is_a_clear_error_with_backpressure_and_recovers(tmp_path, fresh_kafka_broker, tiny_filesystem):
+    broker = fresh_kafka_broker
+    topic = new_topic(broker)
+    node = SimNode(tmp_path / "log", pods=2, containers_per_pod=1, rotate_every_bytes=None, seed=16)
+    shipper = make_shipper(tmp_path, broker, topic, node,
+                           wal={"dir": str(tiny_filesystem / "wal"), "max_bytes": 64 << 20, "segment_bytes": 256 << 10,
+                                "commit_bytes": 128 << 10})
+    broker.stop()
+    try:
+        shipper.start()
+        node.write(20_000)                                           # far more than 3 MiB of records
+        wait_until(lambda: sum(v for k, v in shipper.metrics().items()
+                               if k.startswith("audit_shipper_wal_write_errors_total")) > 0, 60, "a WAL write error")
+        assert shipper.metrics().get("audit_shipper_backpressure_active") == 1
+        assert "No space left on device" in shipper.log_text()
+        broker.start()
+        result = settle(broker.bootstrap, topic, node, timeout=180)
+    finally:
+        shipper.stop()
+    assert_complete(result, shipper)
+
+
+def test_sigterm_during_steady_stream_exits_zero_in_grace_and_loses_nothing(tmp_path, fresh_kafka_broker):
+    broker = fresh_kafka_broker
+    topic = new_topic(broker)
+    node = SimNode(tmp_path / "log", pods=3, containers_per_pod=1, rotate_every_bytes=1 << 20, seed=17)
+    shipper = make_shipper(tmp_path, broker, topic, node).start()
+    try:
+        with Writer(node, rate=3000):
+            time.sleep(3)
+            started = time.monotonic()
+            code = shipper.sigterm(timeout=30)
+            took = time.monotonic() - started
+            time.sleep(1)
+        assert code == 0 and took < 20, (code, took)
+        shipper.start()                                              # the rest is read on the next start
+        result = settle(broker.bootstrap, topic, node)
+    finally:
+        shipper.stop()
+    assert_complete(result, shipper)
+    assert result.total("duplicates_exact") == 0, "a drained stop leaves nothing to send twice"

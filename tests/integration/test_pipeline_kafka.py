@@ -1,0 +1,194 @@
+"""The whole pipeline against real brokers: records in the topic, metrics, health, verify."""
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from shipper.reconcile import read_topic
+from shipper.seal import generate_key_pair
+from shipper.simnode import SimNode
+from tests.support import ShipperProcess, account, http_status, wait_until, write_config
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.timeout(300)
+
+
+def new_topic(broker, partitions: int = 3) -> str:
+    topic = f"logs-{uuid.uuid4().hex[:8]}"
+    asyncio.run(broker.create_topic(topic, partitions))
+    return topic
+
+
+def keys(tmp_path: Path) -> tuple[Path, Path]:
+    private, public = generate_key_pair()
+    (tmp_path / "keys").mkdir(mode=0o700)
+    private_path, public_path = tmp_path / "keys" / "signing.pem", tmp_path / "keys" / "signing.pub.pem"
+    private_path.write_bytes(private)
+    private_path.chmod(0o600)
+    public_path.write_bytes(public)
+    return private_path, public_path
+
+
+def run_verify(bootstrap: str, topic: str, public_key: Path) -> tuple[int, dict]:
+    done = subprocess.run([sys.executable, "-m", "shipper.cli", "verify", "--bootstrap-servers", bootstrap,
+                           "--topic", topic, "--public-key", str(public_key), "--json", "--idle-timeout", "2"],
+                          capture_output=True, text=True, timeout=120)
+    try:
+        report = json.loads(done.stdout)
+    except ValueError:
+        raise AssertionError(f"verify printed no JSON: {done.stdout[-2000:]} {done.stderr[-2000:]}") from None
+    return done.returncode, report
+
+
+def wait_for_all(shipper: ShipperProcess, bootstrap: str, topic: str, node: SimNode, timeout: float = 90):
+    deadline = time.monotonic() + timeout
+    while True:
+        result = asyncio.run(account(bootstrap, topic, node, idle_s=1.5))
+        if result.total("missing") == 0 or time.monotonic() > deadline:
+            return result
+        time.sleep(1)
+
+
+@pytest.mark.kafka
+def test_clean_run_arrives_complete_validates_and_verifies(tmp_path, kafka_broker):
+    topic = new_topic(kafka_broker)
+    private_key, public_key = keys(tmp_path)
+    node = SimNode(tmp_path / "log", pods=3, containers_per_pod=2, rotate_every_bytes=256 << 10, keep_rotated=5,
+                   seed=21)
+    config = write_config(tmp_path / "config.yaml", bootstrap=kafka_broker.bootstrap, node_root=node.root,
+                          state_dir=tmp_path / "state", topic=topic,
+                          seal={"signing_key_file": str(private_key), "checkpoint_every_s": 1})
+    shipper = ShipperProcess(config, tmp_path / "shipper.log").start()
+    try:
+        for _ in range(5):
+            node.write(2000)
+            time.sleep(0.3)
+        result = wait_for_all(shipper, kafka_broker.bootstrap, topic, node)
+        assert shipper.sigterm() == 0
+    finally:
+        shipper.stop()
+    summary = result.summary()
+    assert summary["missing"] == 0 and summary["duplicates_conflicting"] == 0, summary
+    assert summary["received"] == summary["written"] == 10_000
+    assert summary["control_records"].get("checkpoint", 0) >= 6
+
+    schema = json.loads((REPO / "schema" / "audit-shipper-v1.json").read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    values = asyncio.run(read_topic(kafka_broker.bootstrap, topic, idle_s=1.5))
+    for value in values:
+        validator.validate(json.loads(value))
+
+    code, report = run_verify(kafka_broker.bootstrap, topic, public_key)
+    assert code == 0, report
+
+
+@pytest.mark.kafka
+def test_loss_at_source_verifies_as_a_named_gap_with_its_byte_count(tmp_path, kafka_broker):
+    topic = new_topic(kafka_broker)
+    private_key, public_key = keys(tmp_path)
+    node = SimNode(tmp_path / "log", pods=1, containers_per_pod=1, rotate_every_bytes=None, keep_rotated=2,
+                   gzip_rotated=True, seed=22)
+    config = write_config(tmp_path / "config.yaml", bootstrap=kafka_broker.bootstrap, node_root=node.root,
+                          state_dir=tmp_path / "state", topic=topic,
+                          seal={"signing_key_file": str(private_key), "checkpoint_every_s": 1})
+    shipper = ShipperProcess(config, tmp_path / "shipper.log").start()
+    try:
+        node.write(500)
+        wait_until(lambda: shipper.metrics().get("audit_shipper_records_shipped_total", 0) >= 500, 60, "first lines")
+        assert shipper.sigterm() == 0
+        node.write(400)           # never read: rotated, gzipped, then deleted by the kubelet
+        node.rotate(0)
+        node.write(10)
+        node.rotate(0)            # the first rotated file is gzipped now
+        node.write(10)
+        node.rotate(0)            # ... and now deleted (keep_rotated=2)
+        node.write(300)
+        shipper.start()
+        wait_until(lambda: sum(v for k, v in shipper.metrics().items()
+                               if k.startswith("audit_shipper_gap_records_total")) > 0, 60, "a gap record")
+        time.sleep(3)
+        assert shipper.sigterm() == 0
+    finally:
+        shipper.stop()
+    code, report = run_verify(kafka_broker.bootstrap, topic, public_key)
+    assert code == 0, report
+    text = json.dumps(report)
+    assert "rotated_unread" in text, report
+    values = asyncio.run(read_topic(kafka_broker.bootstrap, topic, idle_s=1.5))
+    gaps = [json.loads(json.loads(v)["body"]) for v in values if json.loads(v).get("type") == "gap"]
+    assert gaps and all(gap["reason"] == "rotated_unread" for gap in gaps)
+    assert sum(gap["bytes"] for gap in gaps if gap["bytes"] > 0) > 0, gaps
+
+
+@pytest.mark.kafka
+def test_metrics_count_what_was_shipped_and_readyz_flips_when_the_pipeline_stops(tmp_path, kafka_broker):
+    topic = new_topic(kafka_broker)
+    node = SimNode(tmp_path / "log", pods=2, containers_per_pod=1, rotate_every_bytes=None, seed=23)
+    config = write_config(tmp_path / "config.yaml", bootstrap=kafka_broker.bootstrap, node_root=node.root,
+                          state_dir=tmp_path / "state", topic=topic, seal={"checkpoint_every_s": 3600,
+                                                                           "checkpoint_every_records": 10**9})
+    shipper = ShipperProcess(config, tmp_path / "shipper.log").start()
+    port = shipper.metrics_port
+    try:
+        wait_until(lambda: http_status(port, "/readyz") == 200, 60, "/readyz 200")
+        assert http_status(port, "/healthz") == 200
+        node.write(3000)
+        wait_until(lambda: shipper.metrics().get("audit_shipper_records_shipped_total", 0) >= 3000, 60, "3000 shipped")
+        metrics = shipper.metrics()
+        assert metrics["audit_shipper_records_shipped_total"] == 3000
+        assert metrics["audit_shipper_entries_total"] == 3000
+        assert metrics['audit_shipper_lines_read_total{format="cri"}'] >= 3000
+        assert metrics["audit_shipper_files_tracked"] == 2
+        assert metrics["audit_shipper_pipeline_running"] == 1
+        assert metrics["audit_shipper_kafka_connected"] == 1
+        kafka_broker.stop()
+        node.write(50)
+        # an outage the WAL absorbs keeps the shipper ready
+        time.sleep(2)
+        assert http_status(port, "/readyz") == 200
+        kafka_broker.start()
+        wait_until(lambda: shipper.metrics().get("audit_shipper_records_shipped_total", 0) >= 3050, 90, "3050 shipped")
+        shipper.process.send_signal(15)
+        saw_not_ready = False
+        deadline = time.monotonic() + 20
+        while shipper.alive() and time.monotonic() < deadline:
+            status = http_status(port, "/readyz")
+            if status in (0, 503):
+                saw_not_ready = True
+                break
+            time.sleep(0.02)
+        assert shipper.process.wait(30) == 0
+        assert saw_not_ready or http_status(port, "/readyz") == 0
+    finally:
+        shipper.stop()
+    values = asyncio.run(read_topic(kafka_broker.bootstrap, topic, idle_s=1.5))
+    assert len({json.loads(v)["event_id"] for v in values if not json.loads(v).get("type")}) == 3050
+
+
+@pytest.mark.tansu
+def test_tansu_steady_stream_arrives_complete(tmp_path, tansu_broker):
+    topic = new_topic(tansu_broker)
+    node = SimNode(tmp_path / "log", pods=3, containers_per_pod=1, rotate_every_bytes=512 << 10, keep_rotated=4,
+                   seed=24)
+    config = write_config(tmp_path / "config.yaml", bootstrap=tansu_broker.bootstrap, node_root=node.root,
+                          state_dir=tmp_path / "state", topic=topic)
+    shipper = ShipperProcess(config, tmp_path / "shipper.log").start()
+    try:
+        for _ in range(4):
+            node.write(2500)
+            time.sleep(0.3)
+        result = wait_for_all(shipper, tansu_broker.bootstrap, topic, node)
+        assert shipper.sigterm() == 0
+    finally:
+        shipper.stop()
+    summary = result.summary()
+    assert summary["missing"] == 0 and summary["duplicates_conflicting"] == 0, summary
+    assert "idempotent producer" in shipper.log_text()
