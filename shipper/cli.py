@@ -65,7 +65,7 @@ def _run(settings) -> int:
     setup_logging(settings.log_level)
     try:
         return asyncio.run(Server(settings).serve())
-    except UnsafeStateDirectory as exc:
+    except (UnsafeStateDirectory, ConfigError) as exc:
         print(f"shipper: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

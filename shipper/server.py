@@ -8,7 +8,7 @@ import signal
 import stat
 from pathlib import Path
 
-from .config import Settings
+from .config import ConfigError, Settings
 from .health import HealthServer, pipeline_checks
 from .metrics import Metrics
 from .pipeline import Pipeline
@@ -33,6 +33,25 @@ def check_private_directory(path: str, what: str) -> None:
                                    f"(uid {os.geteuid()}); refusing to keep audit data there")
 
 
+def preflight(settings: Settings) -> None:
+    """Check at start what would otherwise fail later, naming the option: certificates, password
+    and signing-key files must be readable and well-formed."""
+    from .ingest import SigningKey
+    from .kafka import KafkaSetupError, producer_options
+
+    try:
+        producer_options(settings.kafka, idempotent=False)
+    except KafkaSetupError as exc:
+        raise ConfigError(str(exc)) from None
+    try:
+        SigningKey(settings.seal.signing_key_file, settings.seal.key_id)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    for root in settings.sources.roots:
+        if not os.path.isdir(root):
+            log.warning("sources.roots: %s does not exist (yet); it is watched", root)
+
+
 class Server:
     def __init__(self, settings: Settings, metrics: Metrics | None = None, provider=None) -> None:
         self.settings = settings
@@ -51,6 +70,8 @@ class Server:
 
     async def serve(self) -> int:
         settings = self.settings
+        os.umask(0o077)            # WAL, state and their SQLite side files: this user only
+        preflight(settings)
         check_private_directory(settings.wal.dir, "wal.dir")
         check_private_directory(settings.state.dir, "state.dir")
         loop = asyncio.get_running_loop()
