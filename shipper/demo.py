@@ -44,7 +44,8 @@ async def _demo(workdir: Path, broker: EmbeddedTansu, seconds: float, pods: int,
     broker.start()
     await broker.wait_ready()
     await broker.create_topic(TOPIC, partitions=3)
-    _say(f"  broker             Tansu (embedded) on {broker.bootstrap}, topic '{TOPIC}' with 3 partitions")
+    _say(f"  broker             Tansu (embedded) on {broker.bootstrap}, topic '{TOPIC}' with 3 partitions "
+         f"(acks=all; Tansu has no idempotent producer)")
 
     keys = workdir / "keys"
     keys.mkdir(mode=0o700)
@@ -61,7 +62,8 @@ async def _demo(workdir: Path, broker: EmbeddedTansu, seconds: float, pods: int,
                  "discover_interval_s": 0.5, "poll_interval_s": 0.05},
         wal={"dir": str(workdir / "state" / "wal"), "max_bytes": 64 << 20, "segment_bytes": 8 << 20},
         state={"dir": str(workdir / "state")},
-        kafka={"bootstrap_servers": broker.bootstrap, "topic": TOPIC},
+        # Tansu has no idempotent producer; acks=all still holds and replays stay recognisable.
+        kafka={"bootstrap_servers": broker.bootstrap, "topic": TOPIC, "idempotence": "off"},
         enrich={"kubernetes": False},
         seal={"signing_key_file": str(keys / "signing-key.pem"), "checkpoint_every_s": 2.0},
         metrics={"enabled": False})

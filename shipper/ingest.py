@@ -338,8 +338,9 @@ class Ingest:
 
     def _seal(self, chain: _Chain, entries: Entries, context: ChainContext, observed: str, process_body,
               runs: dict[str, Run]) -> int:
+        run = self._run(chain, runs)          # before sealing: the run starts at the head's next seq
         values, chain.head = seal_entries(chain.head, entries, context, observed, process_body, self._stats)
-        self._run(chain, runs).values.extend(values)
+        run.values.extend(values)
         chain.since_checkpoint += len(values)
         self._manifest_dirty.add(chain.head.chain)
         return sum(len(value) for value in values)
