@@ -54,6 +54,13 @@ class KubeStartError(RuntimeError):
     """etcd or kube-apiserver did not come up, or a tool could not be built; carries the log's tail."""
 
 
+class HelmError(subprocess.CalledProcessError):
+    """helm exited non-zero; unlike its base class, the message shows what helm said."""
+
+    def __str__(self) -> str:
+        return f"{super().__str__()}\n{self.stderr}"
+
+
 # ---------------------------------------------------------------------------------------------- tools
 
 def cache_dir() -> Path:
@@ -61,13 +68,13 @@ def cache_dir() -> Path:
 
 
 def tool_path(name: str) -> Path:
-    """Path of a cached tool (`kube-apiserver`, `etcd`, `helm`); builds all of them first when it is
-    missing (the first build takes 10-20 minutes; `make tools` does it before the test run)."""
+    """Path of a cached tool (`kube-apiserver`, `etcd`, `helm`). The build script runs once per process:
+    a no-op in under a second when the cache is current, a rebuild when tools/kube/ pins changed, and
+    the full build (10-20 minutes cold; `make tools` does it before the test run) when it is empty."""
     if name not in KUBE_TOOLS:
         raise ValueError(f"unknown tool {name!r}; one of {KUBE_TOOLS}")
     path = cache_dir() / "bin" / name
-    if not os.access(path, os.X_OK):
-        _build_tools()
+    _build_tools()
     if not os.access(path, os.X_OK):
         raise KubeStartError(f"{BUILD_SCRIPT} ran but {path} is still missing")
     return path
@@ -91,18 +98,22 @@ def helm(*args: str, timeout: float = 120) -> str:
     result = subprocess.run([str(tool_path("helm")), *args], capture_output=True, text=True, timeout=timeout,
                             env=env)
     if result.returncode != 0:
-        raise subprocess.CalledProcessError(result.returncode, result.args, result.stdout, result.stderr)
+        raise HelmError(result.returncode, result.args, result.stdout, result.stderr)
     return result.stdout
 
 
 def render_chart(*, values_files: Sequence[Path] = (), set_values: Mapping[str, str] | None = None,
-                 release: str = "audit-shipper", namespace: str = SHIPPER_NAMESPACE,
-                 chart: Path = CHART_DIR, kube_version: str = KUBE_VERSION) -> list[dict[str, Any]]:
-    """`helm template` of the chart, as a list of objects (empty documents dropped)."""
+                 set_strings: Mapping[str, str] | None = None, release: str = "audit-shipper",
+                 namespace: str = SHIPPER_NAMESPACE, chart: Path = CHART_DIR,
+                 kube_version: str = KUBE_VERSION) -> list[dict[str, Any]]:
+    """`helm template` of the chart, as a list of objects (empty documents dropped). `set_values` go
+    through `--set` (helm types them: "true" is a boolean), `set_strings` through `--set-string`."""
     args = ["template", release, str(chart), "--namespace", namespace, "--kube-version", kube_version]
     for values_file in values_files:
         args += ["--values", str(values_file)]
     for key, value in (set_values or {}).items():
+        args += ["--set", f"{key}={value}"]
+    for key, value in (set_strings or {}).items():
         args += ["--set-string", f"{key}={value}"]
     return [doc for doc in yaml.safe_load_all(helm(*args)) if doc]
 
