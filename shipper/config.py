@@ -81,8 +81,12 @@ class WalConfig(_Section):
 
     @model_validator(mode="after")
     def _segment_fits(self) -> WalConfig:
-        if self.segment_bytes > self.max_bytes:
-            raise ValueError(f"wal.segment_bytes ({self.segment_bytes}) must not exceed wal.max_bytes ({self.max_bytes})")
+        if self.segment_bytes * 2 > self.max_bytes:
+            raise ValueError(f"wal.segment_bytes ({self.segment_bytes}) must be at most half of wal.max_bytes "
+                             f"({self.max_bytes}): a segment is freed only once wholly acknowledged")
+        if self.commit_bytes * 4 > self.max_bytes:
+            raise ValueError(f"wal.commit_bytes ({self.commit_bytes}) must be at most a quarter of wal.max_bytes "
+                             f"({self.max_bytes})")
         return self
 
 

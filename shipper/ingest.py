@@ -163,6 +163,8 @@ class Ingest:
         self._manifest_dirty: set[str] = set()
         self._last_manifest = time.monotonic()
         self._topic_template = settings.kafka.topic
+        # One read turns into about 3-4x its size in records: keep a batch near commit_bytes.
+        self.read_size = max(4096, min(settings.sources.read_size, settings.wal.commit_bytes // 4))
 
     # -- chains ----------------------------------------------------------------------------------
     def _chain(self, ref: ContainerRef) -> _Chain:
@@ -222,7 +224,7 @@ class Ingest:
                               multiline_max_lines=self.sources_config.multiline_max_lines)
         if position is not None:
             parser.reset(position.offset)
-        tailer = Tailer(found.path, found.ref, position, read_size=self.sources_config.read_size)
+        tailer = Tailer(found.path, found.ref, position, read_size=self.read_size)
         self._sources[found.path] = _Source(found.path, found.ref, tailer, parser, time.monotonic(), saved)
         chain.sources += 1
 

@@ -111,14 +111,16 @@ class Pipeline:
     async def _ingest_until(self, stopping: asyncio.Event, wal: Wal, ingest: Ingest, sender: Sender) -> None:
         config = self.settings
         commit_bytes = config.wal.commit_bytes
+        # A batch is commit_bytes plus at most one read of records (about 4x the source bytes).
+        room_needed = commit_bytes + 4 * ingest.read_size
         poll = config.sources.poll_interval_s
         interval_sync = config.wal.fsync is FsyncMode.interval
         sync_every = config.wal.fsync_interval_ms / 1000
         last_sync = time.monotonic()
         while not stopping.is_set():
             self.status.last_tick = time.monotonic()
-            if not wal.has_room(commit_bytes * 2):
-                await self._pause_for_room(stopping, wal, sender, commit_bytes * 2)
+            if not wal.has_room(room_needed) and wal.unacked_bytes > 0:
+                await self._pause_for_room(stopping, wal, sender, room_needed)
                 continue
             collected = await asyncio.to_thread(_collect_encoded, ingest, commit_bytes)
             if collected is None:
@@ -141,7 +143,9 @@ class Pipeline:
         self.status.backpressure = True
         self.metrics.backpressure.set(1)
         started = time.monotonic()
-        while not wal.has_room(needed) and not stopping.is_set():
+        # Acks free space; with nothing unacknowledged there is nothing to wait for, and a frame
+        # larger than the whole limit is written anyway rather than never.
+        while not wal.has_room(needed) and wal.unacked_bytes > 0 and not stopping.is_set():
             waiter = asyncio.ensure_future(sender.wait_progress())
             stop_waiter = asyncio.ensure_future(stopping.wait())
             await asyncio.wait({waiter, stop_waiter}, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
@@ -158,9 +162,9 @@ class Pipeline:
         stays paused meanwhile); never gives up on a sealed batch."""
         delay = 0.2
         while True:
-            if not wal.has_room(len(payload)):
+            if not wal.has_room(len(payload)) and wal.unacked_bytes > 0:
                 await self._pause_for_room(stopping, wal, sender, len(payload))
-                if stopping.is_set() and not wal.has_room(len(payload)):
+                if stopping.is_set() and not wal.has_room(len(payload)) and wal.unacked_bytes > 0:
                     # Not written, not acknowledged: its lines are read again on the next start.
                     return
             try:

@@ -199,7 +199,7 @@ class Wal:
         try:
             written = os.write(self._fd, data)
             if written != len(data):
-                raise OSError(errno.ENOSPC, "short write")
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC) + f" (wrote {written} of {len(data)} bytes)")
         except OSError as exc:
             try:
                 os.ftruncate(self._fd, size)

@@ -164,6 +164,7 @@ def test_outage_longer_than_the_wal_holds_pauses_reading_and_loses_nothing(tmp_p
         wal_bytes = shipper.metrics()["audit_shipper_wal_bytes"]
         assert wal_bytes <= 2 << 20
         broker.start()
+        broker.wait_ready()
         result = settle(broker.bootstrap, topic, node, timeout=180)
         wait_until(lambda: shipper.metrics().get("audit_shipper_backpressure_active") == 0, 60, "backpressure to end")
         paused = shipper.metrics()["audit_shipper_backpressure_seconds_total"]
@@ -186,7 +187,7 @@ def test_torn_wal_tail_and_corrupted_frame_on_restart_lose_nothing(tmp_path, fre
     broker = fresh_kafka_broker
     topic = new_topic(broker)
     node = SimNode(tmp_path / "log", pods=2, containers_per_pod=1, rotate_every_bytes=None, seed=15)
-    shipper = make_shipper(tmp_path, broker, topic, node, wal={"commit_bytes": 64 << 10, "segment_bytes": 64 << 20})
+    shipper = make_shipper(tmp_path, broker, topic, node, wal={"commit_bytes": 64 << 10, "segment_bytes": 16 << 20})
     broker.stop()
     wal_dir = tmp_path / "state" / "wal"
     try:
@@ -207,6 +208,7 @@ def test_torn_wal_tail_and_corrupted_frame_on_restart_lose_nothing(tmp_path, fre
         segment.write_bytes(bytes(data))
         shipper.start()
         broker.start()
+        broker.wait_ready()
         result = settle(broker.bootstrap, topic, node)
     finally:
         shipper.stop()
@@ -243,6 +245,7 @@ def test_wal_disk_full_is_a_clear_error_with_backpressure_and_recovers(tmp_path,
         assert shipper.metrics().get("audit_shipper_backpressure_active") == 1
         assert "No space left on device" in shipper.log_text()
         broker.start()
+        broker.wait_ready()
         result = settle(broker.bootstrap, topic, node, timeout=180)
     finally:
         shipper.stop()

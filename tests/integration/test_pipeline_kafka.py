@@ -155,6 +155,7 @@ def test_metrics_count_what_was_shipped_and_readyz_flips_when_the_pipeline_stops
         time.sleep(2)
         assert http_status(port, "/readyz") == 200
         kafka_broker.start()
+        kafka_broker.wait_ready()
         wait_until(lambda: shipper.metrics().get("audit_shipper_records_shipped_total", 0) >= 3050, 90, "3050 shipped")
         shipper.process.send_signal(15)
         saw_not_ready = False
