@@ -209,9 +209,9 @@ def test_wheel_builds_and_installs_offline_into_a_fresh_venv(tmp_path: Path, run
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"
     # --no-compile: byte-compiling the kubernetes client alone takes longer than everything else here.
-    install = _pip("--python", str(python), "install", "--no-compile", "--no-index", "--find-links", str(runtime_wheelhouse),
-                   "--find-links", str(dist), "--constraint", str(runtime_wheelhouse / "constraints.txt"),
-                   "audit-shipper", timeout=300)
+    install = _pip("--python", str(python), "install", "--no-compile", "--no-index",
+                   "--find-links", str(runtime_wheelhouse), "--find-links", str(dist),
+                   "--constraint", str(runtime_wheelhouse / "constraints.txt"), "audit-shipper", timeout=300)
     assert install.returncode == 0, install.stderr[-3000:]
     check = _pip("--python", str(python), "check")
     assert check.returncode == 0, check.stdout

@@ -138,9 +138,10 @@ class Principal:
 class InClusterFiles:
     """What a pod would see: the ServiceAccount files and the service env vars pointing at the API server.
 
-    `env` holds KUBERNETES_SERVICE_HOST/PORT (what `kubernetes.config.load_incluster_config` reads) plus
-    the file paths under AUDIT_SHIPPER_SA_TOKEN_FILE / AUDIT_SHIPPER_SA_CA_FILE for code that lets the
-    fixed /var/run/secrets/... paths be overridden."""
+    `env` holds KUBERNETES_SERVICE_HOST/PORT (what the in-cluster loader reads) and SHIPPER_SA_DIR, the
+    directory the shipper reads `token` and `ca.crt` from instead of
+    /var/run/secrets/kubernetes.io/serviceaccount. Pass `env` to a `shipper run` subprocess, or
+    monkeypatch it in-process."""
 
     env: dict[str, str]
     token_file: Path
@@ -261,7 +262,7 @@ class KubeCluster:
         ca_file.write_bytes(self.ca_file.read_bytes())
         namespace_file.write_text(self.shipper_namespace)
         env = {"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(self.port),
-               "AUDIT_SHIPPER_SA_TOKEN_FILE": str(token_file), "AUDIT_SHIPPER_SA_CA_FILE": str(ca_file)}
+               "SHIPPER_SA_DIR": str(directory)}
         return InClusterFiles(env=env, token_file=token_file, ca_file=ca_file, namespace_file=namespace_file)
 
     def serviceaccount_token(self, namespace: str | None = None, name: str | None = None,

@@ -110,6 +110,20 @@ def test_incluster_files_reach_the_apiserver_as_the_shipper(kube_cluster: KubeCl
         assert info.value.status == 403
 
 
+def test_incluster_env_drives_the_products_own_incluster_path(kube_cluster: KubeCluster, tmp_path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from shipper.config import EnrichConfig
+    from shipper.enrich.provider import api_client_from
+
+    files = kube_cluster.incluster_env(tmp_path / "sa")
+    for name, value in files.env.items():
+        monkeypatch.setenv(name, value)
+    with api_client_from(EnrichConfig()) as api:
+        review = client.AuthenticationV1Api(api).create_self_subject_review({"apiVersion": "authentication.k8s.io/v1",
+                                                                            "kind": "SelfSubjectReview"})
+    assert review.status.user_info.username == kube_cluster.shipper.user
+
+
 def test_kubeconfig_for_the_shipper(kube_cluster: KubeCluster, tmp_path) -> None:
     from kubernetes import config
 
