@@ -1,0 +1,1461 @@
+"""`shipper verify`: the auditor's check of the hash chains, checkpoints and manifests in a topic or a file.
+
+A pure, streaming core (`Verifier`) is fed one record value at a time, in topic order per partition,
+and keeps per chain only its head, counters, its last good checkpoint, a few open "missing" ranges and
+a bounded window of seq -> hash prefix (ring arrays, 16 bytes a slot). Memory is bounded by the number
+of chains times the window, never by the size of the topic. I/O lives at the edges: `verify_topic`
+(aiokafka), `verify_file` (JSON lines), `cli_main` (`shipper verify`).
+
+How a record is judged (each rule is named by a test in tests/unit/test_verify.py):
+- ALTERED: link(prev, seq, time, stream, body, type) != the stated hash. The chain continues from the
+  stated hash, so one altered record is one violation, not a cascade.
+- LINKED: seq = head + 1 and prev = the head's hash (h0 = genesis for seq 1); otherwise BROKEN_LINK.
+- JUMP: seq > head + 1 opens a missing range. At the end a range is MISSING (deleted) unless gap records
+  declare every seq of it (`missing_seq`, and the hash of its last seq equals the next record's prev).
+  The range before a chain's first record is STARTS_AT_SEQ (retention, or a verify of a partial dump).
+- REORDERED: a record that fills a missing range later, linking to the record before the range; it names
+  the seq it arrived after. If the next record of the chain re-sends that later seq exactly, the pattern
+  is a crash replay (the shipper resent its WAL), not a reorder: a finding.
+- DUPLICATES: seq <= head, found in the window: same hash and re-hashes correctly = exact (harmless
+  replay); different hash = CONFLICTING (tampering). A seq older than the window cannot be judged and is
+  a violation that names the window size needed.
+- CHECKPOINTS: a signed note over (chain, seq - 1, head before it); signature good by a known key, bad,
+  unknown key, unsigned (a violation when public keys are given) or unchecked (no keys given); the
+  statement must match the chain. Records after the last good checkpoint are an unattested tail
+  (a violation only with require_attested).
+- MANIFESTS (chain `node/<node>`, type `manifest`): signed lists of chain heads; at the end every
+  attested head must be in the topic, else TAIL_REMOVED names the chain and the removed seqs.
+- CLOSE: nothing but checkpoints may follow a close record; a closed chain whose close is attested by a
+  good checkpoint, starting at seq 1 and without violations, is proven complete.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import bisect
+import hashlib
+import json
+import sys
+import time as _time
+from array import array
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from .seal import (SCHEMA, TYPE_CHECKPOINT, TYPE_CLOSE, TYPE_GAP, BadCheckpoint, genesis_hash, key_id_of,
+                   load_public_key, parse_checkpoint, signature_valid)
+
+TYPE_MANIFEST = "manifest"
+MANIFEST_HEADER = "audit-shipper/manifest/v1"
+MANIFEST_CHAIN_PREFIX = "node/"
+CONTROL_TYPES = frozenset((TYPE_GAP, TYPE_CHECKPOINT, TYPE_CLOSE, TYPE_MANIFEST))
+DEFAULT_WINDOW = 100_000
+DEFAULT_MAX_OPEN_RANGES = 10_000
+DEFAULT_MAX_DECLARED = 100_000
+ISSUES_KEPT_PER_CHAIN = 50
+
+# Violations (exit status 1) and findings (reported, harmless on their own). Names are stable: they are
+# the `kind` of the JSON report.
+MALFORMED = "malformed"
+ENVELOPE_MISMATCH = "envelope_mismatch"
+ALTERED = "altered"
+BROKEN_LINK = "broken_link"
+CONFLICTING_DUPLICATE = "conflicting_duplicate"
+MISSING = "missing"
+REORDERED = "reordered"
+OUT_OF_WINDOW = "out_of_window"
+BAD_SIGNATURE = "bad_signature"
+UNKNOWN_KEY = "unknown_key"
+UNSIGNED = "unsigned"
+CHECKPOINT_MISMATCH = "checkpoint_mismatch"
+MANIFEST_MISMATCH = "manifest_mismatch"
+TAIL_REMOVED = "tail_removed"
+GAP_MISMATCH = "gap_mismatch"
+AFTER_CLOSE = "after_close"
+UNATTESTED = "unattested"
+INCOMPLETE_READ = "incomplete_read"
+# findings
+GAP = "gap"
+GAP_EXPLAINS_MISSING = "gap_explains_missing"
+STARTS_AT_SEQ = "starts_at_seq"
+UNATTESTED_TAIL = "unattested_tail"
+SIGNATURES_UNCHECKED = "signatures_unchecked"
+REPLAYED_LATE = "replayed_late"
+GAP_RECORD_PRESENT = "gap_record_present"
+CHAIN_ABSENT = "chain_absent"
+MULTIPLE_PARTITIONS = "multiple_partitions"
+KEY_ALIAS = "key_alias"
+CONTINUES_FROM_COPY = "continues_from_copy"
+_ROUTINE_FINDINGS = frozenset((UNATTESTED_TAIL, KEY_ALIAS, REPLAYED_LATE, GAP_RECORD_PRESENT))
+
+
+# -- manifests (pure: imported by the pipeline) ---------------------------------------------------------
+
+def manifest_statement(node: str, time: str, heads: list[tuple[str, int, bytes]]) -> str:
+    """A node's list of chain heads, to be signed like a checkpoint statement (seal.checkpoint_body):
+    header, `node`, `time`, then one `head <chain> <seq> <base64 hash>` line per chain; ends with a newline."""
+    lines = [MANIFEST_HEADER, f"node {node}", f"time {time}"]
+    lines += [f"head {chain} {seq} {base64.b64encode(head).decode()}" for chain, seq, head in heads]
+    return "\n".join(lines) + "\n"
+
+
+class BadManifest(ValueError):
+    """A manifest body that is not a well-formed statement."""
+
+
+@dataclass(slots=True, frozen=True)
+class ParsedManifest:
+    node: str
+    time: str
+    heads: tuple[tuple[str, int, bytes], ...]
+    statement: str
+    signatures: tuple[tuple[str, bytes], ...]
+
+
+def _split_note(body: str) -> tuple[str, str]:
+    """A signed note's statement (ending with one newline) and its signature block."""
+    statement, sep, signature_block = body.partition("\n\n")
+    return (statement + "\n", signature_block) if sep else (body, "")
+
+
+def _parse_signature_lines(block: str, error: type[ValueError]) -> tuple[tuple[str, bytes], ...]:
+    signatures = []
+    for line in block.splitlines():
+        if not line:
+            continue
+        parts = line.split(" ")
+        if len(parts) != 3 or parts[0] != "\u2014":
+            raise error(f"malformed signature line {line!r}")
+        try:
+            signatures.append((parts[1], base64.b64decode(parts[2], validate=True)))
+        except ValueError:
+            raise error(f"signature of key {parts[1]} is not base64") from None
+    return tuple(signatures)
+
+
+def parse_manifest(body: str) -> ParsedManifest:
+    statement, signature_block = _split_note(body)
+    if not statement.endswith("\n"):
+        raise BadManifest("statement does not end with a newline")
+    lines = statement[:-1].split("\n")
+    if len(lines) < 3 or lines[0] != MANIFEST_HEADER:
+        raise BadManifest("not an audit-shipper/manifest/v1 statement")
+    if not lines[1].startswith("node ") or not lines[2].startswith("time "):
+        raise BadManifest("manifest must name its node and time on lines 2 and 3")
+    heads = []
+    for line in lines[3:]:
+        name, _, rest = line.partition(" ")
+        parts = rest.rsplit(" ", 2)
+        if name != "head" or len(parts) != 3 or not parts[0]:
+            raise BadManifest(f"malformed manifest line {line!r}")
+        try:
+            seq = int(parts[1])
+            head = base64.b64decode(parts[2], validate=True)
+        except ValueError:
+            raise BadManifest(f"malformed manifest line {line!r}") from None
+        if seq < 0 or len(head) != 32 or not parts[1].isdigit():
+            raise BadManifest(f"malformed manifest line {line!r}")
+        heads.append((parts[0], seq, head))
+    return ParsedManifest(lines[1][5:], lines[2][5:], tuple(heads), statement,
+                          _parse_signature_lines(signature_block, BadManifest))
+
+
+# -- the report -----------------------------------------------------------------------------------------
+
+@dataclass(slots=True, frozen=True)
+class Issue:
+    """A violation or a finding, located: chain, seq (and a seq range when it spans several) and where
+    the record sits (topic, partition, offset; for files the line number is the offset)."""
+
+    kind: str
+    chain: str | None
+    seq: int | None
+    topic: str | None
+    partition: int | None
+    offset: int | None
+    detail: str
+    seq_last: int | None = None
+
+    @property
+    def where(self) -> str:
+        return _where(self.topic, self.partition, self.offset)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind, "chain": self.chain, "seq": self.seq}
+        if self.seq_last is not None:
+            out["seq_last"] = self.seq_last
+        out.update(topic=self.topic, partition=self.partition, offset=self.offset, detail=self.detail)
+        return out
+
+    def human(self) -> str:
+        seqs = "" if self.seq is None else (f" seq {self.seq}" if self.seq_last in (None, self.seq)
+                                              else f" seqs {self.seq}..{self.seq_last}")
+        where = self.where
+        return f"{self.kind}{seqs}{' at ' + where if where else ''}: {self.detail}"
+
+
+def _where(topic: str | None, partition: int | None, offset: int | None) -> str:
+    if offset is None:
+        return ""
+    if partition is None:
+        return f"line {offset}"
+    return f"{topic + '/' if topic else 'p'}{partition}@{offset}"
+
+
+@dataclass(slots=True)
+class ChainResult:
+    chain: str
+    partitions: list[str] = field(default_factory=list)
+    records: int = 0
+    log_records: int = 0
+    control_records: dict[str, int] = field(default_factory=dict)
+    first_seq: int | None = None
+    last_seq: int = 0
+    links_verified: int = 0
+    duplicates_exact: int = 0
+    duplicates_conflicting: int = 0
+    gaps: int = 0
+    gap_bytes: int = 0
+    gap_reasons: dict[str, int] = field(default_factory=dict)
+    checkpoints: dict[str, int] = field(default_factory=dict)
+    last_good_checkpoint_seq: int | None = None
+    unattested_records: int = 0
+    closed: bool = False
+    complete: bool = False
+    attested_seq: int | None = None          # highest head a manifest attests for this chain
+    violation_counts: dict[str, int] = field(default_factory=dict)
+    finding_counts: dict[str, int] = field(default_factory=dict)
+    violations: list[Issue] = field(default_factory=list)
+    findings: list[Issue] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.violation_counts
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"chain": self.chain, "ok": self.ok, "complete": self.complete, "closed": self.closed,
+                "partitions": self.partitions, "records": self.records, "log_records": self.log_records,
+                "control_records": self.control_records, "first_seq": self.first_seq, "last_seq": self.last_seq,
+                "links_verified": self.links_verified, "duplicates_exact": self.duplicates_exact,
+                "duplicates_conflicting": self.duplicates_conflicting, "gaps": self.gaps,
+                "gap_bytes": self.gap_bytes, "gap_reasons": self.gap_reasons, "checkpoints": self.checkpoints,
+                "last_good_checkpoint_seq": self.last_good_checkpoint_seq,
+                "unattested_records": self.unattested_records, "attested_seq": self.attested_seq,
+                "violation_counts": self.violation_counts, "finding_counts": self.finding_counts,
+                "violations": [issue.to_dict() for issue in self.violations],
+                "findings": [issue.to_dict() for issue in self.findings]}
+
+    def problems(self) -> bool:
+        return bool(self.violation_counts) or bool(self.finding_counts)
+
+
+@dataclass(slots=True)
+class Report:
+    chains: dict[str, ChainResult]
+    violations: list[Issue]              # not tied to a chain (malformed records, an incomplete read)
+    findings: list[Issue]
+    totals: dict[str, Any]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def violation_count(self) -> int:
+        return self.totals["violations"]
+
+    @property
+    def ok(self) -> bool:
+        return self.violation_count == 0
+
+    def chain(self, name: str) -> ChainResult:
+        return self.chains[name]
+
+    def all_violations(self) -> list[Issue]:
+        """The kept violations (per chain at most ISSUES_KEPT_PER_CHAIN; the counts are exact)."""
+        out = list(self.violations)
+        for result in self.chains.values():
+            out.extend(result.violations)
+        return out
+
+    def all_findings(self) -> list[Issue]:
+        out = list(self.findings)
+        for result in self.chains.values():
+            out.extend(result.findings)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": "audit-shipper/verify-report/v1", "ok": self.ok, "verdict": self.verdict(),
+                "totals": self.totals, "meta": self.meta,
+                "violations": [issue.to_dict() for issue in self.violations],
+                "findings": [issue.to_dict() for issue in self.findings],
+                "chains": [result.to_dict() for result in sorted(self.chains.values(), key=lambda r: r.chain)]}
+
+    def to_json(self, indent: int | None = None) -> str:
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=False)
+
+    def verdict(self) -> str:
+        totals = self.totals
+        if self.ok:
+            return f"OK: {totals['records']} records in {totals['chains']} chains verified"
+        kinds = ", ".join(f"{kind} {count}" for kind, count in sorted(totals["violation_kinds"].items()))
+        failed = sum(1 for result in self.chains.values() if not result.ok)
+        outside = f" and {len(self.violations)} outside any chain" if self.violations else ""
+        return (f"FAILED: {_plural(totals['violations'], 'violation')} in {failed} of "
+                f"{_plural(totals['chains'], 'chain')}{outside} ({kinds})")
+
+    def human(self, max_issues_per_chain: int = 5, max_chains: int = 50) -> str:
+        """One line per chain with a violation or a finding worth a look (routine ones, such as the
+        unattested tail of a live chain, are only counted), its first violations, totals, the verdict."""
+        lines: list[str] = []
+        for issue in self.violations[:max_chains]:
+            lines.append(f"VIOLATION {issue.human()}")
+        if len(self.violations) > max_chains:
+            lines.append(f"... and {len(self.violations) - max_chains} more violations outside chains (see --json)")
+        shown_chains = [result for result in sorted(self.chains.values(), key=lambda r: (r.ok, r.chain))
+                        if not result.ok or set(result.finding_counts) - _ROUTINE_FINDINGS]
+        for result in shown_chains[:max_chains]:
+            state = "FAILED" if not result.ok else "ok"
+            span = f"seq {result.first_seq}..{result.last_seq}" if result.first_seq is not None else "no records"
+            counts = dict(result.violation_counts)
+            counts.update(result.finding_counts)
+            summary = ", ".join(f"{kind} {count}" for kind, count in sorted(counts.items()))
+            gaps = (f"; gaps: {', '.join(f'{r} {n}' for r, n in sorted(result.gap_reasons.items()))}, "
+                    f"{result.gap_bytes} bytes lost at source") if result.gaps else ""
+            lines.append(f"chain {result.chain}: {state}, {result.records} records ({span}): {summary}{gaps}")
+            shown = result.violations[:max_issues_per_chain]
+            for issue in shown:
+                lines.append(f"    {issue.human()}")
+            more = sum(result.violation_counts.values()) - len(shown)
+            if more > 0:
+                lines.append(f"    ... and {more} more violations (see --json)")
+        if len(shown_chains) > max_chains:
+            lines.append(f"... and {len(shown_chains) - max_chains} more chains (see --json)")
+        totals = self.totals
+        control = ", ".join(f"{count} {kind}" for kind, count in sorted(totals["control_records"].items()))
+        lines.append(f"totals: {totals['chains']} chains, {totals['records']} records ({totals['log_records']} log"
+                     f"{', ' + control if control else ''}), {totals['links_verified']} links verified, "
+                     f"{totals['duplicates_exact']} exact duplicates, {totals['duplicates_conflicting']} conflicting, "
+                     f"{totals['gaps']} gaps ({totals['gap_bytes']} bytes), {totals['complete_chains']} closed chains "
+                     f"proven complete, {totals['unattested_records']} unattested records, "
+                     f"{_plural(totals['violations'], 'violation')}")
+        meta = self.meta
+        if meta.get("source") == "kafka":
+            how = {"end_offsets": "to their end offsets", "idle": f"until idle ({meta.get('idle_timeout_s')}s)",
+                   "timeout": "until the timeout"}.get(meta.get("stopped"), meta.get("stopped"))
+            lines.append(f"read: {meta['partitions']} partitions of {', '.join(meta['topics'])} {how} in "
+                         f"{meta['elapsed_s']}s ({meta['records_per_s']} records/s)")
+        if meta.get("signatures") == "unchecked":
+            lines.append("note: no --public-key given: checkpoint signatures were not checked")
+        lines.append("VERDICT " + self.verdict())
+        return "\n".join(lines) + "\n"
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+# -- the streaming core ---------------------------------------------------------------------------------
+
+_json_decode = json.JSONDecoder().decode
+_sha256 = hashlib.sha256
+
+
+def _headers_match(headers: Iterable[tuple[str, bytes]], event_id: str) -> bool:
+    schema = event = None
+    for header_key, header_value in headers:
+        if header_key == "schema":
+            schema = header_value
+        elif header_key == "event_id":
+            event = header_value
+    return schema == _SCHEMA_BYTES and event == event_id.encode()
+
+
+_SCHEMA_BYTES = SCHEMA.encode()
+
+
+def _prefix(digest: bytes) -> int:
+    """8 bytes of a hash as a non-zero int (0 marks an empty window slot)."""
+    return int.from_bytes(digest[:8], "big") or 1
+
+
+class _Window:
+    """seq -> (hash prefix, offset) for the last `capacity` seqs of a chain: two ring arrays indexed by
+    seq % capacity, grown on demand up to capacity. Slots of seqs skipped by a jump are cleared so a
+    stale entry from seq - capacity can never answer for seq."""
+
+    __slots__ = ("capacity", "hashes", "offsets", "high")
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.hashes = array("Q")
+        self.offsets = array("q")
+        self.high = 0
+
+    def __len__(self) -> int:
+        return len(self.hashes)
+
+    def covers(self, seq: int) -> bool:
+        return self.high - self.capacity < seq <= self.high
+
+    def get(self, seq: int) -> tuple[int, int]:
+        """(prefix, offset) of seq; prefix 0 when unknown. Only for seqs the window covers."""
+        index = seq % self.capacity
+        if index >= len(self.hashes):
+            return 0, -1
+        return self.hashes[index], self.offsets[index]
+
+    def put(self, seq: int, prefix: int, offset: int) -> None:
+        if seq > self.high:
+            self._clear(self.high + 1, seq)
+            self.high = seq
+        elif seq <= self.high - self.capacity:
+            return
+        index = seq % self.capacity
+        hashes = self.hashes
+        if index >= len(hashes):
+            size = min(self.capacity, max(index + 1, 2 * len(hashes), 64))
+            grow = size - len(hashes)
+            hashes.frombytes(bytes(8 * grow))
+            self.offsets.frombytes(bytes(8 * grow))
+        hashes[index] = prefix
+        self.offsets[index] = offset
+
+    def _clear(self, first: int, end: int) -> None:
+        """Forget seqs first..end-1 (skipped by a jump)."""
+        if end - first <= 0:
+            return
+        size = len(self.hashes)
+        if not size:
+            return
+        if end - first >= self.capacity:
+            self.hashes = array("Q", bytes(8 * size))
+            self.offsets = array("q", bytes(8 * size))
+            return
+        for seq in range(first, end):
+            index = seq % self.capacity
+            if index < size:
+                self.hashes[index] = 0
+
+
+class _Missing:
+    """Seqs lo..hi not (yet) seen, between the record before (its hash `expected_prev`, None when unknown)
+    and the record after (`after_seq`, whose prev claims the hash of hi). Late records fill it from lo;
+    `first_lo`..lo-1 are the ones that arrived late so far."""
+
+    __slots__ = ("lo", "hi", "first_lo", "expected_prev", "after_seq", "after_prev", "after_where", "before_start",
+                 "filled", "fill_where")
+
+    def __init__(self, lo: int, hi: int, expected_prev: bytes | None, after_seq: int, after_prev: bytes,
+                 after_where: tuple, before_start: bool) -> None:
+        self.lo = self.first_lo = lo
+        self.hi = hi
+        self.expected_prev = expected_prev
+        self.after_seq = after_seq
+        self.after_prev = after_prev
+        self.after_where = after_where
+        self.before_start = before_start
+        self.filled = 0
+        self.fill_where: tuple | None = None
+
+
+_NO_PARTITION: tuple = ("", -1)
+
+
+class _Chain:
+    __slots__ = ("name", "key", "partition", "partitions", "records", "log_records", "control", "first_seq", "head_seq",
+                 "head_hash", "head_alternatives", "links", "dups_exact", "dups_conflicting", "gaps", "gap_bytes",
+                 "gap_reasons", "checkpoints", "last_good_cp", "last_consistent_cp", "closed_at", "window", "ranges",
+                 "declared", "declared_dropped", "just_filled", "claim_seq", "claim_hash", "claim_where",
+                 "violations", "findings", "violation_counts", "finding_counts")
+
+    def __init__(self, name: str, window: int) -> None:
+        self.name = name
+        self.key = name.encode()
+        self.partition: tuple = _NO_PARTITION
+        self.partitions: list[tuple[str | None, int | None]] = []
+        self.records = 0
+        self.log_records = 0
+        self.control: Counter = Counter()
+        self.first_seq: int | None = None
+        self.head_seq = 0
+        self.head_hash = genesis_hash(name)
+        self.head_alternatives: list[bytes] = []
+        self.links = 0
+        self.dups_exact = 0
+        self.dups_conflicting = 0
+        self.gaps = 0
+        self.gap_bytes = 0
+        self.gap_reasons: Counter = Counter()
+        self.checkpoints: Counter = Counter()
+        self.last_good_cp: int | None = None          # seq of the last checkpoint/manifest with a good signature
+        self.last_consistent_cp: int | None = None    # ... consistent with the chain (when no keys are given)
+        self.closed_at: int | None = None
+        self.window = _Window(window)
+        self.ranges: list[_Missing] = []
+        self.declared: dict[int, tuple[str, int, tuple]] = {}   # missing_seq -> (hash hex, gap seq, where)
+        self.declared_dropped = 0
+        self.just_filled: _Missing | None = None
+        self.claim_seq = 0
+        self.claim_hash: bytes | None = None
+        self.claim_where: tuple = (None, None, None)
+        self.violations: list[Issue] = []
+        self.findings: list[Issue] = []
+        self.violation_counts: Counter = Counter()
+        self.finding_counts: Counter = Counter()
+
+
+# how _place judged a record
+_EXACT, _CONFLICT, _NEW, _FILL, _UNJUDGED = range(5)
+
+
+class Verifier:
+    """Feed record values in topic order (per partition), then `finish()` for the report.
+
+    public_keys: key id -> Ed25519 public key (see load_public_keys); none = signatures unchecked.
+    window: seqs per chain remembered to classify duplicates (two ring arrays, 16 bytes a slot).
+    max_open_ranges / max_declared: bounds on missing ranges and gap declarations kept per chain.
+    """
+
+    def __init__(self, public_keys: dict[str, Any] | None = None, *, window: int = DEFAULT_WINDOW,
+                 require_attested: bool = False, require_complete: bool = False, allow_absent_chains: bool = False,
+                 max_open_ranges: int = DEFAULT_MAX_OPEN_RANGES, max_declared: int = DEFAULT_MAX_DECLARED) -> None:
+        if window < 1:
+            raise ValueError("window must be at least 1")
+        self.public_keys = dict(public_keys or {})
+        self.window = window
+        self.require_attested = require_attested
+        self.require_complete = require_complete
+        self.allow_absent_chains = allow_absent_chains
+        self.max_open_ranges = max(1, max_open_ranges)
+        self.max_declared = max_declared
+        self.chains: dict[str, _Chain] = {}
+        self.records = 0
+        self.violations: list[Issue] = []
+        self.violation_counts: Counter = Counter()
+        self.findings: list[Issue] = []
+        self._where: tuple = (None, None, None)
+        self._finished: Report | None = None
+
+    # -- bookkeeping ---------------------------------------------------------------------------------
+    def window_size(self, chain: str) -> int:
+        """Slots the chain's duplicate window holds now (never more than `window`)."""
+        state = self.chains.get(chain)
+        return len(state.window) if state else 0
+
+    def open_ranges(self, chain: str) -> int:
+        state = self.chains.get(chain)
+        return len(state.ranges) if state else 0
+
+    def _state(self, name: str) -> _Chain:
+        state = self.chains.get(name)
+        if state is None:
+            state = self.chains[name] = _Chain(name, self.window)
+        return state
+
+    def _violation(self, state: _Chain | None, kind: str, seq: int | None, detail: str, where: tuple | None = None,
+                   seq_last: int | None = None) -> None:
+        topic, partition, offset = where if where is not None else self._where
+        issue = Issue(kind, state.name if state else None, seq, topic, partition, offset, detail, seq_last)
+        if state is None:
+            self.violation_counts[kind] += 1
+            if len(self.violations) < 1000:
+                self.violations.append(issue)
+            return
+        state.violation_counts[kind] += 1
+        if len(state.violations) < ISSUES_KEPT_PER_CHAIN:
+            state.violations.append(issue)
+
+    def _finding(self, state: _Chain, kind: str, seq: int | None, detail: str, where: tuple | None = None,
+                 seq_last: int | None = None) -> None:
+        topic, partition, offset = where if where is not None else self._where
+        state.finding_counts[kind] += 1
+        if len(state.findings) < ISSUES_KEPT_PER_CHAIN:
+            state.findings.append(Issue(kind, state.name, seq, topic, partition, offset, detail, seq_last))
+
+    def add_violation(self, kind: str, detail: str, topic: str | None = None, partition: int | None = None,
+                      offset: int | None = None) -> None:
+        """A violation an edge found (a partition not read to its end, an unreadable line)."""
+        self._violation(None, kind, None, detail, (topic, partition, offset))
+
+    # -- feeding -------------------------------------------------------------------------------------
+    def feed(self, value: bytes | str | dict, key: bytes | str | None = None, partition: int | None = None,
+             offset: int | None = None, *, topic: str | None = None,
+             headers: Iterable[tuple[str, bytes]] | None = None) -> None:
+        """One record value (JSON bytes, or an already decoded object) and where it sits. Records of one
+        partition must come in offset order; partitions may interleave."""
+        if self._finished is not None:
+            raise RuntimeError("the verifier has finished")
+        self.records += 1
+        where = self._where = (topic, partition, offset)
+        try:
+            if isinstance(value, dict):
+                record = value
+            else:
+                # decode first: json.loads on bytes spends a tenth of the time guessing the encoding
+                record = _json_decode(value if isinstance(value, str) else str(value, "utf-8"))
+            seal = record["seal"]
+            name = seal["chain"]
+            seq = seal["seq"]
+            prev_hex = seal["prev"]
+            hash_hex = seal["hash"]
+            type_ = record.get("type", "")
+            if type(seq) is not int or seq < 1 or type(name) is not str or not name:
+                raise TypeError("seal.seq must be an integer >= 1 and seal.chain a non-empty string")
+            if len(prev_hex) != 64 or len(hash_hex) != 64:
+                raise ValueError("seal.prev and seal.hash must be 64 hex digits")
+            prev = bytes.fromhex(prev_hex)
+            stated = bytes.fromhex(hash_hex)
+            body = record["body"]
+            # seal.link, inlined for the hot path (the test suite checks both agree)
+            body_b = body.encode()
+            time_b = record["time"].encode()
+            stream_b = record["stream"].encode()
+            type_b = type_.encode()
+            seq_b = b"%d" % seq
+            digest = _sha256(b"%s%d:%s,%d:%s,%d:%s,%d:%s,%d:%s," % (
+                prev, len(seq_b), seq_b, len(time_b), time_b, len(stream_b), stream_b, len(body_b), body_b,
+                len(type_b), type_b)).digest()
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            self._violation(None, MALFORMED, None, f"not an audit-shipper/v1 record: {_short(exc)}")
+            return
+        state = self.chains.get(name)
+        if state is None:
+            state = self.chains[name] = _Chain(name, self.window)
+        if state.partition != (topic, partition):
+            self._note_partition(state, topic, partition)
+        event_id = f"{name}:{seq}"
+        if record.get("schema") != SCHEMA or record.get("event_id") != event_id \
+                or (key is not None and key != state.key and key != name) \
+                or (headers is not None and not _headers_match(headers, event_id)):
+            self._check_envelope(state, record, name, seq, key, headers)
+        state.records += 1
+        if digest != stated:
+            self._violation(state, ALTERED, seq, "its time, stream, body or type does not hash to its stated hash: "
+                                                 "the record was changed")
+        if seq == state.head_seq + 1 and prev == state.head_hash:
+            # the common case, kept free of calls: the next link of the chain
+            state.links += 1
+            if state.first_seq is None:
+                state.first_seq = seq
+            state.head_seq = seq
+            state.head_hash = stated
+            if state.head_alternatives:
+                state.head_alternatives = []
+            window = state.window
+            index = seq % window.capacity
+            if seq == window.high + 1 and index < len(window.hashes):
+                window.hashes[index] = int.from_bytes(stated[:8], "big") or 1
+                window.offsets[index] = offset if offset is not None else -1
+                window.high = seq
+            else:
+                window.put(seq, _prefix(stated), offset if offset is not None else -1)
+            verdict = _NEW
+        else:
+            verdict = self._place(state, seq, prev, stated, where)
+        if state.just_filled is not None and verdict != _FILL:
+            self._judge_fill(state, replayed=verdict == _EXACT and seq == state.just_filled.after_seq)
+        if verdict == _EXACT or verdict == _CONFLICT or verdict == _UNJUDGED:
+            return
+        if type_:
+            state.control[type_] += 1
+            if state.closed_at is not None and seq > state.closed_at and type_ != TYPE_CHECKPOINT:
+                self._violation(state, AFTER_CLOSE, seq, f"a {type_} record after the close record (seq "
+                                                         f"{state.closed_at})")
+            if type_ == TYPE_CHECKPOINT:
+                self._checkpoint(state, seq, prev, body)
+            elif type_ == TYPE_GAP:
+                self._gap(state, seq, body)
+            elif type_ == TYPE_CLOSE:
+                if state.closed_at is None:
+                    state.closed_at = seq
+            elif type_ == TYPE_MANIFEST:
+                self._manifest(state, seq, body)
+            else:
+                self._violation(state, MALFORMED, seq, f"unknown record type {type_!r}")
+        else:
+            state.log_records += 1
+            if state.closed_at is not None and seq > state.closed_at:
+                self._violation(state, AFTER_CLOSE, seq, f"a log record after the close record (seq "
+                                                         f"{state.closed_at})")
+        if seq == state.claim_seq:
+            self._check_claim(state, seq, stated)
+
+    def _check_envelope(self, state: _Chain, record: dict, name: str, seq: int, key, headers) -> None:
+        """What sits outside the hash but consumers rely on: the schema, the dedupe id, the partition key."""
+        event_id = f"{name}:{seq}"
+        problems: list[str] = []
+        if record.get("schema") != SCHEMA:
+            problems.append(f"schema {record.get('schema')!r}")
+        if record.get("event_id") != event_id:
+            problems.append(f"event_id {record.get('event_id')!r}")
+        if key is not None:
+            key_text = key.decode("utf-8", "replace") if isinstance(key, (bytes, bytearray)) else key
+            if key_text != name:
+                problems.append(f"record key {key_text!r}")
+        if headers is not None:
+            seen = {header_key: header_value for header_key, header_value in headers}
+            if seen.get("schema") != SCHEMA.encode():
+                problems.append(f"schema header {seen.get('schema')!r}")
+            if seen.get("event_id") != event_id.encode():
+                problems.append(f"event_id header {seen.get('event_id')!r}")
+        if problems:
+            self._violation(state, ENVELOPE_MISMATCH, seq, "does not match the seal: " + ", ".join(problems))
+
+    def _note_partition(self, state: _Chain, topic: str | None, partition: int | None) -> None:
+        location = (topic, partition)
+        if state.partition is not _NO_PARTITION and location not in state.partitions:
+            self._finding(state, MULTIPLE_PARTITIONS, None,
+                          f"chain found in {_partition_label(*location)} after {_partition_label(*state.partition)}: "
+                          "order across partitions is not defined (were partitions added to the topic?)")
+        if location not in state.partitions:
+            state.partitions.append(location)
+        state.partition = location
+
+    # -- placing a record in its chain ---------------------------------------------------------------
+    def _place(self, state: _Chain, seq: int, prev: bytes, stated: bytes, where: tuple) -> int:
+        head = state.head_seq
+        if seq == head + 1:
+            if prev == state.head_hash:
+                state.links += 1
+            elif prev in state.head_alternatives:
+                state.links += 1
+                self._finding(state, CONTINUES_FROM_COPY, head,
+                              f"seq {seq} links to the other record with seq {head}: that one is in the chain")
+            elif head == 0:
+                self._violation(state, BROKEN_LINK, seq, "the first record does not link to the chain's genesis hash")
+            else:
+                self._violation(state, BROKEN_LINK, seq, f"prev is not the hash of seq {head}: a record was inserted, "
+                                                         f"replaced or re-hashed before it")
+            if state.first_seq is None:
+                state.first_seq = seq
+            self._advance(state, seq, stated, where)
+            return _NEW
+        if seq > head:
+            if state.first_seq is None:
+                state.first_seq = seq
+                self._open_range(state, _Missing(1, seq - 1, genesis_hash(state.name), seq, prev, where, True))
+            else:
+                self._open_range(state, _Missing(head + 1, seq - 1, state.head_hash, seq, prev, where, False))
+            self._advance(state, seq, stated, where)
+            return _NEW
+        # seq <= head: a duplicate, a late record, or one too old to judge
+        window = state.window
+        covered = window.covers(seq)
+        if covered:
+            known, known_offset = window.get(seq)
+            if known:
+                if known == _prefix(stated):
+                    state.dups_exact += 1
+                    return _EXACT
+                state.dups_conflicting += 1
+                first = _where(*state.partition, known_offset) if known_offset >= 0 else "earlier"
+                self._violation(state, CONFLICTING_DUPLICATE, seq,
+                                f"a second, different record with seq {seq} (the first is at {first})")
+                if seq == head and len(state.head_alternatives) < 8:
+                    state.head_alternatives.append(stated)
+                return _CONFLICT
+        for missing in state.ranges:
+            if missing.lo <= seq <= missing.hi:
+                return self._fill(state, missing, seq, prev, stated, where)
+        if covered:
+            self._violation(state, REORDERED, seq, f"arrived after seq {head}, after its place was judged missing")
+        else:
+            self._violation(state, OUT_OF_WINDOW, seq, f"arrived after seq {head}, older than the duplicate window "
+                                                       f"({self.window} seqs): re-run with --window {head - seq + 1} "
+                                                       "or more to judge it")
+        return _UNJUDGED
+
+    def _advance(self, state: _Chain, seq: int, stated: bytes, where: tuple) -> None:
+        state.head_seq = seq
+        state.head_hash = stated
+        if state.head_alternatives:
+            state.head_alternatives = []
+        state.window.put(seq, _prefix(stated), where[2] if where[2] is not None else -1)
+
+    def _open_range(self, state: _Chain, missing: _Missing) -> None:
+        if missing.lo > missing.hi:
+            return
+        state.ranges.append(missing)
+        if len(state.ranges) > self.max_open_ranges:
+            self._close_range(state, state.ranges.pop(0), sorted(state.declared))
+
+    def _fill(self, state: _Chain, missing: _Missing, seq: int, prev: bytes, stated: bytes, where: tuple) -> int:
+        """A record inside a missing range arrived late."""
+        offset = where[2] if where[2] is not None else -1
+        if seq == missing.lo:
+            if missing.expected_prev is not None and prev != missing.expected_prev:
+                self._violation(state, BROKEN_LINK, seq, f"a late record that does not link to seq {seq - 1}")
+                return _UNJUDGED
+            state.links += 1
+            state.window.put(seq, _prefix(stated), offset)
+            missing.lo = seq + 1
+            missing.expected_prev = stated
+            missing.filled += 1
+            if missing.fill_where is None:
+                missing.fill_where = where
+            if missing.lo > missing.hi:
+                state.ranges.remove(missing)
+                self._range_filled(state, missing, stated)
+            return _FILL
+        # Its predecessor is still missing: the range splits around it, and it becomes the first late
+        # arrival of the part after it.
+        state.window.put(seq, _prefix(stated), offset)
+        if missing.filled:
+            self._report_fill(state, missing, replayed=False)
+            missing.filled, missing.first_lo, missing.fill_where = 0, missing.lo, None
+        late = _Missing(seq + 1, missing.hi, stated, missing.after_seq, missing.after_prev, missing.after_where, False)
+        late.first_lo, late.filled, late.fill_where = seq, 1, where
+        missing.hi = seq - 1
+        missing.after_seq, missing.after_prev, missing.after_where = seq, prev, where
+        if late.lo <= late.hi:
+            state.ranges.append(late)
+        else:
+            self._range_filled(state, late, stated)
+        return _FILL
+
+    def _range_filled(self, state: _Chain, missing: _Missing, last_hash: bytes) -> None:
+        """The last seq of a range arrived: it must link forward, and the next record says whether this
+        was a reorder or a crash replay."""
+        if last_hash == missing.after_prev:
+            state.links += 1
+        else:
+            self._violation(state, BROKEN_LINK, missing.after_seq,
+                            f"prev is not the hash of seq {missing.after_seq - 1} (which arrived late)",
+                            missing.after_where)
+        if state.just_filled is not None:
+            self._judge_fill(state, replayed=False)
+        state.just_filled = missing
+
+    def _judge_fill(self, state: _Chain, replayed: bool) -> None:
+        missing = state.just_filled
+        state.just_filled = None
+        if missing is not None:
+            self._report_fill(state, missing, replayed)
+
+    def _report_fill(self, state: _Chain, missing: _Missing, replayed: bool) -> None:
+        last = missing.first_lo + missing.filled - 1
+        seqs = f"seq {missing.first_lo}" if last == missing.first_lo else f"seqs {missing.first_lo}..{last}"
+        after = f"seq {missing.after_seq} ({_where(*missing.after_where)})"
+        if replayed:
+            self._finding(state, REPLAYED_LATE, missing.first_lo, f"{seqs} arrived after {after}, then an exact copy "
+                          f"of seq {missing.after_seq} followed: a crash replay", missing.fill_where, last)
+        else:
+            self._violation(state, REORDERED, missing.first_lo, f"{seqs} arrived after {after}: records were "
+                            "reordered in the topic", missing.fill_where, last)
+
+    # -- control records -----------------------------------------------------------------------------
+    def _signatures(self, state: _Chain, seq: int, what: str, statement: str,
+                    signatures: tuple[tuple[str, bytes], ...]) -> str:
+        """good | unchecked (no keys given) | unsigned | bad_signature | unknown_key; the last three are
+        violations when keys are given."""
+        keys = self.public_keys
+        if not signatures:
+            if keys:
+                self._violation(state, UNSIGNED, seq, f"the {what} carries no signature")
+            return "unsigned"
+        if not keys:
+            return "unchecked"
+        good, bad, unknown = [], [], []
+        for key_id, signature in signatures:
+            key = keys.get(key_id)
+            if key is not None:
+                (good if signature_valid(key, statement, signature) else bad).append(key_id)
+                continue
+            # A key id is the signer's label (seal.key_id may rename it): a known key may stand behind it.
+            alias = next((known for known, candidate in keys.items()
+                          if signature_valid(candidate, statement, signature)), None)
+            if alias is None:
+                unknown.append(key_id)
+            else:
+                good.append(key_id)
+                self._finding(state, KEY_ALIAS, seq, f"the {what} is signed as key {key_id!r} by known key {alias}")
+        if bad:
+            self._violation(state, BAD_SIGNATURE, seq, f"the {what}'s signature by key {', '.join(bad)} does not "
+                                                       "verify: its statement or signature was changed")
+            return "bad_signature"
+        if good:
+            return "good"
+        self._violation(state, UNKNOWN_KEY, seq, f"the {what} is signed by unknown key {', '.join(unknown)}: none of "
+                                                 f"the {len(keys)} public keys given verifies it")
+        return "unknown_key"
+
+    def _checkpoint(self, state: _Chain, seq: int, prev: bytes, body: str) -> None:
+        try:
+            parsed = parse_checkpoint(body)
+        except BadCheckpoint as exc:
+            state.checkpoints["malformed"] += 1
+            self._violation(state, MALFORMED, seq, f"checkpoint body: {exc}")
+            return
+        statement, _ = _split_note(body)   # parse_checkpoint adds a newline to an unsigned statement
+        status = self._signatures(state, seq, "checkpoint", statement, parsed.signatures)
+        state.checkpoints[status] += 1
+        problems = []
+        if parsed.chain != state.name:
+            problems.append(f"names chain {parsed.chain!r}")
+        if parsed.seq != seq - 1:
+            problems.append(f"attests seq {parsed.seq}, not the seq before it ({seq - 1})")
+        if parsed.head_hash != prev:
+            problems.append("its head is not the prev of the checkpoint record")
+        elif seq > 1 and state.window.covers(seq - 1):
+            known, _ = state.window.get(seq - 1)
+            if known and known != _prefix(parsed.head_hash):
+                problems.append(f"its head is not the hash of seq {seq - 1} in the topic")
+        if problems:
+            state.checkpoints["inconsistent"] += 1
+            self._violation(state, CHECKPOINT_MISMATCH, seq, "the checkpoint statement " + "; ".join(problems))
+            return
+        if status == "good":
+            state.last_good_cp = seq
+        if not self.public_keys:
+            state.last_consistent_cp = seq
+
+    def _gap(self, state: _Chain, seq: int, body: str) -> None:
+        try:
+            fields = json.loads(body)
+            reason = str(fields["reason"])
+            lost = int(fields.get("bytes", 0))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            self._violation(state, MALFORMED, seq, f"gap body: {_short(exc)}")
+            return
+        state.gaps += 1
+        state.gap_bytes += max(0, lost)
+        state.gap_reasons[reason] += 1
+        detail = f"{reason}: {lost} bytes lost at source"
+        if fields.get("path"):
+            detail += f" ({fields['path']} at offset {fields.get('offset')})"
+        missing_seq = fields.get("missing_seq")
+        if missing_seq is None:
+            self._finding(state, GAP, seq, detail)
+            return
+        missing_hash = fields.get("missing_hash")
+        if type(missing_seq) is not int or not isinstance(missing_hash, str) or not 0 < missing_seq < seq:
+            self._violation(state, MALFORMED, seq, f"gap body: bad missing_seq {missing_seq!r} / missing_hash")
+            return
+        self._finding(state, GAP, seq, f"{detail}; declares seq {missing_seq} refused by Kafka")
+        if state.window.covers(missing_seq):
+            known, _ = state.window.get(missing_seq)
+            if known:
+                try:
+                    declared = _prefix(bytes.fromhex(missing_hash))
+                except ValueError:
+                    declared = -1
+                if known == declared:
+                    self._finding(state, GAP_RECORD_PRESENT, missing_seq,
+                                  f"the gap at seq {seq} declares seq {missing_seq} refused, yet it is in the topic "
+                                  "(the broker kept a batch it reported as failed)")
+                else:
+                    self._violation(state, GAP_MISMATCH, seq, f"declares seq {missing_seq} refused, with a hash other "
+                                                              f"than that of the seq {missing_seq} in the topic")
+                return
+        if len(state.declared) >= self.max_declared:
+            state.declared_dropped += 1
+            return
+        state.declared[missing_seq] = (missing_hash.lower(), seq, self._where)
+
+    def _manifest(self, state: _Chain, seq: int, body: str) -> None:
+        try:
+            parsed = parse_manifest(body)
+        except BadManifest as exc:
+            state.checkpoints["malformed"] += 1
+            self._violation(state, MALFORMED, seq, f"manifest body: {exc}")
+            return
+        status = self._signatures(state, seq, "manifest", parsed.statement, parsed.signatures)
+        state.checkpoints["manifest_" + status] += 1
+        if state.name != MANIFEST_CHAIN_PREFIX + parsed.node:
+            self._violation(state, MANIFEST_MISMATCH, seq, f"a manifest of node {parsed.node!r} in chain {state.name}")
+            return
+        if status == "good":
+            state.last_good_cp = seq
+        elif self.public_keys:
+            return   # a manifest we cannot trust attests nothing
+        if not self.public_keys:
+            state.last_consistent_cp = seq
+        where = self._where
+        for chain, head_seq, head_hash in parsed.heads:
+            target = self._state(chain)
+            if head_seq > target.claim_seq:
+                target.claim_seq, target.claim_hash, target.claim_where = head_seq, head_hash, where
+            if 0 < head_seq <= target.head_seq and target.window.covers(head_seq):
+                known, _ = target.window.get(head_seq)
+                if known and known != _prefix(head_hash):
+                    self._violation(target, MANIFEST_MISMATCH, head_seq, f"the manifest at {_where(*where)} attests "
+                                    f"another hash for seq {head_seq}", where)
+
+    def _check_claim(self, state: _Chain, seq: int, stated: bytes) -> None:
+        if state.claim_hash is not None and stated != state.claim_hash:
+            self._violation(state, MANIFEST_MISMATCH, seq, f"the manifest at {_where(*state.claim_where)} attests "
+                                                           f"another hash for seq {seq}")
+
+    def unmet_claims(self) -> int:
+        """Chains a manifest attests further than the records read so far (a live topic may still bring them)."""
+        return sum(1 for state in self.chains.values() if state.claim_seq > state.head_seq)
+
+    # -- the end -------------------------------------------------------------------------------------
+    def finish(self) -> Report:
+        """Judge what is still open (missing ranges, manifest claims, unattested tails) and report."""
+        if self._finished is not None:
+            return self._finished
+        for state in self.chains.values():
+            if state.just_filled is not None:
+                self._judge_fill(state, replayed=False)
+            declared_seqs = sorted(state.declared)
+            for missing in state.ranges:
+                self._close_range(state, missing, declared_seqs)
+            state.ranges = []
+            if state.declared_dropped:
+                self._finding(state, GAP, None, f"{state.declared_dropped} gap declarations beyond the limit of "
+                              f"{self.max_declared} could not be matched to missing records")
+            self._finish_claims(state)
+            self._finish_attestation(state)
+        self._finished = self._build_report()
+        return self._finished
+
+    def _close_range(self, state: _Chain, missing: _Missing, declared_seqs: list[int]) -> None:
+        if missing.filled:
+            self._report_fill(state, missing, replayed=False)
+        start = bisect.bisect_left(declared_seqs, missing.lo)
+        explained = []
+        for missing_seq in declared_seqs[start:bisect.bisect_right(declared_seqs, missing.hi)]:
+            if missing_seq in state.declared:
+                explained.append(missing_seq)
+        if missing.before_start and missing.lo == 1 and not explained:
+            message = (f"the chain starts at seq {missing.hi + 1}: seqs 1..{missing.hi} are not in the topic "
+                       "(retention, or a partial dump)")
+            if self.require_complete:
+                self._violation(state, STARTS_AT_SEQ, 1, message, missing.after_where, missing.hi)
+            else:
+                self._finding(state, STARTS_AT_SEQ, 1, message, missing.after_where, missing.hi)
+            return
+        for missing_seq in explained:
+            missing_hash, gap_seq, gap_where = state.declared.pop(missing_seq)
+            if missing_seq == missing.hi and missing_hash != missing.after_prev.hex():
+                self._violation(state, GAP_MISMATCH, gap_seq, f"declares seq {missing_seq} refused with a hash other "
+                                f"than the prev of seq {missing.after_seq}", gap_where)
+            else:
+                self._finding(state, GAP_EXPLAINS_MISSING, missing_seq,
+                              f"missing, explained by the gap record at seq {gap_seq} ({_where(*gap_where)})",
+                              gap_where)
+        for hole_start, hole_end in _holes(missing.lo, missing.hi, explained):
+            self._violation(state, MISSING, hole_start, f"not in the topic and no gap record explains it: deleted "
+                            f"(noticed at seq {missing.after_seq}, the record after it)", missing.after_where, hole_end)
+
+    def _finish_claims(self, state: _Chain) -> None:
+        if state.claim_seq <= state.head_seq:
+            return
+        where = state.claim_where
+        if state.records == 0:
+            message = (f"the manifest at {_where(*where)} attests seq {state.claim_seq}, but no record of this chain "
+                       "is in the topic")
+            if self.allow_absent_chains:
+                self._finding(state, CHAIN_ABSENT, 1, message, where, state.claim_seq)
+            else:
+                self._violation(state, TAIL_REMOVED, 1, message + ": the whole chain was removed (or it lives in a "
+                                "topic not verified: --allow-absent-chains)", where, state.claim_seq)
+            return
+        self._violation(state, TAIL_REMOVED, state.head_seq + 1, f"the manifest at {_where(*where)} attests seq "
+                        f"{state.claim_seq}, the topic holds this chain only up to seq {state.head_seq}: seqs "
+                        f"{state.head_seq + 1}..{state.claim_seq} were removed", where, state.claim_seq)
+
+    def _attested(self, state: _Chain) -> int | None:
+        return state.last_good_cp if self.public_keys else state.last_consistent_cp
+
+    def _unattested(self, state: _Chain) -> int:
+        if not state.records or state.first_seq is None:
+            return 0
+        attested = self._attested(state)
+        return max(0, state.head_seq - (attested if attested is not None else state.first_seq - 1))
+
+    def _finish_attestation(self, state: _Chain) -> None:
+        unattested = self._unattested(state)
+        if not unattested:
+            return
+        attested = self._attested(state)
+        good = "good " if self.public_keys else ""
+        since = f"after the last {good}checkpoint (seq {attested})" if attested else f"and no {good}checkpoint"
+        message = f"{unattested} records {since}: not attested by a signed statement"
+        first = state.head_seq - unattested + 1
+        if self.require_attested:
+            self._violation(state, UNATTESTED, first, message, (None, None, None), state.head_seq)
+        else:
+            self._finding(state, UNATTESTED_TAIL, first, message, (None, None, None), state.head_seq)
+
+    def _build_report(self) -> Report:
+        results: dict[str, ChainResult] = {}
+        totals: Counter = Counter()
+        violation_kinds: Counter = Counter(self.violation_counts)
+        control_records: Counter = Counter()
+        for state in self.chains.values():
+            attested = self._attested(state)
+            closed = state.closed_at is not None
+            attested_close = closed and attested is not None and attested > state.closed_at
+            result = ChainResult(
+                chain=state.name,
+                partitions=[_partition_label(topic, partition) for topic, partition in state.partitions
+                            if partition is not None],
+                records=state.records, log_records=state.log_records, control_records=dict(state.control),
+                first_seq=state.first_seq, last_seq=state.head_seq, links_verified=state.links,
+                duplicates_exact=state.dups_exact, duplicates_conflicting=state.dups_conflicting, gaps=state.gaps,
+                gap_bytes=state.gap_bytes, gap_reasons=dict(state.gap_reasons), checkpoints=dict(state.checkpoints),
+                last_good_checkpoint_seq=attested, unattested_records=self._unattested(state), closed=closed,
+                attested_seq=state.claim_seq or None, violation_counts=dict(state.violation_counts),
+                finding_counts=dict(state.finding_counts), violations=list(state.violations),
+                findings=list(state.findings))
+            result.complete = bool(attested_close and not state.violation_counts and state.first_seq == 1
+                                   and self.public_keys)
+            results[state.name] = result
+            for name in _SUMMED:
+                totals[name] += getattr(result, name)
+            totals["complete_chains"] += result.complete
+            violation_kinds.update(state.violation_counts)
+            control_records.update(state.control)
+        totals_out: dict[str, Any] = {"chains": len(results), "records_read": self.records,
+                                      "malformed": self.violation_counts.get(MALFORMED, 0)}
+        for name in _SUMMED + ("complete_chains",):
+            totals_out[name] = totals[name]
+        totals_out["control_records"] = dict(control_records)
+        totals_out["violations"] = sum(violation_kinds.values())
+        totals_out["violation_kinds"] = dict(violation_kinds)
+        meta = {"signatures": "checked" if self.public_keys else "unchecked", "public_keys": sorted(self.public_keys),
+                "window": self.window, "require_attested": self.require_attested,
+                "require_complete": self.require_complete}
+        return Report(results, list(self.violations), list(self.findings), totals_out, meta)
+
+
+_SUMMED = ("records", "log_records", "links_verified", "duplicates_exact", "duplicates_conflicting", "gaps",
+           "gap_bytes", "unattested_records")
+
+
+def _partition_label(topic: str | None, partition: int | None) -> str:
+    if partition is None:
+        return topic or "file"
+    return f"{topic}/{partition}" if topic else f"p{partition}"
+
+
+def _holes(lo: int, hi: int, explained: list[int]) -> list[tuple[int, int]]:
+    holes = []
+    start = lo
+    for seq in explained:
+        if seq > start:
+            holes.append((start, seq - 1))
+        start = seq + 1
+    if start <= hi:
+        holes.append((start, hi))
+    return holes
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, KeyError):
+        text = f"missing field {text}"
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+# -- edges: keys, files, Kafka, command line ------------------------------------------------------------
+
+class VerifyError(Exception):
+    """The verification could not run (unreadable key or file, unknown topic, broker unreachable)."""
+
+
+def load_public_keys(paths: Iterable[str]) -> dict[str, Any]:
+    """key id -> Ed25519 public key, from PEM files (several keys in one file are fine). An entry
+    `label=path` also answers to `label`: the key id a shipper configured with seal.key_id writes."""
+    keys: dict[str, Any] = {}
+    for entry in paths:
+        label, path = None, entry
+        if "=" in entry and not Path(entry).exists():
+            label, path = entry.split("=", 1)
+        try:
+            text = Path(path).read_bytes()
+        except OSError as exc:
+            raise VerifyError(f"public key {path}: {exc.strerror}") from None
+        blocks = [b"-----BEGIN" + block for block in text.split(b"-----BEGIN")[1:]]
+        if not blocks:
+            raise VerifyError(f"public key {path}: no PEM block")
+        for block in blocks:
+            if b"PRIVATE KEY" in block.split(b"\n", 1)[0]:
+                raise VerifyError(f"public key {path}: this is a private key; give the auditor the public key "
+                                  "(signing-key.pub.pem)")
+            try:
+                key = load_public_key(block)
+            except ValueError as exc:
+                raise VerifyError(f"public key {path}: {exc}") from None
+            keys[key_id_of(key)] = key
+            if label:
+                keys[label] = key
+    return keys
+
+
+def feed_file(verifier: Verifier, path: str | Path) -> int:
+    """Feed a JSON-lines file: each line a record value, or {"key", "value", "partition", "offset",
+    "topic"} (value as a JSON string or object) as a topic dump writes it. `-` reads stdin."""
+    count = 0
+    stream = sys.stdin.buffer if str(path) == "-" else open(path, "rb")
+    try:
+        for line_number, line in enumerate(stream, 1):
+            if line.isspace():
+                continue
+            count += 1
+            try:
+                obj = _json_decode(str(line, "utf-8"))
+            except ValueError as exc:
+                verifier.add_violation(MALFORMED, f"not JSON: {_short(exc)}", None, None, line_number)
+                continue
+            if isinstance(obj, dict) and "seal" not in obj and "value" in obj:
+                value = obj["value"]
+                if isinstance(value, str):
+                    value = value.encode()
+                elif value is None:
+                    verifier.add_violation(MALFORMED, "null value (a tombstone?)", obj.get("topic"),
+                                           obj.get("partition"), obj.get("offset", line_number))
+                    continue
+                offset = obj.get("offset")
+                partition = obj.get("partition")
+                verifier.feed(value, obj.get("key"), partition, offset if offset is not None else line_number,
+                              topic=obj.get("topic"))
+            else:
+                verifier.feed(obj if isinstance(obj, dict) else line, None, None, line_number)
+    finally:
+        if stream is not sys.stdin.buffer:
+            stream.close()
+    return count
+
+
+def verify_file(path: str | Path | list, *, public_keys: dict[str, Any] | None = None, **verifier_options) -> Report:
+    """Verify one or more JSON-lines files (offline audits of a topic dump), in order."""
+    started = _time.monotonic()
+    verifier = Verifier(public_keys, **verifier_options)
+    paths = path if isinstance(path, (list, tuple)) else [path]
+    try:
+        for one in paths:
+            feed_file(verifier, one)
+    except OSError as exc:
+        raise VerifyError(f"{exc.filename}: {exc.strerror}") from None
+    report = verifier.finish()
+    elapsed = _time.monotonic() - started
+    report.meta.update(source="file", files=[str(one) for one in paths], elapsed_s=round(elapsed, 3),
+                       records_per_s=round(verifier.records / elapsed) if elapsed > 0 else None)
+    return report
+
+
+async def verify_topic(bootstrap: str, topic: str | list[str], *, public_keys: dict[str, Any] | None = None,
+                       idle_timeout_s: float = 5.0, timeout_s: float | None = None, window: int = DEFAULT_WINDOW,
+                       require_attested: bool = False, require_complete: bool = False,
+                       allow_absent_chains: bool = False, **client_options) -> Report:
+    """Read every partition of the topic(s) from the beginning, without a consumer group (nothing is
+    committed), and verify. `client_options` go to AIOKafkaConsumer (security_protocol, ssl_context,
+    sasl_mechanism, sasl_plain_username, sasl_plain_password, ...).
+
+    When to stop: the end offsets are captured at the start. Once every partition has been read up to
+    them, reading goes on until a poll brings nothing new (at most `idle_timeout_s` more): Tansu reports
+    a partition's end offset as the start of its last batch, so the end offset alone would leave that
+    batch unread, and on a live topic it lets records written together with a manifest arrive. Reading
+    also stops after `idle_timeout_s` without any new record (a partition that never reaches its end
+    offset is then a violation `incomplete_read`), and after `timeout_s` in all.
+    """
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.errors import KafkaError
+
+    topics = _topic_list(topic)
+    if not topics:
+        raise VerifyError("no topic given")
+    verifier = Verifier(public_keys, window=window, require_attested=require_attested,
+                        require_complete=require_complete, allow_absent_chains=allow_absent_chains)
+    options = dict(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                   auto_offset_reset="earliest", client_id="shipper-verify", max_partition_fetch_bytes=16 << 20,
+                   fetch_max_bytes=64 << 20)
+    options.update(client_options)
+    consumer = AIOKafkaConsumer(**options)
+    started = _time.monotonic()
+    try:
+        await consumer.start()
+    except (KafkaError, OSError) as exc:
+        try:
+            await asyncio.wait_for(consumer.stop(), 10)
+        except (asyncio.TimeoutError, KafkaError, OSError):
+            pass
+        raise VerifyError(f"cannot connect to Kafka at {bootstrap}: {exc}") from None
+    stopped = "end_offsets"
+    try:
+        # consumer.topics() fetches this too but returns only names; partitions_for_topic reads a cache
+        # that may not know the topic yet
+        cluster = await consumer._client.fetch_all_metadata()
+        assigned = []
+        for name in topics:
+            partitions = cluster.partitions_for_topic(name)
+            if not partitions:
+                raise VerifyError(f"topic {name!r} does not exist")
+            assigned += [TopicPartition(name, number) for number in sorted(partitions)]
+        consumer.assign(assigned)
+        await consumer.seek_to_beginning(*assigned)
+        begins = await consumer.beginning_offsets(assigned)
+        ends = await consumer.end_offsets(assigned)
+        reached = {tp: begins[tp] for tp in assigned}
+        pending = {tp for tp in assigned if ends[tp] > begins[tp]}
+        idle_since = _time.monotonic()
+        drain_since: float | None = None
+        settle_ms = int(min(idle_timeout_s, 1.0) * 1000)
+        feed = verifier.feed
+        while True:
+            batch = await consumer.getmany(timeout_ms=200 if pending else settle_ms, max_records=10_000)
+            now = _time.monotonic()
+            if batch:
+                idle_since = now
+                for tp, messages in batch.items():
+                    for message in messages:
+                        feed(message.value, message.key, message.partition, message.offset, topic=message.topic,
+                             headers=message.headers)
+                    reached[tp] = messages[-1].offset + 1
+                    if tp in pending and reached[tp] >= ends[tp]:
+                        pending.discard(tp)
+            elif pending:
+                # transaction markers move the position without a record
+                for tp in list(pending):
+                    if await consumer.position(tp) >= ends[tp]:
+                        pending.discard(tp)
+            if not pending:
+                drain_since = now if drain_since is None else drain_since
+                if (not batch and not verifier.unmet_claims()) or now - drain_since >= idle_timeout_s:
+                    break
+            elif now - idle_since >= idle_timeout_s:
+                stopped = "idle"
+                break
+            if timeout_s is not None and now - started >= timeout_s:
+                stopped = "timeout"
+                break
+        for tp in sorted(pending):
+            verifier.add_violation(INCOMPLETE_READ, f"read up to offset {reached[tp]} of end offset {ends[tp]} "
+                                   f"(stopped: {stopped})", tp.topic, tp.partition, reached[tp])
+    except (KafkaError, OSError) as exc:
+        raise VerifyError(f"reading {', '.join(topics)}: {exc}") from None
+    finally:
+        try:
+            await asyncio.wait_for(consumer.stop(), 10)
+        except (asyncio.TimeoutError, KafkaError):
+            pass
+    report = verifier.finish()
+    elapsed = _time.monotonic() - started
+    report.meta.update(source="kafka", topics=topics, partitions=len(assigned), stopped=stopped,
+                       idle_timeout_s=idle_timeout_s,
+                       end_offsets={f"{tp.topic}/{tp.partition}": ends[tp] for tp in assigned},
+                       elapsed_s=round(elapsed, 3),
+                       records_per_s=round(verifier.records / elapsed) if elapsed > 0 else None)
+    return report
+
+
+def _topic_list(topic: str | Iterable[str]) -> list[str]:
+    items = [topic] if isinstance(topic, str) else list(topic)
+    out: list[str] = []
+    for item in items:
+        out += [name.strip() for name in item.split(",") if name.strip() and name.strip() not in out]
+    return out
+
+
+def kafka_client_options(*, tls: bool = False, ca_file: str | None = None, cert_file: str | None = None,
+                         key_file: str | None = None, check_hostname: bool = True, sasl_mechanism: str | None = None,
+                         sasl_username: str | None = None, sasl_password_file: str | None = None) -> dict[str, Any]:
+    """aiokafka client options for TLS and SASL, from the command line's terms."""
+    import ssl
+
+    use_tls = tls or bool(ca_file or cert_file)
+    options: dict[str, Any] = {}
+    if use_tls:
+        try:
+            context = ssl.create_default_context(cafile=ca_file) if ca_file else ssl.create_default_context()
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            context.check_hostname = check_hostname
+            if cert_file:
+                context.load_cert_chain(cert_file, key_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise VerifyError(f"TLS: cannot load certificates: {exc}") from None
+        options["ssl_context"] = context
+    if sasl_mechanism:
+        if not sasl_username or not sasl_password_file:
+            raise VerifyError("--sasl-mechanism needs --sasl-username and --sasl-password-file")
+        try:
+            password = Path(sasl_password_file).read_text().strip()
+        except OSError as exc:
+            raise VerifyError(f"SASL password file {sasl_password_file}: {exc.strerror}") from None
+        options.update(sasl_mechanism=sasl_mechanism, sasl_plain_username=sasl_username,
+                       sasl_plain_password=password)
+        options["security_protocol"] = "SASL_SSL" if use_tls else "SASL_PLAINTEXT"
+    elif use_tls:
+        options["security_protocol"] = "SSL"
+    return options
+
+
+def _cli_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="shipper verify",
+        description="Verify the hash chains, signed checkpoints and node manifests of audit-shipper records in "
+                    "Kafka topics or JSON-lines files. Exit status: 0 no violation, 1 violations, 2 could not verify.")
+    source = parser.add_argument_group("what to verify")
+    source.add_argument("--bootstrap-servers", help="Kafka bootstrap servers, host:port[,host:port]")
+    source.add_argument("--topic", action="append", default=[], help="topic to read (repeatable, or a comma list)")
+    source.add_argument("--file", action="append", default=[],
+                        help="JSON-lines file of record values or of {key, value, partition, offset} (repeatable; "
+                             "- for stdin)")
+    judge = parser.add_argument_group("how to judge")
+    judge.add_argument("--public-key", action="append", default=[], metavar="[LABEL=]PEM",
+                       help="Ed25519 public key(s) that sign checkpoints (repeatable)")
+    judge.add_argument("--require-attested", action="store_true",
+                       help="records after a chain's last good checkpoint are a violation")
+    judge.add_argument("--require-complete", action="store_true",
+                       help="a chain that does not start at seq 1 in the topic is a violation")
+    judge.add_argument("--allow-absent-chains", action="store_true",
+                       help="a chain a manifest names but absent from the topics is only a finding (verifying a "
+                            "subset of topics)")
+    judge.add_argument("--window", type=int, default=DEFAULT_WINDOW,
+                       help="seqs per chain remembered to judge duplicates (16 bytes each)")
+    read = parser.add_argument_group("reading Kafka")
+    read.add_argument("--idle-timeout", type=float, default=5.0,
+                      help="stop after this many seconds without a new record (default 5)")
+    read.add_argument("--timeout", type=float, default=None, help="stop after this many seconds in all")
+    read.add_argument("--tls", action="store_true", help="TLS with the system CAs")
+    read.add_argument("--tls-ca-file", help="CA bundle (PEM) for the brokers' certificates (implies TLS)")
+    read.add_argument("--tls-cert-file", help="client certificate (PEM) for mutual TLS")
+    read.add_argument("--tls-key-file", help="client private key (PEM) for mutual TLS")
+    read.add_argument("--tls-no-hostname-check", action="store_true", help="do not check the brokers' host names")
+    read.add_argument("--sasl-mechanism", choices=["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])
+    read.add_argument("--sasl-username")
+    read.add_argument("--sasl-password-file", help="file holding the SASL password (never printed)")
+    out = parser.add_argument_group("output")
+    out.add_argument("--json", action="store_true", help="print the report as JSON")
+    return parser
+
+
+def cli_main(argv: list[str]) -> int:
+    parser = _cli_parser()
+    args = parser.parse_args(argv)
+    topics = _topic_list(args.topic)
+    if bool(args.file) == bool(topics or args.bootstrap_servers):
+        parser.print_usage(sys.stderr)
+        print("shipper verify: give either --file, or --bootstrap-servers with --topic", file=sys.stderr)
+        return 2
+    if topics and not args.bootstrap_servers or args.bootstrap_servers and not topics:
+        print("shipper verify: --bootstrap-servers and --topic go together", file=sys.stderr)
+        return 2
+    if args.require_attested and not args.public_key:
+        print("shipper verify: --require-attested needs --public-key (attestation is a signature check)",
+              file=sys.stderr)
+        return 2
+    options = dict(require_attested=args.require_attested, require_complete=args.require_complete,
+                   allow_absent_chains=args.allow_absent_chains, window=args.window)
+    try:
+        keys = load_public_keys(args.public_key)
+        if args.file:
+            report = verify_file(args.file, public_keys=keys, **options)
+        else:
+            client = kafka_client_options(tls=args.tls, ca_file=args.tls_ca_file, cert_file=args.tls_cert_file,
+                                          key_file=args.tls_key_file, check_hostname=not args.tls_no_hostname_check,
+                                          sasl_mechanism=args.sasl_mechanism, sasl_username=args.sasl_username,
+                                          sasl_password_file=args.sasl_password_file)
+            report = asyncio.run(verify_topic(args.bootstrap_servers, topics, public_keys=keys,
+                                              idle_timeout_s=args.idle_timeout, timeout_s=args.timeout,
+                                              **options, **client))
+    except VerifyError as exc:
+        print(f"shipper verify: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    sys.stdout.write(report.to_json(indent=2) + "\n" if args.json else report.human())
+    return 0 if report.ok else 1
