@@ -25,16 +25,14 @@ from .config import Settings, SourceMode
 from .discover import DiscoveredFile, discover, discover_flat
 from .metrics import Metrics
 from .model import ContainerRef, FileId, LossEvent, SourcePosition
-from .parse import FORMAT_RAW, Entries, EntryFlag, StreamParser
+from .parse import Entries, EntryFlag, StreamParser
 from .records import ChainContext, SealStats, seal_control, seal_entries
-from .seal import (TYPE_CHECKPOINT, TYPE_CLOSE, TYPE_GAP, ChainHead, Signer, checkpoint_body, gap_body,
-                   manifest_statement, statement_text)
+from .seal import (TYPE_CHECKPOINT, TYPE_CLOSE, TYPE_GAP, TYPE_MANIFEST, ChainHead, Signer, checkpoint_body,
+                   gap_body, manifest_statement, statement_text)
 from .state import Snapshot
 from .tail import Tailer
 
 log = logging.getLogger("shipper.ingest")
-
-TYPE_MANIFEST = "manifest"
 
 
 def rfc3339_now(now_ns: int | None = None) -> str:

@@ -241,6 +241,8 @@ class StreamParser:
             obj = json.loads(line)
             message = obj["log"]
             stream = obj.get("stream", "stdout").encode()
+            if stream not in _STREAMS:
+                raise ValueError("stream is neither stdout nor stderr")
             time = obj.get("time", "").encode()
             if not isinstance(message, str):
                 raise TypeError("log is not a string")

@@ -32,6 +32,7 @@ TYPE_LOG = ""
 TYPE_GAP = "gap"
 TYPE_CHECKPOINT = "checkpoint"
 TYPE_CLOSE = "close"
+TYPE_MANIFEST = "manifest"
 
 _sha256 = hashlib.sha256
 
@@ -114,8 +115,8 @@ class BadCheckpoint(ValueError):
 
 
 def parse_checkpoint(body: str) -> ParsedCheckpoint:
-    statement, _, signature_block = body.partition("\n\n")
-    statement += "\n"
+    statement, separator, signature_block = body.partition("\n\n")
+    statement = statement + "\n" if separator else body     # an unsigned note has no blank line
     lines = statement.rstrip("\n").split("\n")
     if len(lines) != 6 or lines[0] != STATEMENT_HEADER:
         raise BadCheckpoint("not an audit-shipper/checkpoint/v1 statement")

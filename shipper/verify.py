@@ -44,11 +44,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from .seal import (SCHEMA, TYPE_CHECKPOINT, TYPE_CLOSE, TYPE_GAP, BadCheckpoint, genesis_hash, key_id_of,
-                   load_public_key, parse_checkpoint, signature_valid)
+from .seal import (MANIFEST_HEADER, SCHEMA, TYPE_CHECKPOINT, TYPE_CLOSE, TYPE_GAP, TYPE_MANIFEST, BadCheckpoint,
+                   genesis_hash, key_id_of, load_public_key, manifest_statement, parse_checkpoint, signature_valid)
 
-TYPE_MANIFEST = "manifest"
-MANIFEST_HEADER = "audit-shipper/manifest/v1"
+__all__ = ["manifest_statement", "parse_manifest", "verify_topic", "verify_file", "load_public_keys", "cli_main",
+           "Verifier", "Report"]
+
 MANIFEST_CHAIN_PREFIX = "node/"
 CONTROL_TYPES = frozenset((TYPE_GAP, TYPE_CHECKPOINT, TYPE_CLOSE, TYPE_MANIFEST))
 DEFAULT_WINDOW = 100_000
@@ -92,14 +93,6 @@ _ROUTINE_FINDINGS = frozenset((UNATTESTED_TAIL, KEY_ALIAS, REPLAYED_LATE, GAP_RE
 
 
 # -- manifests (pure: imported by the pipeline) ---------------------------------------------------------
-
-def manifest_statement(node: str, time: str, heads: list[tuple[str, int, bytes]]) -> str:
-    """A node's list of chain heads, to be signed like a checkpoint statement (seal.checkpoint_body):
-    header, `node`, `time`, then one `head <chain> <seq> <base64 hash>` line per chain; ends with a newline."""
-    lines = [MANIFEST_HEADER, f"node {node}", f"time {time}"]
-    lines += [f"head {chain} {seq} {base64.b64encode(head).decode()}" for chain, seq, head in heads]
-    return "\n".join(lines) + "\n"
-
 
 class BadManifest(ValueError):
     """A manifest body that is not a well-formed statement."""
@@ -886,8 +879,7 @@ class Verifier:
             state.checkpoints["malformed"] += 1
             self._violation(state, MALFORMED, seq, f"checkpoint body: {exc}")
             return
-        statement, _ = _split_note(body)   # parse_checkpoint adds a newline to an unsigned statement
-        status = self._signatures(state, seq, "checkpoint", statement, parsed.signatures)
+        status = self._signatures(state, seq, "checkpoint", parsed.statement, parsed.signatures)
         state.checkpoints[status] += 1
         problems = []
         if parsed.chain != state.name:
