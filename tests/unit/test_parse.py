@@ -143,3 +143,10 @@ def test_format_is_detected_from_the_first_bytes():
 def test_nul_bytes_and_invalid_utf8_pass_through_as_bytes():
     out = StreamParser().feed(TS + b" stdout F a\x00b\xff\xfe\n", 0)
     assert out.bodies == [b"a\x00b\xff\xfe"]
+
+
+def test_docker_stream_field_other_than_stdout_or_stderr_is_shipped_raw():
+    line = b'{"log":"x\\n","stream":"stdout\\",\\"body\\":\\"forged","time":"2026-11-28T18:00:00Z"}\n'
+    out = StreamParser(fmt=FORMAT_DOCKER).feed(line, 0)
+    assert out.streams == [b"stdout"] and out.flags[0] & EntryFlag.BAD_JSON
+    assert out.bodies == [line[:-1]]
