@@ -15,6 +15,7 @@ Every wait is bounded; a process that does not come up raises `KubeStartError` w
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import json
@@ -26,6 +27,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,6 +151,17 @@ class InClusterFiles:
     namespace_file: Path
 
 
+_live_clusters: weakref.WeakSet[KubeCluster] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_leftover_clusters() -> None:
+    # A run interrupted before fixture teardown must not leave etcd and an API server behind (they run
+    # in their own sessions, so the terminal's Ctrl-C does not reach them).
+    for cluster in list(_live_clusters):
+        cluster.stop()
+
+
 class KubeCluster:
     """etcd + kube-apiserver in `workdir`. `start()` generates certificates and keys once; the API server
     can be killed and started again on the same port (and the same certificates) for outage tests."""
@@ -177,6 +190,7 @@ class KubeCluster:
     # -- lifecycle
 
     def start(self) -> KubeCluster:
+        _live_clusters.add(self)
         self._write_credentials()
         self._start_etcd()
         self.start_apiserver()
