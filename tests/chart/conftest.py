@@ -5,8 +5,6 @@ from typing import Any
 
 import pytest
 
-# Until tests/conftest.py registers tests.harness.kube_fixtures as a plugin; the cluster is shared.
-from tests.harness.kube_fixtures import chart_objects, kube_cluster, kube_namespace  # noqa: F401
 from tests.harness.kube import render_chart
 
 FULL_VALUES = Path(__file__).with_name("values-full.yaml")

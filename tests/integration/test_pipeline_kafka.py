@@ -129,7 +129,8 @@ def test_loss_at_source_verifies_as_a_named_gap_with_its_byte_count(tmp_path, ka
 
 
 @pytest.mark.kafka
-def test_metrics_count_what_was_shipped_and_readyz_flips_when_the_pipeline_stops(tmp_path, kafka_broker):
+def test_metrics_count_what_was_shipped_and_readyz_flips_when_the_pipeline_stops(tmp_path, fresh_kafka_broker):
+    kafka_broker = fresh_kafka_broker
     topic = new_topic(kafka_broker)
     node = SimNode(tmp_path / "log", pods=2, containers_per_pod=1, rotate_every_bytes=None, seed=23)
     config = write_config(tmp_path / "config.yaml", bootstrap=kafka_broker.bootstrap, node_root=node.root,
