@@ -313,6 +313,7 @@ class MetadataProvider:
             pods = self.cache.pods
             self._rendered = {ref: entry for ref, entry in self._rendered.items()
                               if entry[0] is None or ref.pod_uid in pods}
+            self._exclusions_logged = {seen for seen in self._exclusions_logged if seen[0] in pods}
             self.metrics.metadata_cache_pods.set(len(pods))
 
     async def _connect(self) -> Any:

@@ -269,3 +269,43 @@ def test_backoff_grows_with_jitter_and_is_capped():
     assert low.next_delay() == 0.25
     backoff.reset()
     assert backoff.next_delay() == 0.5
+
+
+def test_ingest_ships_api_metadata_and_ids_and_skips_excluded_pods(tmp_path):
+    """The provider through its real caller, Ingest, over a node's log directory (no API server)."""
+    from shipper.ingest import Ingest
+    from shipper.simnode import SimNode
+    from shipper.state import Snapshot
+
+    node = SimNode(tmp_path / "log", pods=3, containers_per_pod=1, rotate_every_bytes=None, seed=3)
+    known, excluded, unknown = (sim.ref for sim in node.containers)
+    node.write(60)
+    settings = Settings(node_name=NODE, enrich={"unknown_pod_wait_ms": 0},
+                        sources={"roots": [str(node.pods_dir)], "symlink_roots": [], "discover_interval_s": 0.01},
+                        wal={"dir": str(tmp_path / "wal")}, state={"dir": str(tmp_path)})
+    p = MetadataProvider(settings, Metrics())
+    p.apply(Health("pods", True))
+    p.apply(Relist("pods", [
+        pod_object(uid=known.pod_uid, name=known.pod, namespace=known.namespace,
+                   containers=((known.container, "img:2"),), statuses=()),
+        pod_object(uid=excluded.pod_uid, name=excluded.pod, namespace=excluded.namespace,
+                   containers=((excluded.container, "img:2"),), statuses=(),
+                   annotations={"audit-shipper.io/exclude": "true"}),
+    ]))
+    ingest = Ingest(settings, Snapshot(), p.metrics, p)
+    records = []
+    while (collected := ingest.collect(1 << 20)) is not None:
+        records += [json.loads(value) for run in collected[0].runs for value in run.values]
+    logs = [r for r in records if "type" not in r]
+    by_pod = {}
+    for record in logs:
+        by_pod.setdefault(record["resource"]["k8s.pod.uid"], []).append(record)
+    assert excluded.pod_uid not in by_pod
+    assert {r["resource"]["audit_shipper.metadata"] for r in by_pod[known.pod_uid]} == {"api"}
+    assert {r["resource"]["audit_shipper.metadata"] for r in by_pod[unknown.pod_uid]} == {"path"}
+    assert all(r["resource"]["container.image.name"] == "img" for r in by_pod[known.pod_uid])
+    # Every simulated entry carries a request id (JSON field or key=value) and a level.
+    assert all("request_id" in r["attributes"] and "severity_text" in r for r in logs)
+    assert sum(1 for r in logs if "trace_id" in r) > 0
+    misses = p.metrics.registry.get_sample_value("audit_shipper_metadata_misses_total", {"reason": "unknown_pod"})
+    assert misses == len(by_pod[unknown.pod_uid])

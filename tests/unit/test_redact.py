@@ -65,6 +65,21 @@ def test_no_redaction_without_a_secret(body):
     assert redacted(body) == (body, [])
 
 
+@pytest.mark.parametrize("trace", ["08440321c1bc6f3fc67325598782192d", "03321f3d1dc23cb4725798509012e612",
+                                   "f55be89f0876c26654f4547138479809"])
+def test_digit_runs_inside_hex_ids_are_not_cards(trace):
+    """These ids hold a Luhn-valid 13+ digit run; redacting it would corrupt the id."""
+    body = f'{{"trace_id":"{trace}","n":1}}'
+    assert redacted(body) == (body, [])
+
+
+@settings(max_examples=500, deadline=None)
+@given(trace=st.integers(0, 2**128 - 1), span=st.integers(0, 2**64 - 1))
+def test_hex_ids_are_never_redacted(trace, span):
+    body = f'{{"trace_id":"{trace:032x}","span_id":"{span:016x}"}}'
+    assert redacted(body) == (body, [])
+
+
 def test_epoch_millis_passing_luhn_is_kept():
     millis = next(str(n) for n in range(1732812345678, 1732812345700) if luhn_valid(str(n)))
     assert redacted(f'{{"ts":{millis}}}') == (f'{{"ts":{millis}}}', [])
