@@ -135,7 +135,13 @@ class Correlator:
                         span = span_v
                 elif not top:
                     top = self._severity_cache.get(word or number) or self.severity(word or number)
-        return self._finish(body, top, trace, span, attributes)
+        if not trace:
+            return self._finish(body, top, trace, span, attributes)
+        # The common JSON line (it has a trace id) finishes here, without one more call.
+        top += ',"trace_id":"' + trace.lower() + '"'
+        if span:
+            top += ',"span_id":"' + span.lower() + '"'
+        return top, attributes
 
     def _from_text(self, body: str, found: list[tuple[str, ...]]) -> tuple[str, str]:
         trace = span = top = attributes = ""
