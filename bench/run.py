@@ -85,8 +85,11 @@ def profile_stages(settings_path: Path) -> list[tuple[str, float]]:
     from shipper.state import Snapshot
     from shipper.batch import encode_batch
 
+    from shipper.enrich import build_provider
+
     settings = load_settings(str(settings_path))
-    ingest = Ingest(settings, Snapshot(), Metrics())
+    metrics = Metrics()
+    ingest = Ingest(settings, Snapshot(), metrics, build_provider(settings, metrics))
     profiler = cProfile.Profile()
     profiler.enable()
     while True:

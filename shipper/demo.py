@@ -81,8 +81,9 @@ async def _demo(workdir: Path, broker: EmbeddedTansu, seconds: float, pods: int,
     expected = node.ledger.total()
     deadline = time.monotonic() + 120
     shipped = pipeline.metrics.records_shipped
+    sealed = pipeline.metrics.entries
     while time.monotonic() < deadline and not run.done():
-        if shipped._value.get() >= expected and pipeline.sender is not None and pipeline.sender.drained:
+        if sealed._value.get() >= expected and pipeline.sender is not None and pipeline.sender.drained:
             break
         await asyncio.sleep(0.2)
     elapsed = time.monotonic() - started

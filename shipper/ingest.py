@@ -41,40 +41,6 @@ def rfc3339_now(now_ns: int | None = None) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{nanos:09d}Z"
 
 
-def path_resource_json(ref: ContainerRef, node: str) -> str:
-    """Resource fields the path alone tells, for when no metadata provider knows more."""
-    import json
-
-    return json.dumps({"k8s.namespace.name": ref.namespace, "k8s.pod.name": ref.pod, "k8s.pod.uid": ref.pod_uid,
-                       "k8s.container.name": ref.container, "k8s.container.restart_count": ref.restart_count,
-                       "k8s.node.name": node, "audit_shipper.metadata": "path"}, separators=(",", ":"))
-
-
-class PathMetadata:
-    """The metadata provider used when Kubernetes enrichment is off: the path says it all."""
-
-    api_healthy = False
-
-    def __init__(self, node: str) -> None:
-        self.node = node
-        self._cache: dict[ContainerRef, str] = {}
-
-    def resource_json(self, ref: ContainerRef) -> str:
-        text = self._cache.get(ref)
-        if text is None:
-            text = self._cache[ref] = path_resource_json(ref, self.node)
-        return text
-
-    def is_excluded(self, ref: ContainerRef) -> bool:
-        return False
-
-    def should_wait(self, ref: ContainerRef, first_seen_monotonic: float) -> bool:
-        return False
-
-    def body_processor(self, ref: ContainerRef):
-        return None
-
-
 @dataclass(slots=True)
 class _Source:
     key: str
@@ -139,13 +105,13 @@ class SigningKey:
 
 
 class Ingest:
-    def __init__(self, settings: Settings, snapshot: Snapshot, metrics: Metrics, provider=None,
+    def __init__(self, settings: Settings, snapshot: Snapshot, metrics: Metrics, provider,
                  signing_key: SigningKey | None = None) -> None:
         self.settings = settings
         self.sources_config = settings.sources
         self.metrics = metrics
         self.node = settings.node_name
-        self.provider = provider or PathMetadata(self.node)
+        self.provider = provider        # enrich.build_provider: metadata, exclusion, the body stage
         self.signing_key = signing_key or SigningKey(settings.seal.signing_key_file, settings.seal.key_id)
         self._sources: dict[str, _Source] = {}
         self._chains: dict[str, _Chain] = {}
@@ -153,7 +119,6 @@ class Ingest:
         self._restored_chains = dict(snapshot.chains)
         self._last_discovery = 0.0
         self._rejected_seen: set[str] = set()
-        self._excluded_seen: set[str] = set()
         self._external_gaps: deque[_ExternalGap] = deque()
         self._lock = threading.Lock()
         self._stats = SealStats()
@@ -281,13 +246,12 @@ class Ingest:
     def _read_source(self, source: _Source, observed: str, now: float, runs: dict[str, Run], batch: Batch) -> int:
         ref = source.ref
         provider = self.provider
-        if provider.is_excluded(ref):
-            if source.key not in self._excluded_seen:
-                self._excluded_seen.add(source.key)
-            return 0
         if provider.should_wait(ref, source.first_seen):
             return 0
         polled = source.tailer.poll()
+        if provider.is_excluded(ref):
+            self._drop_excluded(source, polled, batch)
+            return 0
         chain = self._chain(ref)
         emitted = 0
         for loss in polled.losses:
@@ -323,6 +287,27 @@ class Ingest:
         if polled.finished:
             source.finished = True
         return emitted
+
+    def _drop_excluded(self, source: _Source, polled, batch: Batch) -> None:
+        """An excluded pod's lines are read and counted, never shipped; its position moves on so a
+        later un-exclusion does not ship the past (the provider logs each exclusion once)."""
+        parser = source.parser
+        excluded = 0
+        for chunk in polled.chunks:
+            if chunk.offset != parser.expected_offset:
+                parser.reset(chunk.offset)
+            excluded += len(parser.feed(chunk.data, chunk.offset, chunk.end_of_file))
+            end = chunk.offset + len(chunk.data) if chunk.end_of_file else parser.safe_offset
+            position = source.tailer.position_of(chunk.file_id, end)
+            file_id = position.file_id
+            source.position = [file_id.dev, file_id.ino, file_id.fingerprint, position.path, position.offset,
+                               source.ref.chain]
+        if polled.chunks:
+            batch.sources[source.key] = source.position
+        if excluded:
+            self.metrics.excluded.inc(excluded)
+        if polled.finished:
+            source.finished = True
 
     def _count_degradations(self, entries: Entries) -> None:
         flags_seen = 0

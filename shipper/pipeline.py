@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 
 from .batch import decode_header, encode_batch
+from .enrich import build_provider
 from .config import FsyncMode, Settings
 from .ingest import Ingest, SigningKey
 from .kafka import KafkaSink, Sender
@@ -37,7 +38,8 @@ class Pipeline:
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.status = PipelineStatus()
-        self._provider = provider
+        # Always a provider: without Kubernetes it still runs the body stage (redaction, ids).
+        self._provider = provider if provider is not None else build_provider(settings, self.metrics)
         self.wal: Wal | None = None
         self.sender: Sender | None = None
         self.ingest: Ingest | None = None
@@ -86,15 +88,12 @@ class Pipeline:
         try:
             async with asyncio.TaskGroup() as group:
                 send_task = group.create_task(sender.run(stopping), name="sender")
-                provider_task = None
-                if self._provider is not None and hasattr(self._provider, "run"):
-                    provider_task = group.create_task(self._provider.run(), name="metadata")
+                provider_task = group.create_task(self._provider.run(), name="metadata")
                 await self._ingest_until(stopping, wal, ingest, sender)
                 self.status.draining = True
                 await self._drain(wal, ingest, sender)
                 send_task.cancel()
-                if provider_task is not None:
-                    provider_task.cancel()
+                provider_task.cancel()
         finally:
             self.status.running = False
             self.metrics.up.set(0)

@@ -61,13 +61,6 @@ class Server:
         self.health: HealthServer | None = None
         self.stopping = asyncio.Event()
 
-    def _build_provider(self):
-        if self.provider is not None or not self.settings.enrich.kubernetes:
-            return self.provider
-        from .enrich import build_provider
-
-        return build_provider(self.settings, self.metrics)
-
     async def serve(self) -> int:
         settings = self.settings
         os.umask(0o077)            # WAL, state and their SQLite side files: this user only
@@ -89,7 +82,7 @@ class Server:
 
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, on_signal, signum)
-        self.pipeline = Pipeline(settings, self.metrics, self._build_provider())
+        self.pipeline = Pipeline(settings, self.metrics, self.provider)
         if settings.metrics.enabled:
             alive, ready = pipeline_checks(self.pipeline)
             self.health = HealthServer(self.metrics, settings.metrics.host, settings.metrics.port, alive=alive,

@@ -51,12 +51,20 @@ class Rule:
     luhn: bool = False
     pick: Callable[[str], list[tuple[int, int]]] | None = None
     trigger: Callable[[str], bool] | None = None    # cheap test: could this rule match the line at all?
+    # A candidate right after this context is left alone (e.g. a span id that happens to be all digits).
+    not_after: re.Pattern[str] | None = None
 
 
 _DIGITS_TO_ZERO = bytes.maketrans(b"123456789", b"000000000")
 # 13 digits in a row once spaces and dashes are removed. (Hex ids sometimes hold such a run too; the
 # card rule then runs and finds nothing: about one line in a hundred with trace ids.)
 _CARD_RUN = re.compile(rb"0000000000000").search
+
+
+# The value of a W3C trace or span id field (`"span_id":"4507294942205492"`): 16 hex digits are all
+# decimal digits in about one id in two thousand, and a tenth of those pass Luhn. Free-form id fields
+# (request, correlation) get no such pass: a card number there is still a card number.
+_ID_CONTEXT = re.compile(r"""(?:span|trace|parent)[_\-]?id["']?\s*[:=]\s*["']?$""", re.IGNORECASE)
 
 
 def _card_trigger(body: str) -> bool:
@@ -82,7 +90,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     # hold such runs); within a run, card numbers are picked out by `_card_spans` (see there).
     Rule("credit_card", re.compile(r"[0-9](?<![0-9A-Za-z][0-9])(?=(?:[ \-]?[0-9]){12})[0-9]{0,18}(?:[ \-][0-9]{1,19})*"
                                    r"(?![0-9A-Za-z])"),
-         REDACTED, luhn=True, pick=lambda run: _card_spans(run), trigger=_card_trigger),
+         REDACTED, luhn=True, pick=lambda run: _card_spans(run), trigger=_card_trigger, not_after=_ID_CONTEXT),
 )
 
 
@@ -186,6 +194,9 @@ class Redactor:
                 def replace_if_luhn(match: re.Match[str], rule: Rule = rule) -> str:
                     nonlocal count
                     text = match.group(0)
+                    if rule.not_after is not None and \
+                            rule.not_after.search(match.string, max(0, match.start() - 40), match.start()):
+                        return text
                     if rule.pick is not None:
                         spans = rule.pick(text)
                         if not spans:

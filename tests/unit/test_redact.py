@@ -199,3 +199,14 @@ def test_records_built_by_the_sealer_carry_redacted_body_ids_and_rules():
     assert records[1]["attributes"] == {"log.truncated": True} and "severity_text" not in records[1]
     assert records[2]["body"] == "ERROR paid [REDACTED] request_id=r2"
     assert records[2]["attributes"] == {"request_id": "r2", "redaction.rules": ["credit_card"]}
+
+
+def test_all_digit_span_id_that_passes_luhn_is_not_taken_for_a_card():
+    from shipper.config import load_settings
+    from shipper.enrich import make_body_processor
+
+    process = make_body_processor(load_settings().enrich, None)
+    body = '{"trace_id":"f085185a6270fd94e3a39c3374fbd6bc","span_id":"4507294942205492","n":1}'
+    result = process(body)
+    assert result is not None and result[0] == body and '"span_id":"4507294942205492"' in result[1]
+    assert process('{"card":"4111111111111111"}')[0] == '{"card":"[REDACTED]"}'

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from jsonschema import Draft202012Validator, FormatChecker
 
-from shipper.ingest import path_resource_json
+from shipper.enrich.provider import path_resource
 from shipper.model import ContainerRef
 from shipper.parse import EntryFlag, Entries
 from shipper.records import ChainContext, seal_control, seal_entries
@@ -22,7 +22,7 @@ GAP_BODY = Draft202012Validator({**SCHEMA["$defs"]["gap_body"], "$defs": SCHEMA[
 
 REF = ContainerRef(namespace="shop", pod="web-1", pod_uid="0b7c4a52-8d1e-4b8e-9a55-2f0e1c3d4e5f", container="app",
                    restart_count=2)
-CTX = ChainContext(REF.chain, path_resource_json(REF, "node-a"), "/var/log/pods/shop_web-1_0b7c/app/2.log")
+CTX = ChainContext(REF.chain, path_resource(REF, "node-a"), "/var/log/pods/shop_web-1_0b7c/app/2.log")
 
 
 def errors(record: dict) -> list[str]:
