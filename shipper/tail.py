@@ -1,0 +1,967 @@
+"""Following one kubelet log path through its rotations, as raw bytes at file offsets.
+
+A `Tailer` owns one path (`.../<container>/0.log`) and the rotated copies next to it
+(`0.log.<stamp>`, `0.log.<stamp>.gz`; kubelet's stamps sort by time, other suffixes go by mtime).
+Its calls block; the pipeline runs them in a thread. A `poll()` reads at most `read_size` bytes,
+and one that finds nothing new costs one fstat and one stat.
+
+Invariants (the tests are named after them):
+
+- Every byte of a file identity is returned exactly once, in order, in `Chunk`s whose offsets are
+  contiguous within the identity, or it is counted in a `LossEvent`. The losses of a batch come
+  before its chunks in stream order (seal the gaps first, then the chunks).
+- One identity at a time: an identity that ends (rotated, deleted, truncated) gets a last chunk
+  with `end_of_file=True` before any byte of the next one is returned.
+- Bounded descriptors: the file being read, plus at most `max_held_files` newer files opened ahead
+  when rotations outpace reading (tracked by name and inode beyond that); a drained file is closed
+  at once.
+
+What was never visible is not counted: a file created and deleted between two looks of ours (two
+polls, or a restart) leaves nothing to count.
+
+Identity is (dev, ino, fingerprint of the first FINGERPRINT_BYTES bytes), see `fingerprint()`. A
+file shorter than that has the fingerprint of the bytes it has so far, tagged with their count
+(`"<n>:<sha256>"`, `""` when empty); it lengthens as the file grows, with no `end_of_file` between:
+chunks of one file may carry such a growing FileId, and `position_of()` answers with the longest.
+A position matches a file when dev and inode are equal and the file's first n bytes hash to the
+fingerprint. A truncated file whose first bytes changed is a new identity on the same inode.
+
+A rotated (renamed or deleted) file is finished when, after a final drain, the next file holds data
+(the runtime has reopened its log, so nothing more lands in the old one), or `settle_s` after we
+noticed, or at once when the pod's log directory is gone.
+
+Restoring a position: the file at the path (dev, inode and fingerprint); else an uncompressed
+sibling with that inode, or with the same first bytes (a copy: copytruncate's); else a compressed
+sibling with those first bytes (its unread rest is counted from the gzip trailer); else a loss of
+unknown size, and reading starts after the lost file (by its rotation stamp when its name told it,
+else at the oldest sibling still on disk, kubelet deleting oldest first). `position_of()` never
+names an empty file (a later file may reuse its inode) but the end of the last file with content;
+a position with an empty fingerprint therefore means nothing with content was committed yet, and
+reading starts over as for a new source.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import re
+import time
+import zlib
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from shipper.model import FINGERPRINT_BYTES, ContainerRef, FileId, LossEvent, LossReason, SourcePosition
+
+GZIP_SUFFIX = ".gz"
+TMP_SUFFIX = ".tmp"
+# kubelet's rotation suffix (Go layout "20060102-150405"): sorts chronologically as text.
+_KUBELET_STAMP = re.compile(r"[0-9]{8}-[0-9]{6}")
+_GZIP_PROBE_LIMIT = 1 << 20       # compressed bytes read at most to recover a gzip file's first bytes
+_KNOWN_FILES = 16                 # identities remembered for position_of after they were closed
+_MAX_STEPS = 1000                 # file switches and reads in one poll, at most
+
+
+# -- identity ------------------------------------------------------------------------------------
+
+def fingerprint(head: bytes) -> str:
+    """Fingerprint of a file whose first bytes are `head` (only the first FINGERPRINT_BYTES count).
+
+    Full: hex SHA-256 of FINGERPRINT_BYTES bytes. Short file: `"<n>:<hex SHA-256 of n bytes>"`, so a
+    later check knows how many bytes to compare. Empty file: `""` (matches any content)."""
+    n = len(head)
+    if n >= FINGERPRINT_BYTES:
+        return hashlib.sha256(head[:FINGERPRINT_BYTES]).hexdigest()
+    if n == 0:
+        return ""
+    return f"{n}:{hashlib.sha256(head).hexdigest()}"
+
+
+def fingerprint_length(fp: str) -> int:
+    """How many leading bytes `fp` covers."""
+    if not fp:
+        return 0
+    n, sep, _ = fp.partition(":")
+    return int(n) if sep and n.isdigit() else FINGERPRINT_BYTES
+
+
+def fingerprint_matches(fp: str, head: bytes) -> bool:
+    """Whether a file starting with `head` (at least FINGERPRINT_BYTES of it, or all of a shorter
+    file) can be the file that `fp` was taken of."""
+    n = fingerprint_length(fp)
+    if len(head) < n:
+        return False
+    return fingerprint(head[:n]) == fp
+
+
+# -- what a poll returns -------------------------------------------------------------------------
+
+@dataclass(slots=True, frozen=True)
+class Chunk:
+    """`data` are the bytes of file `file_id` starting at `offset` (possibly cut mid-line).
+    `end_of_file`: nothing more will ever come from this identity; the parser flushes then."""
+
+    file_id: FileId
+    path: str
+    offset: int
+    data: bytes
+    end_of_file: bool = False
+
+
+@dataclass(slots=True)
+class TailBatch:
+    chunks: list[Chunk] = field(default_factory=list)
+    losses: list[LossEvent] = field(default_factory=list)   # all of them precede all chunks
+    finished: bool = False                                    # path gone for good, all drained
+
+
+# -- internals -----------------------------------------------------------------------------------
+
+def _order_key(stamp: str, mtime_ns: int) -> tuple[int, str, int, str]:
+    """Rotation order of a sibling: kubelet stamps by their text, anything else by mtime (the
+    stamp breaks ties, so distinct siblings never compare equal)."""
+    if _KUBELET_STAMP.fullmatch(stamp):
+        return (0, stamp, 0, stamp)
+    return (1, "", mtime_ns, stamp)
+
+
+@dataclass(slots=True)
+class _Sibling:
+    stamp: str
+    path: str
+    compressed: bool
+    dev: int
+    ino: int
+    mtime_ns: int
+    size: int
+
+    @property
+    def key(self) -> tuple[int, str, int, str]:
+        return _order_key(self.stamp, self.mtime_ns)
+
+
+class _File:
+    """One file identity this tailer reads or has read. `fd` is -1 once closed."""
+
+    __slots__ = ("fd", "dev", "ino", "path", "stamp", "older", "offset", "head", "fp", "max_seen",
+                 "last_size", "last_mtime", "retired_at", "final_hint", "successor", "before", "loss")
+
+    def __init__(self, fd: int, dev: int, ino: int, path: str, offset: int, head: bytes,
+                 stamp: str | None = None, older: frozenset[str] | None = None) -> None:
+        self.fd = fd
+        self.dev = dev
+        self.ino = ino
+        self.path = path
+        self.stamp = stamp                  # rotation suffix once known (None: still the live file)
+        self.older = older                  # stamps that existed when we opened it as the live file
+        self.offset = offset                # next byte to return
+        self.head = head                    # first bytes (<= FINGERPRINT_BYTES), identity evidence
+        self.fp = fingerprint(head)
+        self.max_seen = offset              # largest size we know the file had
+        self.last_size = -1                 # size and mtime at the last check (-1: check now)
+        self.last_mtime = -1
+        self.retired_at: float | None = None   # when we saw the path stop pointing at it
+        self.final_hint = False             # newer rotations exist: the runtime has left it
+        self.successor: _File | None = None    # the file read next, when nothing was lost between
+        self.before: _File | None = None       # the last file with content before this one
+        self.loss: LossEvent | None = None     # set on a marker: a sibling seen compressed, unread
+
+    @property
+    def file_id(self) -> FileId:
+        return FileId(self.dev, self.ino, self.fp)
+
+    def set_head(self, head: bytes) -> None:
+        self.head = head
+        self.fp = fingerprint(head)
+
+    def snapshot(self) -> _File:
+        """A closed copy standing for this identity after truncation reused the descriptor."""
+        copy = _File(-1, self.dev, self.ino, self.path, self.offset, self.head, self.stamp, self.older)
+        copy.max_seen = self.max_seen
+        return copy
+
+
+class _NoFile:
+    """Stands for 'before every sibling': a new source, or one whose file was lost without trace."""
+
+    __slots__ = ("lost_stamp",)
+
+    def __init__(self, lost_stamp: str | None = None) -> None:
+        self.lost_stamp = lost_stamp        # rotation stamp of the lost file, when its name told it
+
+
+def _read_head(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read(FINGERPRINT_BYTES)
+    except OSError:
+        return None
+
+
+def _read_gzip_head(path: str, n: int = FINGERPRINT_BYTES) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            inflater = zlib.decompressobj(wbits=31)
+            out = b""
+            consumed = 0
+            while len(out) < n and consumed < _GZIP_PROBE_LIMIT:
+                block = f.read(16384)
+                if not block:
+                    break
+                consumed += len(block)
+                out += inflater.decompress(block, n - len(out))
+                if inflater.eof:
+                    break
+            return out
+    except (OSError, zlib.error):
+        return None
+
+
+def _gzip_size(path: str) -> int:
+    """Uncompressed size from the gzip trailer (mod 2**32; rotated logs are far smaller), -1 unknown."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(-4, os.SEEK_END)
+            trailer = f.read(4)
+    except OSError:
+        return -1
+    return int.from_bytes(trailer, "little") if len(trailer) == 4 else -1
+
+
+_NEWEST = (9, "", 0, "")          # order key of the file still at the live path
+_GONE = (-1, "", 0, "")           # order key of a file gone from disk: kubelet deletes oldest first
+
+
+class Tailer:
+    """Follows `path` (a kubelet `<restart>.log`) through rename rotation, copytruncate, deletion and
+    inode reuse, from `position` (None: a new source, read from the oldest byte still on disk, and
+    compressed siblings counted as lost).
+
+    Each poll first looks (one stat) whether the path names a new file; if so it takes note of it
+    and of any file rotated in between, held open while there is room, so a file rotated away and
+    deleted while we are still busy with an older one is read all the same. A backpressured
+    pipeline that stops polling should keep calling `watch()`, which does only this."""
+
+    def __init__(self, path: str, ref: ContainerRef, position: SourcePosition | None, *,
+                 read_size: int = 1 << 20, settle_s: float = 5.0, max_held_files: int = 4,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.path = path
+        self.ref = ref
+        self._dir = os.path.dirname(path) or "."
+        self._sibling_prefix = os.path.basename(path) + "."
+        self._read_size = read_size
+        self._settle_s = settle_s
+        self._max_held = max_held_files
+        self._clock = clock
+        self._cur: _File | None = None
+        # Files seen after the current one, oldest first: held open (at most max_held_files),
+        # tracked by name and inode (fd -1), or markers of ones lost before their turn (`loss`).
+        self._queue: deque[_File] = deque()
+        self._prev: _File | _NoFile = _NoFile()  # what was read (or lost) last, to find what follows
+        self._pending: list[LossEvent] = []
+        self._known: deque[_File] = deque(maxlen=_KNOWN_FILES)
+        self._missing_since: float | None = None
+        self._finished = False
+        self._error_reported: int | None = None  # errno of the UNREADABLE already reported
+        self._origin = position                   # evidence of last resort for position_of
+        try:
+            self._restore(position)
+            if self._cur is None and not self._pending:
+                self._open_next()                 # hold the file from now on, not from the first poll
+        except OSError as exc:
+            self._report_error(exc)               # the next polls start from the oldest file instead
+
+    # -- public ----------------------------------------------------------------------------------
+    def poll(self) -> TailBatch:
+        """Up to `read_size` new bytes, oldest identity first. Never raises for I/O trouble."""
+        cur = self._cur
+        if cur is not None and cur.retired_at is None and not self._queue and not self._pending:
+            # The idle case, kept to one stat and one fstat: nothing rotated, nothing written.
+            try:
+                st = os.stat(self.path)
+                if st.st_ino == cur.ino and st.st_dev == cur.dev:
+                    fst = os.fstat(cur.fd)
+                    if fst.st_size == cur.last_size == cur.offset and fst.st_mtime_ns == cur.last_mtime:
+                        self._error_reported = None
+                        return TailBatch()
+            except OSError:
+                pass                                   # the full path below reports it
+        batch = TailBatch()
+        budget = self._read_size
+        try:
+            self.watch()
+            for _ in range(_MAX_STEPS):             # bounded even if a directory keeps changing
+                if self._pending:
+                    if batch.chunks:
+                        break                      # a loss is never reported after later data
+                    batch.losses.extend(self._pending)
+                    self._pending.clear()
+                if budget <= 0 or self._finished:
+                    break
+                if self._cur is None:
+                    if not self._open_next():
+                        if self._pending and not batch.chunks:
+                            batch.losses.extend(self._pending)
+                            self._pending.clear()
+                        break
+                    continue
+                used, more = self._step(self._cur, batch, budget)
+                budget -= used
+                if not more:
+                    break
+            self._error_reported = None
+        except OSError as exc:
+            self._report_error(exc)
+            if not batch.chunks:
+                batch.losses.extend(self._pending)
+                self._pending.clear()
+        batch.finished = self._finished and not self._pending
+        return batch
+
+    def watch(self) -> None:
+        """Notice a rotation (one stat when nothing changed) and take note of the new files, held
+        open while there is room, so none can vanish unread while we are busy with an older one."""
+        cur = self._cur
+        queue = self._queue
+        if cur is None and not queue:
+            return                                 # between files: _open_next looks for itself
+        newest = queue[-1] if queue else cur
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            st = None
+        if st is not None and st.st_ino == newest.ino and st.st_dev == newest.dev:
+            if newest.fd >= 0:
+                if newest is not cur:
+                    self._observe(newest)          # behind: keep what we know of it current
+                return                             # the usual case: nothing rotated
+            # Tracked, not open: its inode could have been reused, so the first bytes decide.
+            head = _read_head(self.path)
+            if head is not None and head[:len(newest.head)] == newest.head:
+                if len(head) > len(newest.head):
+                    newest.set_head(head)
+                newest.max_seen = max(newest.max_seen, st.st_size)
+                return
+        if st is None and newest.retired_at is not None:
+            return                                 # still missing; already noted
+        now = self._clock()
+        if newest.retired_at is None:
+            newest.retired_at = now
+        siblings = self._siblings()
+        if newest.fd >= 0:
+            self._place(newest, siblings)
+        self._refresh_tracked(siblings, st)
+        taken = {(f.dev, f.ino) for f in (cur, *queue) if f is not None and f.loss is None}
+        # Files created and rotated since our last look: take them too, oldest first.
+        for sib in self._successors(newest, siblings):
+            if sib.compressed or (sib.dev, sib.ino) not in taken:
+                queue.append(self._take_rotated(sib, now))
+        if st is not None and (st.st_dev, st.st_ino) not in taken:
+            live = self._take_live(siblings)
+            if live is not None:
+                queue.append(live)
+        self._promote()
+
+    def _place(self, entry: _File, siblings: list[_Sibling]) -> None:
+        """Learn the rotated name (and final size) of a file that left the live path."""
+        if entry.fd >= 0:
+            self._observe(entry)
+        for sib in siblings:
+            if self._is_same_file(sib, entry):
+                entry.stamp, entry.path = sib.stamp, sib.path
+                if entry.fd < 0 and not sib.compressed:
+                    entry.max_seen = max(entry.max_seen, sib.size)
+                return
+
+    def _refresh_tracked(self, siblings: list[_Sibling], st_path: os.stat_result | None) -> None:
+        """Find tracked files again; one that was compressed or deleted becomes a loss marker
+        (its inode may already belong to another file)."""
+        queue = self._queue
+        for index, entry in enumerate(queue):
+            if entry.fd >= 0 or entry.loss is not None:
+                continue
+            if entry.stamp is None and st_path is not None and (st_path.st_dev, st_path.st_ino) == (entry.dev, entry.ino):
+                continue                                # still the live file
+            found = next((sib for sib in siblings if self._is_same_file(sib, entry)), None)
+            if found is not None and not found.compressed:
+                entry.stamp, entry.path = found.stamp, found.path
+                entry.max_seen = max(entry.max_seen, found.size)
+                entry.retired_at = entry.retired_at or self._clock()
+            elif found is not None:
+                queue[index] = self._lost_marker(found)
+            else:
+                queue[index] = self._gone_marker(entry)
+
+    def _gone_marker(self, entry: _File) -> _File:
+        marker = self._placeholder(_Sibling(entry.stamp or "", entry.path, False, entry.dev, entry.ino,
+                                            entry.last_mtime, entry.max_seen))
+        # Once rotated its size is final, and we saw it after the rotation; still live, we cannot know.
+        size = entry.max_seen if entry.stamp is not None else -1
+        marker.loss = LossEvent(entry.path, LossReason.ROTATED_UNREAD, size, 0,
+                                f"deleted before it was read (last seen with {entry.max_seen} bytes)")
+        return marker
+
+    def _open_count(self) -> int:
+        return sum(1 for f in self._queue if f.fd >= 0)
+
+    def _observe(self, held: _File) -> None:
+        """Size and first bytes of a held file we have not started, so a truncation before its
+        turn is measured (only while they still agree with what we knew: otherwise the check at
+        its turn sees the difference)."""
+        size = os.fstat(held.fd).st_size
+        if size == held.max_seen and len(held.head) == min(size, FINGERPRINT_BYTES):
+            return
+        head_now = os.pread(held.fd, FINGERPRINT_BYTES, 0)
+        if head_now[:len(held.head)] != held.head or size < held.max_seen:
+            return
+        held.set_head(head_now)
+        held.max_seen = size
+
+    def _take_live(self, siblings: list[_Sibling]) -> _File | None:
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        fst = os.fstat(fd)
+        if any((f.dev, f.ino) == (fst.st_dev, fst.st_ino) for f in (self._cur, *self._queue) if f is not None):
+            os.close(fd)
+            return None
+        if self._open_count() < self._max_held:
+            live = self._file_of(fd, self.path, offset=0, stamp=None)
+        else:
+            live = self._tracked(fd, self.path, None)
+        live.older = frozenset(s.stamp for s in siblings)
+        return live
+
+    def _take_rotated(self, sib: _Sibling, now: float) -> _File:
+        """An open rotated file, tracked when no room is left, or a marker for one already
+        compressed or deleted."""
+        fd = -1
+        if not sib.compressed:
+            try:
+                fd = os.open(sib.path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                pass
+        if fd < 0:
+            return self._lost_marker(sib)
+        if self._open_count() < self._max_held:
+            opened = self._file_of(fd, sib.path, offset=0, stamp=sib.stamp)
+        else:
+            opened = self._tracked(fd, sib.path, sib.stamp)
+        opened.retired_at = now
+        opened.final_hint = True
+        return opened
+
+    def _tracked(self, fd: int, path: str, stamp: str | None) -> _File:
+        """Remember a file by inode and first bytes without keeping it open (no room left)."""
+        try:
+            st = os.fstat(fd)
+            head = os.pread(fd, FINGERPRINT_BYTES, 0)
+        finally:
+            os.close(fd)
+        entry = _File(-1, st.st_dev, st.st_ino, path, 0, head, stamp=stamp)
+        entry.max_seen = st.st_size
+        return entry
+
+    def _lost_marker(self, sib: _Sibling) -> _File:
+        path = sib.path if sib.compressed else sib.path + GZIP_SUFFIX
+        marker = self._placeholder(sib, path)
+        if os.path.exists(path):
+            marker.loss = LossEvent(path, LossReason.ROTATED_UNREAD, _gzip_size(path), 0,
+                                    "compressed before it was read")
+        else:
+            marker.loss = LossEvent(sib.path, LossReason.ROTATED_UNREAD, -1, 0, "deleted before it was read")
+        return marker
+
+    def _promote(self) -> None:
+        """Open tracked files while there is room again."""
+        for index, entry in enumerate(self._queue):
+            if self._open_count() >= self._max_held:
+                return
+            if entry.fd < 0 and entry.loss is None:
+                self._queue[index] = self._resolve(entry)
+
+    def _resolve(self, entry: _File) -> _File:
+        """Open a tracked file where it is now, or a marker saying how it was lost."""
+        siblings = self._siblings()
+        candidates = [sib for sib in siblings if self._is_same_file(sib, entry)]
+        if entry.stamp is None:
+            live = _Sibling("", self.path, False, -1, -1, 0, 0)
+            try:
+                st = os.stat(self.path)
+                live.dev, live.ino, live.size = st.st_dev, st.st_ino, st.st_size
+                if self._is_same_file(live, entry):
+                    candidates.insert(0, live)
+            except FileNotFoundError:
+                pass
+        for sib in candidates:
+            if sib.compressed:
+                return self._lost_marker(sib)
+            try:
+                fd = os.open(sib.path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            opened = self._file_of(fd, sib.path, offset=0, stamp=sib.stamp or None)
+            if (opened.dev, opened.ino) != (entry.dev, entry.ino) or opened.head[:len(entry.head)] != entry.head:
+                self._discard(opened)
+                continue
+            opened.older, opened.retired_at, opened.final_hint = entry.older, entry.retired_at, entry.final_hint
+            opened.max_seen = max(opened.max_seen, entry.max_seen)
+            return opened
+        return self._gone_marker(entry)
+
+    def position_of(self, file_id: FileId, offset: int) -> SourcePosition:
+        """Where to resume once `offset` bytes of `file_id` are committed. Names the strongest
+        evidence known: the longest fingerprint of that file; the next file, from its start, once
+        this one was committed whole; and never an empty file (any file that reuses its inode would
+        match it): the end of the last file that had content instead."""
+        same_inode = [k for k in reversed(self._known) if (k.dev, k.ino) == (file_id.dev, file_id.ino)]
+        if self._cur is not None and self._cur in same_inode:
+            same_inode.remove(self._cur)
+            same_inode.insert(0, self._cur)
+        match = next((k for k in same_inode if k.fp == file_id.fingerprint), None) or next(
+            (k for k in same_inode if fingerprint_matches(file_id.fingerprint, k.head)), None)
+        if match is None:
+            return SourcePosition(file_id, self.path, offset)
+        target, at = match, offset
+        while target.fd == -1 and target.successor is not None and at >= target.offset and target.successor.head:
+            target, at = target.successor, 0
+        if not target.head and at == 0:
+            if target.before is not None:
+                target, at = target.before, target.before.offset
+            elif self._origin is not None:
+                return self._origin
+        return SourcePosition(target.file_id, target.path, at)
+
+    def close(self) -> None:
+        for f in (self._cur, *self._queue):
+            if f is not None and f.fd >= 0:
+                os.close(f.fd)
+                f.fd = -1
+        self._cur = None
+        self._queue.clear()
+
+    @property
+    def open_files(self) -> int:
+        return sum(1 for f in (self._cur, *self._queue) if f is not None and f.fd >= 0)
+
+    # -- reading the current file ---------------------------------------------------------------
+    def _step(self, cur: _File, batch: TailBatch, budget: int) -> tuple[int, bool]:
+        """Read from the current file; (bytes used, whether the poll should go on)."""
+        # Asked before the final drain: once the successor holds data the runtime writes no more
+        # here, so a drain after this answer sees every byte.
+        ready = cur.retired_at is not None and self._successor_ready(cur)
+        st = os.fstat(cur.fd)
+        size = st.st_size
+        if size != cur.last_size or st.st_mtime_ns != cur.last_mtime:
+            if self._check_truncation(cur, batch, size):
+                return 0, True
+            cur.last_size, cur.last_mtime = size, st.st_mtime_ns
+            if size > cur.max_seen:
+                cur.max_seen = size
+        used = 0
+        want = min(budget, size - cur.offset)
+        if want > 0:
+            data = os.pread(cur.fd, want, cur.offset)
+            if not data:
+                return 0, False
+            offset = cur.offset
+            if offset < FINGERPRINT_BYTES and len(cur.head) < FINGERPRINT_BYTES and offset + len(data) > len(cur.head):
+                cur.set_head((cur.head + data[len(cur.head) - offset:])[:FINGERPRINT_BYTES])
+            batch.chunks.append(Chunk(cur.file_id, cur.path, offset, data))
+            cur.offset = offset + len(data)
+            used = len(data)
+            if cur.offset > cur.max_seen:
+                cur.max_seen = cur.offset
+            if cur.offset < size:
+                return used, used < budget     # budget spent, or the file shrank under us
+        if not ready:
+            return used, False
+        self._finish(cur, batch)
+        return used, True
+
+    def _check_truncation(self, cur: _File, batch: TailBatch, size: int) -> bool:
+        """Handle a file that shrank or was rewritten under us; True when the identity ended."""
+        head_now = b""
+        if cur.head or cur.offset:
+            head_now = os.pread(cur.fd, FINGERPRINT_BYTES, 0)
+        common = min(len(head_now), len(cur.head))
+        rewritten = head_now[:common] != cur.head[:common]
+        if rewritten or size < cur.offset:
+            old = cur.snapshot()
+            self._known.append(old)
+            batch.chunks.append(Chunk(old.file_id, old.path, old.offset, b"", True))
+            self._pending.append(LossEvent(
+                cur.path, LossReason.TRUNCATED, max(cur.max_seen - cur.offset, 0), cur.offset,
+                f"truncated under us (size {size}, read up to {cur.offset}, had seen {cur.max_seen}); "
+                "bytes written after our last look and before the truncation are not counted"))
+            cur.offset = 0
+            cur.max_seen = 0
+            cur.last_size = cur.last_mtime = -1
+            cur.set_head(b"")                  # the rewritten content is a new identity
+            cur.before = self._anchor(old) or cur.before
+            if cur.stamp is None:
+                # a copy made before the truncation (copytruncate's) is older, not a rotation to read
+                cur.older = frozenset(s.stamp for s in self._siblings())
+            return True
+        if size < cur.max_seen:
+            # Cut short beyond our offset but the start is unchanged: the cut bytes are gone.
+            self._pending.append(LossEvent(cur.path, LossReason.TRUNCATED, cur.max_seen - size, size,
+                                           f"cut from {cur.max_seen} to {size} bytes"))
+            cur.max_seen = size
+        if len(head_now) > len(cur.head):
+            cur.set_head(head_now)
+        return False
+
+    def _successor_ready(self, cur: _File) -> bool:
+        if cur.final_hint or self._clock() - (cur.retired_at or 0.0) >= self._settle_s:
+            return True
+        if self._queue:
+            nxt = self._queue[0]
+            if nxt.fd < 0:
+                return nxt.loss is not None or nxt.retired_at is not None or nxt.max_seen > 0
+            return nxt.retired_at is not None or os.fstat(nxt.fd).st_size > 0
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return not os.path.isdir(self._dir)          # the pod's log directory is gone
+        return (st.st_dev, st.st_ino) != (cur.dev, cur.ino) and st.st_size > 0
+
+    def _finish(self, cur: _File, batch: TailBatch) -> None:
+        fid = cur.file_id
+        last = batch.chunks[-1] if batch.chunks else None
+        if last is not None and last.file_id == fid and last.offset + len(last.data) == cur.offset:
+            batch.chunks[-1] = Chunk(fid, last.path, last.offset, last.data, True)
+        else:
+            batch.chunks.append(Chunk(fid, cur.path, cur.offset, b"", True))
+        os.close(cur.fd)
+        cur.fd = -1
+        self._cur = None
+        self._prev = cur
+
+    # -- choosing the next file ------------------------------------------------------------------
+    def _open_next(self) -> bool:
+        """Make the oldest file after the previous one current; False when there is none (yet).
+        True also when only a loss was recorded (a sibling compressed or deleted before its turn)."""
+        prev = self._prev
+        siblings = self._siblings()
+        successors = self._successors(prev, siblings)
+        limit = self._queue_key(self._queue[0], siblings) if self._queue else _NEWEST
+        for index, sib in enumerate(successors):
+            if sib.key >= limit:
+                break
+            if sib.compressed:
+                self._lose_whole(sib.path, "compressed before it was read")
+                self._set_prev(self._placeholder(sib))
+                return True
+            try:
+                fd = os.open(sib.path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                gz = sib.path + GZIP_SUFFIX
+                if os.path.exists(gz):
+                    self._lose_whole(gz, "compressed before it was read")
+                else:
+                    self._pending.append(LossEvent(sib.path, LossReason.ROTATED_UNREAD, -1, 0,
+                                                   "deleted before it was read"))
+                self._set_prev(self._placeholder(sib, gz))
+                return True
+            opened = self._file_of(fd, sib.path, offset=0, stamp=sib.stamp)
+            opened.retired_at = self._clock()
+            opened.final_hint = index + 1 < len(successors) or bool(self._queue) or os.path.exists(self.path)
+            self._make_current(prev, opened)
+            return True
+        if self._queue:
+            nxt = self._queue.popleft()
+            if nxt.fd < 0 and nxt.loss is None:
+                nxt = self._resolve(nxt)
+            if self._already_passed(prev, nxt):
+                if nxt.fd >= 0:
+                    self._discard(nxt)
+                return True
+            if nxt.loss is not None:
+                if nxt.loss.bytes_lost != 0:
+                    self._pending.append(nxt.loss)
+                self._set_prev(nxt)
+            else:
+                self._make_current(prev, nxt)
+            return True
+        return self._open_live(prev)
+
+    def _queue_key(self, entry: _File, siblings: list[_Sibling]) -> tuple[int, str, int, str]:
+        """Where a file seen ahead of its turn stands in rotation order now."""
+        if entry.stamp is None and entry.loss is None:
+            try:
+                st = os.stat(self.path)
+                if (st.st_dev, st.st_ino) == (entry.dev, entry.ino):
+                    return _NEWEST
+            except FileNotFoundError:
+                pass
+            self._place(entry, siblings)
+            if entry.stamp is not None:
+                entry.retired_at = entry.retired_at or self._clock()
+        if entry.stamp is None:
+            # Deleted: kubelet deletes oldest first, so everything still on disk is newer.
+            return _GONE
+        return _order_key(entry.stamp, entry.last_mtime)
+
+    @staticmethod
+    def _already_passed(prev: _File | _NoFile, entry: _File) -> bool:
+        """An entry taken ahead that the sibling scan has since read or counted (rotation order
+        never goes back)."""
+        if not isinstance(prev, _File) or prev.stamp is None or entry.stamp is None:
+            return False
+        if not (_KUBELET_STAMP.fullmatch(prev.stamp) and _KUBELET_STAMP.fullmatch(entry.stamp)):
+            return False
+        return entry.stamp <= prev.stamp
+
+    def _make_current(self, prev: _File | _NoFile, opened: _File) -> None:
+        self._cur = opened
+        self._missing_since = None
+        # Only a file read to its end gets a successor: a lost sibling in between leaves a
+        # placeholder as `prev`, so position_of never jumps over a gap.
+        if isinstance(prev, _File):
+            prev.successor = opened
+        opened.before = self._anchor(prev)
+
+    @staticmethod
+    def _anchor(prev: _File | _NoFile) -> _File | None:
+        """The last finished file with content at or before `prev`."""
+        if not isinstance(prev, _File):
+            return None
+        if prev.head and prev.fd == -1 and prev.offset > 0:
+            prev.before = None               # only empty files need to look back: no chains
+            return prev
+        return prev.before
+
+    def _set_prev(self, prev: _File) -> None:
+        """Move past a file we could not read, remembering what came before it."""
+        prev.before = self._anchor(self._prev)
+        self._prev = prev
+
+    def _open_live(self, prev: _File | _NoFile) -> bool:
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            now = self._clock()
+            if self._missing_since is None:
+                self._missing_since = now
+            if now - self._missing_since >= self._settle_s or not os.path.isdir(self._dir):
+                self._finished = True
+            return False
+        try:
+            st = os.fstat(fd)
+            offset = 0
+            if isinstance(prev, _File) and prev.head and (st.st_dev, st.st_ino) == (prev.dev, prev.ino):
+                if fingerprint_matches(prev.fp, os.pread(fd, FINGERPRINT_BYTES, 0)):
+                    offset = prev.offset      # the same file came back: never read a byte twice
+        except OSError:
+            os.close(fd)
+            raise
+        opened = self._file_of(fd, self.path, offset=offset, stamp=None)
+        opened.older = frozenset(s.stamp for s in self._siblings())
+        self._make_current(prev, opened)
+        return True
+
+    def _file_of(self, fd: int, path: str, *, offset: int, stamp: str | None) -> _File:
+        try:
+            st = os.fstat(fd)
+            head = os.pread(fd, FINGERPRINT_BYTES, 0)
+        except OSError:
+            os.close(fd)
+            raise
+        opened = _File(fd, st.st_dev, st.st_ino, path, offset, head, stamp=stamp)
+        opened.max_seen = max(offset, st.st_size)
+        self._known.append(opened)
+        return opened
+
+    @staticmethod
+    def _placeholder(sib: _Sibling, gz_path: str | None = None) -> _File:
+        """Stands for a sibling we could not read, so the next choice starts after it. A
+        compressed one keeps its first bytes and size: a position naming it as read to its end
+        lets a restart go on after it instead of counting it lost again."""
+        placeholder = _File(-1, sib.dev, sib.ino, sib.path, 0, b"", stamp=sib.stamp)
+        placeholder.last_mtime = sib.mtime_ns
+        gz_path = sib.path if sib.compressed else gz_path
+        if gz_path is not None:
+            head, size = _read_gzip_head(gz_path), _gzip_size(gz_path)
+            if head and size > 0:
+                placeholder.path = gz_path
+                placeholder.set_head(head)
+                placeholder.offset = placeholder.max_seen = size
+        return placeholder
+
+    def _lose_whole(self, path: str, why: str) -> None:
+        size = _gzip_size(path)
+        if size != 0:                               # an empty file loses nothing
+            self._pending.append(LossEvent(path, LossReason.ROTATED_UNREAD, size, 0, why))
+
+    # -- siblings ----------------------------------------------------------------------------------
+    def _siblings(self) -> list[_Sibling]:
+        """Rotated copies of the path, one per stamp (the uncompressed one when both exist)."""
+        by_stamp: dict[str, _Sibling] = {}
+        prefix = self._sibling_prefix
+        try:
+            entries = list(os.scandir(self._dir))
+        except FileNotFoundError:
+            return []
+        for entry in entries:
+            name = entry.name
+            if not name.startswith(prefix) or name.endswith(TMP_SUFFIX):
+                continue
+            rest = name[len(prefix):]
+            compressed = rest.endswith(GZIP_SUFFIX)
+            stamp = rest[:-len(GZIP_SUFFIX)] if compressed else rest
+            if not stamp:
+                continue
+            try:
+                if not entry.is_file(follow_symlinks=False):
+                    continue
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            known = by_stamp.get(stamp)
+            if known is not None and not known.compressed:
+                continue
+            by_stamp[stamp] = _Sibling(stamp, entry.path, compressed, st.st_dev, st.st_ino, st.st_mtime_ns,
+                                       st.st_size)
+        return list(by_stamp.values())
+
+    def _is_same_file(self, sib: _Sibling, rec: _File) -> bool:
+        """Whether sibling `sib` is the file `rec` stands for: by inode (and first bytes, unless we
+        hold it open), or for a compressed one by its first bytes and size."""
+        if sib.compressed:
+            if rec.fd >= 0:
+                # What we hold now, not what we read: a copy of older content may be around.
+                head, size = os.pread(rec.fd, FINGERPRINT_BYTES, 0), os.fstat(rec.fd).st_size
+            else:
+                head, size = rec.head, (-1 if rec.stamp is None else rec.max_seen)
+            if not head:
+                return False
+            gz_head = _read_gzip_head(sib.path)
+            if gz_head is None or gz_head[:len(head)] != head[:len(gz_head)]:
+                return False
+            # the size must agree too where we know it is final
+            return size < 0 or _gzip_size(sib.path) == size % (1 << 32)
+        if (sib.dev, sib.ino) != (rec.dev, rec.ino):
+            return False
+        if rec.fd >= 0:
+            return True                         # we hold it open: the inode cannot have been reused
+        head = _read_head(sib.path)
+        return head is not None and head[:len(rec.head)] == rec.head
+
+    def _successors(self, prev: _File | _NoFile, siblings: list[_Sibling]) -> list[_Sibling]:
+        """Siblings rotated after `prev` that we do not hold open already, oldest first."""
+        held = {(h.dev, h.ino) for h in self._queue if h.fd >= 0}
+        held_stamps = {h.stamp for h in self._queue if h.stamp is not None}
+        siblings = [s for s in siblings if s.stamp not in held_stamps
+                    and (s.compressed or (s.dev, s.ino) not in held)]
+        if isinstance(prev, _NoFile):
+            if prev.lost_stamp is not None and _KUBELET_STAMP.fullmatch(prev.lost_stamp):
+                # >=: a file still under the lost one's name did not match it, so it holds newer bytes
+                siblings = [s for s in siblings if s.key >= _order_key(prev.lost_stamp, 0)]
+            return sorted(siblings, key=lambda s: s.key)
+        if prev.stamp is None:
+            for sib in siblings:
+                if self._is_same_file(sib, prev):
+                    prev.stamp, prev.path = sib.stamp, sib.path
+                    break
+        if prev.stamp is not None:
+            own_key = _order_key(prev.stamp, prev.last_mtime)
+            newer = [s for s in siblings if s.key > own_key and s.stamp != prev.stamp]
+        elif prev.older is None:
+            return []                     # nothing tells what is newer: never risk reading twice
+        else:
+            # Neither renamed nor compressed under a name we can find (deleted, or moved away):
+            # whatever was rotated since we opened it is newer, except a copy of what we read
+            # (copytruncate's), which starts with the same bytes.
+            older = prev.older
+            newer = [s for s in siblings if s.stamp not in older and (s.compressed or s.mtime_ns >= prev.last_mtime)
+                     and not self._starts_like(s, prev.head)]
+        return sorted(newer, key=lambda s: s.key)
+
+    @staticmethod
+    def _starts_like(sib: _Sibling, head: bytes) -> bool:
+        if not head:
+            return False
+        other = (_read_gzip_head(sib.path) if sib.compressed else _read_head(sib.path)) or b""
+        n = min(len(other), len(head))
+        return n > 0 and other[:n] == head[:n]
+
+    # -- restore -----------------------------------------------------------------------------------
+    def _restore(self, position: SourcePosition | None) -> None:
+        if position is None:
+            return                                    # _NoFile: every sibling, then the path
+        fid, offset = position.file_id, position.offset
+        lost_stamp = None
+        if position.path.startswith(self.path + "."):
+            lost_stamp = position.path[len(self.path) + 1:].removesuffix(GZIP_SUFFIX)
+        if not fid.fingerprint:
+            # position_of names an empty file only when nothing with content was ever committed
+            # (it names the last file with content otherwise), and an empty file proves nothing by
+            # its inode, which a later file may have: start over, as a new source does.
+            return
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            st = None
+        if st is not None and (st.st_dev, st.st_ino) == (fid.dev, fid.ino):
+            opened = self._file_of(os.open(self.path, os.O_RDONLY | os.O_CLOEXEC), self.path,
+                                   offset=offset, stamp=None)
+            if fingerprint_matches(fid.fingerprint, opened.head):
+                opened.older = frozenset(s.stamp for s in self._siblings())
+                opened.max_seen = offset         # a shorter file now means it was truncated
+                self._cur = opened
+                return
+            self._discard(opened)
+        siblings = sorted(self._siblings(), key=lambda s: s.key)
+        plain = [s for s in siblings if not s.compressed]
+        # the same inode first; then a copy with the same first bytes (copytruncate's copy)
+        for want_inode in (True, False):
+            for sib in plain:
+                if ((sib.dev, sib.ino) == (fid.dev, fid.ino)) != want_inode:
+                    continue
+                try:
+                    fd = os.open(sib.path, os.O_RDONLY | os.O_CLOEXEC)
+                except FileNotFoundError:
+                    continue
+                opened = self._file_of(fd, sib.path, offset=offset, stamp=sib.stamp)
+                # a copy is recognised by content only, so an empty fingerprint cannot name one
+                if fingerprint_matches(fid.fingerprint, opened.head) and (want_inode or fid.fingerprint):
+                    opened.retired_at = self._clock()
+                    opened.final_hint = True
+                    opened.max_seen = offset
+                    self._cur = opened
+                    return
+                self._discard(opened)
+        for sib in siblings:
+            if sib.compressed and fid.fingerprint:
+                head = _read_gzip_head(sib.path)
+                if head and fingerprint_matches(fid.fingerprint, head):
+                    total = _gzip_size(sib.path)
+                    lost = total - offset if total >= 0 else -1
+                    if lost != 0:
+                        self._pending.append(LossEvent(sib.path, LossReason.ROTATED_UNREAD, lost, offset,
+                                                       "compressed before it was read to the end"))
+                    self._prev = self._placeholder(sib)
+                    return
+        self._pending.append(LossEvent(position.path, LossReason.ROTATED_UNREAD, -1, offset,
+                                       f"file {fid.key()} is gone; how much of it was unread is unknown"))
+        self._prev = _NoFile(lost_stamp)
+
+    def _discard(self, rec: _File) -> None:
+        os.close(rec.fd)
+        rec.fd = -1
+        if rec in self._known:
+            self._known.remove(rec)
+
+    # -- errors ------------------------------------------------------------------------------------
+    def _report_error(self, exc: OSError) -> None:
+        # Reported once per streak, so a file that stays unreadable does not flood the chain.
+        if self._error_reported == exc.errno:
+            return
+        self._error_reported = exc.errno
+        name = errno.errorcode.get(exc.errno or 0, f"errno {exc.errno}")
+        where = exc.filename or (self._cur.path if self._cur is not None else self.path)
+        offset = self._cur.offset if self._cur is not None else 0
+        self._pending.append(LossEvent(str(where), LossReason.UNREADABLE, 0, offset,
+                                       f"{name}: {exc.strerror}; retrying"))
