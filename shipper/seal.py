@@ -114,9 +114,31 @@ class BadCheckpoint(ValueError):
     """A checkpoint body that is not a well-formed statement."""
 
 
-def parse_checkpoint(body: str) -> ParsedCheckpoint:
+def split_note(body: str) -> tuple[str, str]:
+    """A signed note's statement (ending with one newline) and its signature block; an unsigned
+    note has no blank line and is all statement."""
     statement, separator, signature_block = body.partition("\n\n")
-    statement = statement + "\n" if separator else body     # an unsigned note has no blank line
+    return (statement + "\n", signature_block) if separator else (body, "")
+
+
+def parse_signature_lines(block: str, error: type[ValueError]) -> tuple[tuple[str, bytes], ...]:
+    """`— <key id> <base64 signature>` lines of a signed note."""
+    signatures = []
+    for line in block.splitlines():
+        if not line:
+            continue
+        parts = line.split(" ")
+        if len(parts) != 3 or parts[0] != "\u2014":
+            raise error(f"malformed signature line {line!r}")
+        try:
+            signatures.append((parts[1], base64.b64decode(parts[2], validate=True)))
+        except ValueError:
+            raise error(f"signature of key {parts[1]} is not base64") from None
+    return tuple(signatures)
+
+
+def parse_checkpoint(body: str) -> ParsedCheckpoint:
+    statement, signature_block = split_note(body)
     lines = statement.rstrip("\n").split("\n")
     if len(lines) != 6 or lines[0] != STATEMENT_HEADER:
         raise BadCheckpoint("not an audit-shipper/checkpoint/v1 statement")
@@ -132,18 +154,8 @@ def parse_checkpoint(body: str) -> ParsedCheckpoint:
         chain, time, node = values["chain"], values["time"], values["node"]
     except (KeyError, ValueError) as exc:
         raise BadCheckpoint(f"malformed statement: {exc}") from None
-    signatures = []
-    for line in signature_block.splitlines():
-        if not line:
-            continue
-        parts = line.split(" ")
-        if len(parts) != 3 or parts[0] != "\u2014":
-            raise BadCheckpoint(f"malformed signature line {line!r}")
-        try:
-            signatures.append((parts[1], base64.b64decode(parts[2], validate=True)))
-        except ValueError:
-            raise BadCheckpoint(f"signature of key {parts[1]} is not base64") from None
-    return ParsedCheckpoint(chain, parsed_seq, head, time, node, statement, tuple(signatures))
+    signatures = parse_signature_lines(signature_block, BadCheckpoint)
+    return ParsedCheckpoint(chain, parsed_seq, head, time, node, statement, signatures)
 
 
 class Signer:

@@ -45,7 +45,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .seal import (MANIFEST_HEADER, SCHEMA, TYPE_CHECKPOINT, TYPE_CLOSE, TYPE_GAP, TYPE_MANIFEST, BadCheckpoint,
-                   genesis_hash, key_id_of, load_public_key, manifest_statement, parse_checkpoint, signature_valid)
+                   genesis_hash, key_id_of, load_public_key, manifest_statement, parse_checkpoint, parse_signature_lines,
+                   signature_valid, split_note)
 
 __all__ = ["manifest_statement", "parse_manifest", "verify_topic", "verify_file", "load_public_keys", "cli_main",
            "Verifier", "Report"]
@@ -107,29 +108,8 @@ class ParsedManifest:
     signatures: tuple[tuple[str, bytes], ...]
 
 
-def _split_note(body: str) -> tuple[str, str]:
-    """A signed note's statement (ending with one newline) and its signature block."""
-    statement, sep, signature_block = body.partition("\n\n")
-    return (statement + "\n", signature_block) if sep else (body, "")
-
-
-def _parse_signature_lines(block: str, error: type[ValueError]) -> tuple[tuple[str, bytes], ...]:
-    signatures = []
-    for line in block.splitlines():
-        if not line:
-            continue
-        parts = line.split(" ")
-        if len(parts) != 3 or parts[0] != "\u2014":
-            raise error(f"malformed signature line {line!r}")
-        try:
-            signatures.append((parts[1], base64.b64decode(parts[2], validate=True)))
-        except ValueError:
-            raise error(f"signature of key {parts[1]} is not base64") from None
-    return tuple(signatures)
-
-
 def parse_manifest(body: str) -> ParsedManifest:
-    statement, signature_block = _split_note(body)
+    statement, signature_block = split_note(body)
     if not statement.endswith("\n"):
         raise BadManifest("statement does not end with a newline")
     lines = statement[:-1].split("\n")
@@ -152,7 +132,7 @@ def parse_manifest(body: str) -> ParsedManifest:
             raise BadManifest(f"malformed manifest line {line!r}")
         heads.append((parts[0], seq, head))
     return ParsedManifest(lines[1][5:], lines[2][5:], tuple(heads), statement,
-                          _parse_signature_lines(signature_block, BadManifest))
+                          parse_signature_lines(signature_block, BadManifest))
 
 
 # -- the report -----------------------------------------------------------------------------------------

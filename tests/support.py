@@ -2,8 +2,10 @@
 configuration, wait for conditions, scrape its metrics, account for what reached the topic."""
 from __future__ import annotations
 
+import asyncio
 import os
 import re
+import uuid
 import signal
 import subprocess
 import sys
@@ -16,6 +18,13 @@ import yaml
 
 from shipper.embedded import free_port
 from shipper.reconcile import Reconciliation, read_topic, reconcile
+
+
+def new_topic(broker, partitions: int = 3, prefix: str = "logs") -> str:
+    """A topic of its own for one test, created on a harness broker."""
+    topic = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    asyncio.run(broker.create_topic(topic, partitions))
+    return topic
 
 
 def write_config(path: Path, *, bootstrap: str, node_root: Path, state_dir: Path, topic: str = "logs",

@@ -11,14 +11,13 @@ import random
 import subprocess
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 
 from shipper.simnode import SimNode
 from shipper.wal import HEADER_SIZE, segment_name
-from tests.support import ShipperProcess, account, wait_until, write_config
+from tests.support import new_topic, ShipperProcess, account, wait_until, write_config
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(420)]
 
@@ -52,11 +51,6 @@ class Writer:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-
-def new_topic(broker, partitions: int = 3) -> str:
-    topic = f"logs-{uuid.uuid4().hex[:8]}"
-    asyncio.run(broker.create_topic(topic, partitions))
-    return topic
 
 
 def settle(bootstrap: str, topic: str, node: SimNode, timeout: float = 120):

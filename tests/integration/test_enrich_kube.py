@@ -32,7 +32,6 @@ from tests.harness.kube import (
     replicaset_owner,
     set_container_statuses,
 )
-from tests.harness.kube_fixtures import chart_objects, kube_cluster, kube_namespace  # noqa: F401
 
 pytestmark = [pytest.mark.kube, pytest.mark.timeout(180)]
 

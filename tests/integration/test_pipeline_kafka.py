@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import jsonschema
@@ -15,16 +14,11 @@ import pytest
 from shipper.reconcile import read_topic
 from shipper.seal import generate_key_pair
 from shipper.simnode import SimNode
-from tests.support import ShipperProcess, account, http_status, wait_until, write_config
+from tests.support import new_topic, ShipperProcess, account, http_status, wait_until, write_config
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(300)
 
-
-def new_topic(broker, partitions: int = 3) -> str:
-    topic = f"logs-{uuid.uuid4().hex[:8]}"
-    asyncio.run(broker.create_topic(topic, partitions))
-    return topic
 
 
 def keys(tmp_path: Path) -> tuple[Path, Path]:

@@ -10,7 +10,6 @@ import stat
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -18,17 +17,12 @@ import pytest
 from shipper.simnode import SimNode
 from tests.harness.certs import TlsMaterial, expired_server_identity, unrelated_ca, wrong_host_server_identity
 from tests.harness.kafka import KafkaBroker
-from tests.support import ShipperProcess, account, wait_until, write_config
+from tests.support import new_topic, ShipperProcess, account, wait_until, write_config
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(300)]
 
 PASSWORDS = ("scram512-secret", "scram256-secret", "plain-secret", "wrong-password-123")
 
-
-def new_topic(broker, partitions: int = 1) -> str:
-    topic = f"secure-{uuid.uuid4().hex[:8]}"
-    asyncio.run(broker.create_topic(topic, partitions))
-    return topic
 
 
 def shipper_for(tmp_path: Path, bootstrap: str, topic: str, node: SimNode, kafka: dict) -> ShipperProcess:
@@ -60,7 +54,7 @@ def node(tmp_path) -> SimNode:
 
 def test_records_arrive_over_tls_verified_against_the_ca(tmp_path, secure_kafka_broker, node):
     broker = secure_kafka_broker
-    topic = new_topic(broker)
+    topic = new_topic(broker, 1, "secure")
     shipper = shipper_for(tmp_path, broker.bootstrap_ssl, topic, node,
                           {"security_protocol": "SSL", "tls": {"ca_file": str(broker.ca_file)}}).start()
     try:
@@ -72,7 +66,7 @@ def test_records_arrive_over_tls_verified_against_the_ca(tmp_path, secure_kafka_
 
 def test_records_arrive_over_mutual_tls_with_a_client_certificate(tmp_path, secure_kafka_broker, node):
     broker = secure_kafka_broker
-    topic = new_topic(broker)
+    topic = new_topic(broker, 1, "secure")
     shipper = shipper_for(tmp_path, broker.bootstrap_mtls, topic, node,
                           {"security_protocol": "SSL", "tls": {"ca_file": str(broker.ca_file),
                                                                 "cert_file": str(broker.client_cert_file),
@@ -86,7 +80,7 @@ def test_records_arrive_over_mutual_tls_with_a_client_certificate(tmp_path, secu
 
 def test_missing_client_certificate_fails_clearly_and_data_waits_in_the_wal(tmp_path, secure_kafka_broker, node):
     broker = secure_kafka_broker
-    topic = new_topic(broker)
+    topic = new_topic(broker, 1, "secure")
     shipper = shipper_for(tmp_path, broker.bootstrap_mtls, topic, node,
                           {"security_protocol": "SSL", "tls": {"ca_file": str(broker.ca_file)}}).start()
     try:
@@ -109,7 +103,7 @@ def test_missing_client_certificate_fails_clearly_and_data_waits_in_the_wal(tmp_
 
 def test_wrong_ca_fails_clearly_and_data_waits_in_the_wal_until_fixed(tmp_path, secure_kafka_broker, node):
     broker = secure_kafka_broker
-    topic = new_topic(broker)
+    topic = new_topic(broker, 1, "secure")
     other_ca = unrelated_ca(tmp_path / "other-ca")
     shipper = shipper_for(tmp_path, broker.bootstrap_ssl, topic, node,
                           {"security_protocol": "SSL", "tls": {"ca_file": str(other_ca.cert_file)}}).start()
@@ -131,7 +125,7 @@ def test_wrong_ca_fails_clearly_and_data_waits_in_the_wal_until_fixed(tmp_path, 
 def test_wrong_password_fails_clearly_and_a_rotated_password_file_is_picked_up_without_restart(
         tmp_path, secure_kafka_broker, node):
     broker = secure_kafka_broker
-    topic = new_topic(broker)
+    topic = new_topic(broker, 1, "secure")
     secret = password_file(tmp_path, "wrong-password-123")
     shipper = shipper_for(tmp_path, broker.bootstrap_sasl_ssl, topic, node,
                           {"security_protocol": "SASL_SSL", "tls": {"ca_file": str(broker.ca_file)},
@@ -152,7 +146,7 @@ def test_wrong_password_fails_clearly_and_a_rotated_password_file_is_picked_up_w
 
 def test_records_arrive_over_sasl_scram_sha_256(tmp_path, secure_kafka_broker, node):
     broker = secure_kafka_broker
-    topic = new_topic(broker)
+    topic = new_topic(broker, 1, "secure")
     secret = password_file(tmp_path, "scram256-secret")
     shipper = shipper_for(tmp_path, broker.bootstrap_sasl_ssl, topic, node,
                           {"security_protocol": "SASL_SSL", "tls": {"ca_file": str(broker.ca_file)},
@@ -225,7 +219,7 @@ def test_world_writable_or_foreign_state_directory_is_refused(tmp_path, node):
 
 @pytest.mark.tansu
 def test_wal_and_state_files_are_private(tmp_path, tansu_broker, node):
-    topic = new_topic(tansu_broker)
+    topic = new_topic(tansu_broker, 1, "secure")
     shipper = shipper_for(tmp_path, tansu_broker.bootstrap, topic, node, {}).start()
     try:
         node.write(200)
@@ -240,7 +234,7 @@ def test_wal_and_state_files_are_private(tmp_path, tansu_broker, node):
 
 @pytest.mark.tansu
 def test_symlink_escaping_the_log_roots_is_never_read_and_is_reported(tmp_path, tansu_broker, node):
-    topic = new_topic(tansu_broker)
+    topic = new_topic(tansu_broker, 1, "secure")
     secret = tmp_path / "etc-shadow"
     secret.write_text("root:$6$supersecrethash:19000:0:99999:7:::\n")
     link = node.containers_dir / f"evil_default_app-{'0' * 64}.log"
