@@ -423,6 +423,12 @@ class Ingest:
         chain = self._chains[name] = _Chain(head, ref, topic)
         return chain
 
+    def watch_rotations(self) -> None:
+        """While reading is paused (backpressure): let every tailer notice rotations and hold the
+        rotated files open, so the kubelet cannot delete them unread meanwhile."""
+        for source in list(self._sources.values()):
+            source.tailer.watch()
+
     def final_checkpoints(self) -> Batch | None:
         """On shutdown: attest every chain's head, so a clean stop leaves no unattested tail."""
         observed = rfc3339_now()

@@ -12,8 +12,9 @@ from enum import Enum
 class FileId:
     """Identity of one log file across renames: device, inode and a fingerprint of its first bytes.
 
-    The fingerprint (hex SHA-256 of the first `FINGERPRINT_BYTES` bytes, empty while the file is
-    shorter than that) tells a reused inode from the file that used to own it.
+    The fingerprint (hex SHA-256 of the first `FINGERPRINT_BYTES` bytes) tells a reused inode from the
+    file that used to own it. While a file is shorter, it is `"<n>:<sha256 of the n bytes>"` (empty for
+    an empty file) and lengthens as the file grows; shipper.tail documents how such ids match.
     """
 
     dev: int

@@ -151,6 +151,8 @@ class Pipeline:
             waiter.cancel()
             stop_waiter.cancel()
             self.status.last_tick = time.monotonic()
+            if self.ingest is not None:
+                await asyncio.to_thread(self.ingest.watch_rotations)
         self.metrics.backpressure_seconds.inc(time.monotonic() - started)
         self.status.backpressure = False
         self.metrics.backpressure.set(0)
