@@ -63,9 +63,9 @@ async def start_broker(kind: str, workdir: Path):
         return broker, broker.stop
     from tests.harness.kafka import KafkaBroker  # the test harness's real Apache Kafka
 
-    broker = KafkaBroker(workdir / "kafka")
+    broker = KafkaBroker(workdir / "kafka", fast_start=False)   # the full JIT: a broker under sustained load
     broker.start()
-    await broker.wait_ready(120)
+    await broker.wait_ready_async(120)
     await broker.create_topic("logs", 1)
     return broker, broker.stop
 
