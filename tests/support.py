@@ -141,6 +141,16 @@ def shipped(process: ShipperProcess) -> float:
     return process.metrics().get("audit_shipper_records_shipped_total", 0.0)
 
 
+def settle(bootstrap: str, topic: str, node, timeout: float = 120, idle_s: float = 2.0) -> Reconciliation:
+    """Read the topic until every entry the node wrote is there (or the timeout); returns the account."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = asyncio.run(account(bootstrap, topic, node, idle_s=idle_s))
+        if result.total("missing") == 0 or time.monotonic() > deadline:
+            return result
+        time.sleep(1)
+
+
 async def account(bootstrap: str, topic: str, node, idle_s: float = 3.0) -> Reconciliation:
     values = await read_topic(bootstrap, topic, idle_s=idle_s)
     return reconcile({chain: node.ledger.bodies(chain) for chain in node.ledger.chains()}, values)

@@ -136,17 +136,8 @@ class MetadataCache:
     def replace_pods(self, objects: Iterable[Mapping[str, Any]]) -> None:
         """A fresh list: what it holds is current; a cached pod it lacks was deleted while we were not
         watching, and gets the grace period from now."""
-        fresh: dict[str, PodInfo] = {}
-        for obj in objects:
-            pod = pod_from_object(obj)
-            if pod is not None:
-                old = self.pods.get(pod.uid)
-                fresh[pod.uid] = old if old == pod else pod
-        now = self.clock()
-        for uid, old in self.pods.items():
-            if uid not in fresh:
-                fresh[uid] = old if old.deleted_at is not None else replace(old, deleted_at=now)
-        self.pods = fresh
+        pods = (pod for pod in map(pod_from_object, objects) if pod is not None)
+        self.pods = _relisted(self.pods, pods, lambda pod: pod.uid, self.clock())
 
     def apply_namespace_event(self, event_type: str, obj: Mapping[str, Any]) -> None:
         namespace = namespace_from_object(obj)
@@ -159,17 +150,8 @@ class MetadataCache:
             self.namespaces[namespace.name] = namespace
 
     def replace_namespaces(self, objects: Iterable[Mapping[str, Any]]) -> None:
-        fresh: dict[str, NamespaceInfo] = {}
-        for obj in objects:
-            namespace = namespace_from_object(obj)
-            if namespace is not None:
-                old = self.namespaces.get(namespace.name)
-                fresh[namespace.name] = old if old == namespace else namespace
-        now = self.clock()
-        for name, old in self.namespaces.items():
-            if name not in fresh:
-                fresh[name] = old if old.deleted_at is not None else replace(old, deleted_at=now)
-        self.namespaces = fresh
+        namespaces = (ns for ns in map(namespace_from_object, objects) if ns is not None)
+        self.namespaces = _relisted(self.namespaces, namespaces, lambda ns: ns.name, self.clock())
 
     def expire(self) -> int:
         """Drop deleted pods (and namespaces) past their grace period; returns how many pods."""
@@ -201,3 +183,17 @@ class MetadataCache:
         if old is not None and old.deleted_at is not None:
             return
         self.pods[pod.uid] = replace(pod, deleted_at=self.clock())
+
+
+def _relisted(cached: dict, listed: Iterable, key: Callable[[Any], str], now: float) -> dict:
+    """The cache after a fresh list: unchanged entries keep their object (so rendered text stays
+    valid); entries the list lacks were deleted while we were not watching and get the grace period
+    from now."""
+    fresh = {}
+    for item in listed:
+        old = cached.get(key(item))
+        fresh[key(item)] = old if old == item else item
+    for name, old in cached.items():
+        if name not in fresh:
+            fresh[name] = old if old.deleted_at is not None else replace(old, deleted_at=now)
+    return fresh

@@ -5,7 +5,6 @@ written: it is in the topic (deduplicated by event_id), or its chain carries a g
 """
 from __future__ import annotations
 
-import asyncio
 import os
 import random
 import subprocess
@@ -17,7 +16,7 @@ import pytest
 
 from shipper.simnode import SimNode
 from shipper.wal import HEADER_SIZE, segment_name
-from tests.support import new_topic, ShipperProcess, account, wait_until, write_config
+from tests.support import ShipperProcess, new_topic, settle, wait_until, write_config
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(420)]
 
@@ -51,16 +50,6 @@ class Writer:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-
-
-def settle(bootstrap: str, topic: str, node: SimNode, timeout: float = 120):
-    """Read the topic until every written entry is there (or the timeout); returns the account."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = asyncio.run(account(bootstrap, topic, node, idle_s=2.0))
-        if result.total("missing") == 0 or time.monotonic() > deadline:
-            return result
-        time.sleep(2)
 
 
 def make_shipper(tmp_path: Path, broker, topic: str, node: SimNode, **sections) -> ShipperProcess:

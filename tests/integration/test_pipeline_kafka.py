@@ -14,7 +14,7 @@ import pytest
 from shipper.reconcile import read_topic
 from shipper.seal import generate_key_pair
 from shipper.simnode import SimNode
-from tests.support import new_topic, ShipperProcess, account, http_status, wait_until, write_config
+from tests.support import ShipperProcess, http_status, new_topic, settle, wait_until, write_config
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(300)
@@ -42,15 +42,6 @@ def run_verify(bootstrap: str, topic: str, public_key: Path) -> tuple[int, dict]
     return done.returncode, report
 
 
-def wait_for_all(shipper: ShipperProcess, bootstrap: str, topic: str, node: SimNode, timeout: float = 90):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = asyncio.run(account(bootstrap, topic, node, idle_s=1.5))
-        if result.total("missing") == 0 or time.monotonic() > deadline:
-            return result
-        time.sleep(1)
-
-
 @pytest.mark.kafka
 def test_clean_run_arrives_complete_validates_and_verifies(tmp_path, kafka_broker):
     topic = new_topic(kafka_broker)
@@ -65,7 +56,7 @@ def test_clean_run_arrives_complete_validates_and_verifies(tmp_path, kafka_broke
         for _ in range(5):
             node.write(2000)
             time.sleep(0.3)
-        result = wait_for_all(shipper, kafka_broker.bootstrap, topic, node)
+        result = settle(kafka_broker.bootstrap, topic, node, timeout=90, idle_s=1.5)
         assert shipper.sigterm() == 0
     finally:
         shipper.stop()
@@ -181,7 +172,7 @@ def test_tansu_steady_stream_arrives_complete(tmp_path, tansu_broker):
         for _ in range(4):
             node.write(2500)
             time.sleep(0.3)
-        result = wait_for_all(shipper, tansu_broker.bootstrap, topic, node)
+        result = settle(tansu_broker.bootstrap, topic, node, timeout=90, idle_s=1.5)
         assert shipper.sigterm() == 0
     finally:
         shipper.stop()
