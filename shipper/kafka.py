@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
 import random
 import ssl
 import time
@@ -37,7 +38,7 @@ from .metrics import Metrics
 from .model import LossEvent, LossReason
 from .seal import SCHEMA_BYTES
 from .state import Snapshot, StateStore
-from .wal import Wal, WalPosition
+from .wal import Wal, WalPosition, WalWriteError
 
 log = logging.getLogger("shipper.kafka")
 
@@ -474,10 +475,23 @@ class Sender:
         if pending is None:
             return
         sources, chains, position = pending
-        # The snapshot moves first: segments are deleted only behind a snapshot that covers them.
-        await asyncio.to_thread(self.state.save, sources, chains, position)
-        self.snapshot.apply(sources, chains, position)
-        await asyncio.to_thread(self.wal.ack, position)
+        try:
+            # The snapshot moves first: segments are deleted only behind a snapshot that covers them.
+            if position > self.snapshot.position:
+                await asyncio.to_thread(self.state.save, sources, chains, position)
+                self.snapshot.apply(sources, chains, position)
+            await asyncio.to_thread(self.wal.ack, position)
+        except (WalWriteError, sqlite3.Error, OSError) as exc:
+            # A full disk, say: keep what is acknowledged and try again on the next tick.
+            self.metrics.wal_write_errors.labels(errno=str(getattr(exc, "errno", "") or "")).inc()
+            log.error("cannot persist acknowledgements yet (%s); retrying", exc)
+            if self._acked_pending is not None:
+                later_sources, later_chains, later_position = self._acked_pending
+                sources.update(later_sources)
+                chains.update(later_chains)
+                position = later_position
+            self._acked_pending = (sources, chains, position)
+            return
         self.metrics.wal_bytes.set(self.wal.bytes_on_disk)
         self.metrics.wal_segments.set(self.wal.segment_count)
         self._progress.set()

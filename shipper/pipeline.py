@@ -7,6 +7,7 @@ chain, waits for acks up to the grace period and closes cleanly.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import time
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from .state import StateStore
 from .wal import Wal, WalWriteError
 
 log = logging.getLogger("shipper.pipeline")
+
+DISK_RESERVE_BYTES = 1 << 20
 
 
 @dataclass(slots=True)
@@ -169,6 +172,12 @@ class Pipeline:
                     # Not written, not acknowledged: its lines are read again on the next start.
                     return
             try:
+                free = await asyncio.to_thread(wal.free_bytes)
+                if free < len(payload) + DISK_RESERVE_BYTES:
+                    # Never fill the disk to the last byte: acks (cursor, state) need room to free segments.
+                    raise WalWriteError(f"No space left on device for the WAL: {free} bytes free, a commit needs "
+                                        f"{len(payload)} plus {DISK_RESERVE_BYTES} kept for acknowledgements",
+                                        errno.ENOSPC)
                 await asyncio.to_thread(wal.append, [payload])
             except WalWriteError as exc:
                 self.metrics.wal_write_errors.labels(errno=str(exc.errno)).inc()

@@ -290,14 +290,17 @@ class Wal:
         if position > self.durable:
             raise WalError(f"ack at {position} is past the durable position {self.durable}")
         tmp = self.dir / (ACKED_FILE + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            os.write(fd, f"{position.segment} {position.offset}\n".encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.dir / ACKED_FILE)
-        _fsync_dir(self.dir)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, f"{position.segment} {position.offset}\n".encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.dir / ACKED_FILE)
+            _fsync_dir(self.dir)
+        except OSError as exc:
+            raise WalWriteError(f"persisting the ack cursor failed: {exc.strerror}", exc.errno) from None
         self.acked = position
         for number in sorted(self._segments):
             if number >= position.segment or number == self._active:
@@ -308,6 +311,11 @@ class Wal:
         if position.segment != self._active and position.offset >= self._segments.get(position.segment, 0):
             (self.dir / segment_name(position.segment)).unlink(missing_ok=True)
             self._segments.pop(position.segment, None)
+
+    def free_bytes(self) -> int:
+        """Space left on the WAL's filesystem for an unprivileged writer."""
+        info = os.statvfs(self.dir)
+        return info.f_bavail * info.f_frsize
 
     @property
     def unacked_bytes(self) -> int:
