@@ -11,6 +11,7 @@ files are gone for good.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -233,10 +234,7 @@ class Ingest:
         emitted += self._checkpoints(observed, runs, force=False)
         if not runs:
             return None
-        batch.runs = list(runs.values())
-        for name in runs:
-            chain = self._chains[name]
-            batch.chains[name] = [chain.head.seq, chain.head.hash.hex(), chain.closed]
+        self._close_batch(batch, runs)
         self.metrics.entries.inc(self._stats.processed)
         if self._stats.invalid_utf8:
             self.metrics.parse_errors.labels(kind="invalid_utf8").inc(self._stats.invalid_utf8)
@@ -436,11 +434,16 @@ class Ingest:
         self._checkpoints(observed, runs, force=True)
         if not runs:
             return None
-        batch = Batch(runs=list(runs.values()), read_time=time.time())
+        batch = Batch(read_time=time.time())
+        self._close_batch(batch, runs)
+        return batch
+
+    def _close_batch(self, batch: Batch, runs: dict[str, Run]) -> None:
+        """The runs go in, with the head every touched chain reaches (the checkpoint of the commit)."""
+        batch.runs = list(runs.values())
         for name in runs:
             chain = self._chains[name]
             batch.chains[name] = [chain.head.seq, chain.head.hash.hex(), chain.closed]
-        return batch
 
     def close(self) -> None:
         for source in self._sources.values():
@@ -448,8 +451,6 @@ class Ingest:
 
 
 def _gap_members(loss: LossEvent) -> str:
-    import json
-
     return ',"gap":' + json.dumps({"reason": loss.reason.value, "bytes": loss.bytes_lost}, separators=(",", ":"))
 
 

@@ -135,7 +135,7 @@ class KafkaSink:
                     continue
                 self.metrics.send_errors.labels(reason=type(exc).__name__).inc()
                 log.warning("kafka not reachable yet: %s", _describe(exc))
-                await _wait(stopping, next(delays))
+                await wait_event(stopping, next(delays))
                 continue
             self.producer = producer
             self._remember_secret_mtime()
@@ -199,7 +199,8 @@ async def _quietly_stop(producer: AIOKafkaProducer) -> None:
         pass
 
 
-async def _wait(event: asyncio.Event, seconds: float) -> None:
+async def wait_event(event: asyncio.Event, seconds: float) -> None:
+    """Wait for `event`, at most `seconds`."""
     try:
         await asyncio.wait_for(event.wait(), timeout=seconds)
     except asyncio.TimeoutError:
@@ -431,9 +432,9 @@ class Sender:
     async def _refuse(self, item: _Pending, topic: str, reason: str) -> None:
         """A record Kafka will never take: its chain gets a gap record naming it; then it counts as done."""
         try:
-            seal = json.loads(item.value)["seal"]
-            record_hash = seal["hash"]
-            source = json.loads(item.value).get("source", {})
+            record = json.loads(item.value)
+            record_hash = record["seal"]["hash"]
+            source = record.get("source", {})
         except (ValueError, KeyError):
             record_hash, source = "", {}
         loss = LossEvent(path=source.get("path", ""), reason=LossReason.REJECTED_BY_BROKER, bytes_lost=len(item.value),

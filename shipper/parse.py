@@ -32,9 +32,6 @@ class EntryFlag:
     UNTERMINATED = 128    # last line of a file that ended without a newline
 
 
-PARSE_ERRORS = ((EntryFlag.BAD_HEADER, "cri_header"), (EntryFlag.BAD_JSON, "docker_json"),
-                (EntryFlag.BAD_UTF8, "invalid_utf8"))
-
 FORMAT_CRI = "cri"
 FORMAT_DOCKER = "docker"
 FORMAT_RAW = "raw"

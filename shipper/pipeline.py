@@ -16,7 +16,7 @@ from .batch import decode_header, encode_batch
 from .enrich import build_provider
 from .config import FsyncMode, Settings
 from .ingest import Ingest, SigningKey
-from .kafka import KafkaSink, Sender
+from .kafka import KafkaSink, Sender, wait_event
 from .metrics import Metrics
 from .model import LossEvent
 from .state import StateStore
@@ -128,7 +128,7 @@ class Pipeline:
             if collected is None:
                 if interval_sync and wal.written > wal.durable:
                     await self._sync(wal, sender)
-                await _wait(stopping, poll)
+                await wait_event(stopping, poll)
                 continue
             payload, callbacks = collected
             await self._commit(stopping, wal, sender, payload)
@@ -243,10 +243,3 @@ def _collect_encoded(ingest: Ingest, commit_bytes: int):
         return None
     batch, callbacks = collected
     return encode_batch(batch), callbacks
-
-
-async def _wait(event: asyncio.Event, seconds: float) -> None:
-    try:
-        await asyncio.wait_for(event.wait(), timeout=seconds)
-    except asyncio.TimeoutError:
-        pass
