@@ -1,0 +1,53 @@
+/* A growable byte buffer shared by the native hot-path files. Header-only: every function is small
+ * and inlined into its caller's loop. A failed allocation sets a Python MemoryError and returns -1. */
+#ifndef SHIPPER_BUF_H
+#define SHIPPER_BUF_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <string.h>
+
+typedef struct {
+    char *data;
+    Py_ssize_t len;
+    Py_ssize_t cap;
+} buf_t;
+
+static inline void buf_init(buf_t *b) { b->data = NULL; b->len = 0; b->cap = 0; }
+
+static inline void buf_free(buf_t *b) { PyMem_Free(b->data); buf_init(b); }
+
+static inline int buf_reserve(buf_t *b, Py_ssize_t extra) {
+    if (b->len + extra <= b->cap)
+        return 0;
+    Py_ssize_t cap = b->cap ? b->cap : 256;
+    while (cap < b->len + extra)
+        cap *= 2;
+    char *data = PyMem_Realloc(b->data, (size_t)cap);
+    if (data == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    b->data = data;
+    b->cap = cap;
+    return 0;
+}
+
+static inline int buf_put(buf_t *b, const void *src, Py_ssize_t n) {
+    if (buf_reserve(b, n) < 0)
+        return -1;
+    memcpy(b->data + b->len, src, (size_t)n);
+    b->len += n;
+    return 0;
+}
+
+static inline int buf_putc(buf_t *b, char c) {
+    if (buf_reserve(b, 1) < 0)
+        return -1;
+    b->data[b->len++] = c;
+    return 0;
+}
+
+#define buf_lit(b, s) buf_put((b), (s), (Py_ssize_t)(sizeof(s) - 1))
+
+#endif

@@ -1,0 +1,2 @@
+#include "seal.h"
+int seal_register(PyObject *module) { return 0; }
