@@ -34,6 +34,8 @@ static inline int buf_reserve(buf_t *b, Py_ssize_t extra) {
 }
 
 static inline int buf_put(buf_t *b, const void *src, Py_ssize_t n) {
+    if (n == 0)
+        return 0;
     if (buf_reserve(b, n) < 0)
         return -1;
     memcpy(b->data + b->len, src, (size_t)n);

@@ -1,2 +1,335 @@
+/* The sealing loop in C: entries of one chain -> `audit-shipper/v1` record values, byte for byte what
+ * shipper.records.seal_entries_py builds (the reference, which the tests compare against).
+ *
+ * Fast path, per entry: an ASCII body that the built-in redaction prefilter clears and the native
+ * correlator takes is quoted, hashed and rendered here without a Python object beyond the record's
+ * bytes. Every other entry (non-ASCII or invalid UTF-8, a redaction candidate, configured redaction
+ * rules, JSON body fields) asks the Python `slow_entry(body, process_body)` for its body and members,
+ * and is then hashed and rendered here the same way. */
 #include "seal.h"
-int seal_register(PyObject *module) { return 0; }
+#include "correlate.h"
+
+#include <openssl/sha.h>
+#include <stdint.h>
+
+/* EntryFlag bits (shipper/parse.py) that become attributes, in the reference's order. */
+static const struct {
+    long flag;
+    const char *member;
+} FLAG_MEMBERS[] = {
+    {8, "\"log.parse_error\":\"cri_header\""},
+    {16, "\"log.parse_error\":\"docker_json\""},
+    {32, "\"log.invalid_utf8\":true"},
+    {2, "\"log.truncated\":true"},
+    {4, "\"log.continued\":true"},
+    {64, "\"log.multiline\":true"},
+    {128, "\"log.unterminated\":true"},
+};
+#define ATTRIBUTE_FLAGS (8 | 16 | 32 | 2 | 4 | 64 | 128)
+#define FLAG_BAD_UTF8 32
+
+static int is_ascii(const unsigned char *s, Py_ssize_t n) {
+    Py_ssize_t i = 0;
+    uint64_t acc = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t word;
+        memcpy(&word, s + i, 8);
+        acc |= word;
+    }
+    for (; i < n; i++)
+        acc |= s[i];
+    return (acc & 0x8080808080808080ULL) == 0;
+}
+
+/* Built-in redaction rules' triggers (shipper.enrich.redact.default_candidate): could any match? */
+static int has(const char *s, Py_ssize_t n, const char *lit, size_t k) {
+    return memmem(s, (size_t)n, lit, k) != NULL;
+}
+
+static int default_candidate(const char *s, Py_ssize_t n) {
+    if (has(s, n, "earer", 5) || has(s, n, "EARER", 5) || has(s, n, "IA", 2) || has(s, n, "://", 3)
+        || has(s, n, "ccess_key", 9) || has(s, n, "CCESS_KEY", 9))
+        return 1;
+    /* 13 digits in a row once spaces and dashes are removed. */
+    int run = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= '0' && c <= '9') {
+            if (++run >= 13)
+                return 1;
+        } else if (c != ' ' && c != '-') {
+            run = 0;
+        }
+    }
+    return 0;
+}
+
+/* json.encoder.encode_basestring of an ASCII string (quotes included). */
+static const char HEX[] = "0123456789abcdef";
+
+static int put_quoted_ascii(buf_t *out, const char *s, Py_ssize_t n) {
+    if (buf_reserve(out, n * 6 + 2) < 0)
+        return -1;
+    char *p = out->data + out->len;
+    *p++ = '"';
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c != '"' && c != '\\') {
+            *p++ = (char)c;
+            continue;
+        }
+        *p++ = '\\';
+        switch (c) {
+        case '"': *p++ = '"'; break;
+        case '\\': *p++ = '\\'; break;
+        case '\n': *p++ = 'n'; break;
+        case '\r': *p++ = 'r'; break;
+        case '\t': *p++ = 't'; break;
+        case '\b': *p++ = 'b'; break;
+        case '\f': *p++ = 'f'; break;
+        default:
+            *p++ = 'u'; *p++ = '0'; *p++ = '0';
+            *p++ = HEX[c >> 4]; *p++ = HEX[c & 15];
+        }
+    }
+    *p++ = '"';
+    out->len = p - out->data;
+    return 0;
+}
+
+static int put_utf8(buf_t *out, PyObject *text) {
+    Py_ssize_t n;
+    const char *s = PyUnicode_AsUTF8AndSize(text, &n);
+    return s == NULL ? -1 : buf_put(out, s, n);
+}
+
+/* Decimal digits of a value (snprintf costs more than the rest of a record's rendering). */
+static int format_int(char *dst, long long value) {
+    char tmp[24];
+    int n = 0, k = 0;
+    unsigned long long v = value < 0 ? 0ULL - (unsigned long long)value : (unsigned long long)value;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    if (value < 0)
+        dst[k++] = '-';
+    while (n)
+        dst[k++] = tmp[--n];
+    return k;
+}
+
+static int put_int(buf_t *out, long long value) {
+    char tmp[24];
+    return buf_put(out, tmp, format_int(tmp, value));
+}
+
+static void hex32(char *dst, const unsigned char *digest) {
+    for (int i = 0; i < 32; i++) {
+        dst[2 * i] = HEX[digest[i] >> 4];
+        dst[2 * i + 1] = HEX[digest[i] & 15];
+    }
+}
+
+static void sha_netstring(SHA256_CTX *ctx, const char *s, Py_ssize_t n) {
+    char len[24];
+    int k = format_int(len, n);
+    len[k++] = ':';
+    SHA256_Update(ctx, len, (size_t)k);
+    SHA256_Update(ctx, s, (size_t)n);
+    SHA256_Update(ctx, ",", 1);
+}
+
+static int bytes_of(PyObject *list, Py_ssize_t i, const char **s, Py_ssize_t *n) {
+    PyObject *item = PyList_GET_ITEM(list, i);
+    if (!PyBytes_Check(item)) {
+        PyErr_SetString(PyExc_TypeError, "entries hold bytes");
+        return -1;
+    }
+    *s = PyBytes_AS_STRING(item);
+    *n = PyBytes_GET_SIZE(item);
+    return 0;
+}
+
+static int str_of(PyObject *obj, const char **s, Py_ssize_t *n) {
+    *s = PyUnicode_AsUTF8AndSize(obj, n);
+    return *s == NULL ? -1 : 0;
+}
+
+/* seal_entries(prev_hash, seq, offsets, times, streams, bodies, flags, head_tpl, source_tpl, seal_tpl,
+ *              observed, correlator, native_body, process_body, slow_entry)
+ *   -> (values, last_seq, last_hash, invalid_utf8)
+ * correlator: a _native.Correlator or None; native_body: whether the fast path may run the body stage
+ * (built-in redaction only, no JSON body fields); process_body: the Python body stage or None. */
+static PyObject *seal_entries(PyObject *self, PyObject *args) {
+    Py_buffer prev_view;
+    long long seq;
+    PyObject *offsets, *times, *streams, *bodies, *flags;
+    PyObject *head_o, *source_o, *seal_o, *observed_o, *correlator, *process_body, *slow_entry;
+    int native_body;
+    if (!PyArg_ParseTuple(args, "y*LO!O!O!O!O!UUUUOpOO", &prev_view, &seq, &PyList_Type, &offsets,
+                          &PyList_Type, &times, &PyList_Type, &streams, &PyList_Type, &bodies, &PyList_Type,
+                          &flags, &head_o, &source_o, &seal_o, &observed_o, &correlator, &native_body,
+                          &process_body, &slow_entry))
+        return NULL;
+    PyObject *values = NULL, *result = NULL;
+    buf_t rec, quoted, top, attrs;
+    buf_init(&rec);
+    buf_init(&quoted);
+    buf_init(&top);
+    buf_init(&attrs);
+    unsigned char prev[32];
+    char prev_hex[64];
+    long long invalid_utf8 = 0;
+    const char *head_s, *source_s, *seal_s, *observed_s;
+    Py_ssize_t head_n, source_n, seal_n, observed_n;
+    Py_ssize_t count = PyList_GET_SIZE(bodies);
+
+    if (prev_view.len != 32) {
+        PyErr_SetString(PyExc_ValueError, "prev hash is 32 bytes");
+        goto done;
+    }
+    memcpy(prev, prev_view.buf, 32);
+    hex32(prev_hex, prev);
+    if (PyList_GET_SIZE(offsets) != count || PyList_GET_SIZE(times) != count || PyList_GET_SIZE(streams) != count
+        || PyList_GET_SIZE(flags) != count) {
+        PyErr_SetString(PyExc_ValueError, "entries lists differ in length");
+        goto done;
+    }
+    if (str_of(head_o, &head_s, &head_n) < 0 || str_of(source_o, &source_s, &source_n) < 0
+        || str_of(seal_o, &seal_s, &seal_n) < 0 || str_of(observed_o, &observed_s, &observed_n) < 0)
+        goto done;
+    int fast_body = native_body && correlator != Py_None;
+    values = PyList_New(count);
+    if (values == NULL)
+        goto done;
+
+    for (Py_ssize_t i = 0; i < count; i++) {
+        const char *time_s, *stream_s, *body_s;
+        Py_ssize_t time_n, stream_n, body_n;
+        if (bytes_of(times, i, &time_s, &time_n) < 0 || bytes_of(streams, i, &stream_s, &stream_n) < 0
+            || bytes_of(bodies, i, &body_s, &body_n) < 0)
+            goto done;
+        long long offset = PyLong_AsLongLong(PyList_GET_ITEM(offsets, i));
+        long entry_flags = PyLong_AsLong(PyList_GET_ITEM(flags, i));
+        if (PyErr_Occurred())
+            goto done;
+        seq++;
+        if (time_n == 0) {
+            time_s = observed_s;
+            time_n = observed_n;
+        }
+        top.len = attrs.len = quoted.len = rec.len = 0;
+        PyObject *slow = NULL;          /* keeps the Python answer alive while its body is hashed */
+        const char *final_s = body_s;   /* the body that is hashed */
+        Py_ssize_t final_n = body_n;
+        int handled = 0;
+        if (is_ascii((const unsigned char *)body_s, body_n)) {
+            if (process_body == Py_None) {
+                handled = 1;
+            } else if (fast_body && !default_candidate(body_s, body_n)) {
+                handled = correlate_extract(correlator, body_s, body_n, &top, &attrs);
+                if (handled < 0)
+                    goto done;
+            }
+        }
+        if (handled) {
+            if (put_quoted_ascii(&quoted, body_s, body_n) < 0)
+                goto done;
+        } else {
+            /* (body bytes, quoted body, top members, attribute members, invalid utf-8) */
+            slow = PyObject_CallFunctionObjArgs(slow_entry, PyList_GET_ITEM(bodies, i), process_body, NULL);
+            if (slow == NULL)
+                goto done;
+            if (!PyTuple_Check(slow) || PyTuple_GET_SIZE(slow) != 5 || !PyBytes_Check(PyTuple_GET_ITEM(slow, 0))) {
+                Py_DECREF(slow);
+                PyErr_SetString(PyExc_TypeError, "slow_entry returns (bytes, str, str, str, bool)");
+                goto done;
+            }
+            final_s = PyBytes_AS_STRING(PyTuple_GET_ITEM(slow, 0));
+            final_n = PyBytes_GET_SIZE(PyTuple_GET_ITEM(slow, 0));
+            if (put_utf8(&quoted, PyTuple_GET_ITEM(slow, 1)) < 0 || put_utf8(&top, PyTuple_GET_ITEM(slow, 2)) < 0
+                || put_utf8(&attrs, PyTuple_GET_ITEM(slow, 3)) < 0) {
+                Py_DECREF(slow);
+                goto done;
+            }
+            if (PyObject_IsTrue(PyTuple_GET_ITEM(slow, 4))) {
+                entry_flags |= FLAG_BAD_UTF8;
+                invalid_utf8++;
+            }
+        }
+
+        char seq_s[24];
+        int seq_n = format_int(seq_s, seq);
+        SHA256_CTX ctx;
+        unsigned char digest[32];
+        SHA256_Init(&ctx);
+        SHA256_Update(&ctx, prev, 32);
+        sha_netstring(&ctx, seq_s, seq_n);
+        sha_netstring(&ctx, time_s, time_n);
+        sha_netstring(&ctx, stream_s, stream_n);
+        sha_netstring(&ctx, final_s, final_n);
+        SHA256_Update(&ctx, "0:,", 3);
+        SHA256_Final(digest, &ctx);
+        Py_XDECREF(slow);
+
+        int ok = buf_put(&rec, head_s, head_n) == 0 && buf_put(&rec, seq_s, seq_n) == 0
+                 && buf_lit(&rec, "\",\"time\":\"") == 0 && buf_put(&rec, time_s, time_n) == 0
+                 && buf_lit(&rec, "\",\"observed_time\":\"") == 0 && buf_put(&rec, observed_s, observed_n) == 0
+                 && buf_lit(&rec, "\",\"stream\":\"") == 0 && buf_put(&rec, stream_s, stream_n) == 0
+                 && buf_lit(&rec, "\",\"body\":") == 0 && buf_put(&rec, quoted.data, quoted.len) == 0
+                 && buf_put(&rec, top.data, top.len) == 0 && buf_lit(&rec, ",\"attributes\":{") == 0;
+        if (ok && (entry_flags & ATTRIBUTE_FLAGS)) {
+            int first = 1;
+            for (size_t f = 0; ok && f < sizeof FLAG_MEMBERS / sizeof FLAG_MEMBERS[0]; f++) {
+                if (entry_flags & FLAG_MEMBERS[f].flag) {
+                    ok = (first || buf_putc(&rec, ',') == 0)
+                         && buf_put(&rec, FLAG_MEMBERS[f].member, (Py_ssize_t)strlen(FLAG_MEMBERS[f].member)) == 0;
+                    first = 0;
+                }
+            }
+            if (ok && attrs.len)
+                ok = buf_putc(&rec, ',') == 0;
+        }
+        ok = ok && buf_put(&rec, attrs.data, attrs.len) == 0 && buf_putc(&rec, '}') == 0
+             && buf_put(&rec, source_s, source_n) == 0 && put_int(&rec, offset) == 0
+             && buf_put(&rec, seal_s, seal_n) == 0 && buf_put(&rec, seq_s, seq_n) == 0
+             && buf_lit(&rec, ",\"prev\":\"") == 0 && buf_put(&rec, prev_hex, 64) == 0
+             && buf_lit(&rec, "\",\"hash\":\"") == 0;
+        if (!ok)
+            goto done;
+        memcpy(prev, digest, 32);
+        hex32(prev_hex, prev);
+        if (buf_put(&rec, prev_hex, 64) < 0 || buf_lit(&rec, "\"}}") < 0)
+            goto done;
+        PyObject *value = PyBytes_FromStringAndSize(rec.data, rec.len);
+        if (value == NULL)
+            goto done;
+        PyList_SET_ITEM(values, i, value);
+    }
+    result = Py_BuildValue("(OLy#L)", values, seq, (const char *)prev, (Py_ssize_t)32, invalid_utf8);
+done:
+    Py_XDECREF(values);
+    buf_free(&rec);
+    buf_free(&quoted);
+    buf_free(&top);
+    buf_free(&attrs);
+    PyBuffer_Release(&prev_view);
+    return result;
+}
+
+static PyObject *py_default_candidate(PyObject *self, PyObject *arg) {
+    Py_ssize_t n;
+    const char *s = PyUnicode_AsUTF8AndSize(arg, &n);
+    if (s == NULL)
+        return NULL;
+    return PyBool_FromLong(default_candidate(s, n));
+}
+
+static PyMethodDef SEAL_METHODS[] = {
+    {"seal_entries", seal_entries, METH_VARARGS, "Seal a batch of entries of one chain (see records.py)."},
+    {"default_candidate", py_default_candidate, METH_O, "Could a built-in redaction rule match this body?"},
+    {NULL, NULL, 0, NULL},
+};
+
+int seal_register(PyObject *module) { return PyModule_AddFunctions(module, SEAL_METHODS); }

@@ -8,6 +8,7 @@ Control records (gap, checkpoint, close) are rare and built by `seal_control`.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from json.encoder import encode_basestring  # C-accelerated JSON string quoting
 from typing import Callable
@@ -16,6 +17,14 @@ from .parse import EntryFlag, Entries
 from .seal import SCHEMA, TYPE_LOG, ChainHead
 
 _sha256 = hashlib.sha256
+
+try:
+    from . import _native
+except ImportError:          # not built (a source tree without `pip install -e .`)
+    _native = None
+if os.environ.get("SHIPPER_NATIVE", "1") == "0":
+    _native = None
+NATIVE = _native is not None
 
 # body -> None (nothing to change or add) or (body after redaction, top-level JSON members such as
 # ',"severity_text":"INFO","trace_id":"…"', attribute members such as '"request_id":"…"').
@@ -67,7 +76,49 @@ class SealStats:
 
 def seal_entries(head: ChainHead, entries: Entries, ctx: ChainContext, observed_time: str,
                  process_body: BodyProcessor | None, stats: SealStats | None = None) -> tuple[list[bytes], ChainHead]:
-    """Seal a batch of log entries onto `head`; returns the record values (seq head.seq+1 ...) and the new head."""
+    """Seal a batch of log entries onto `head`; returns the record values (seq head.seq+1 ...) and the new head.
+
+    Runs in C (shipper._native) when it is built, unless SHIPPER_NATIVE=0; `seal_entries_py` is the
+    reference the native code must match byte for byte. A body processor made by
+    enrich.body.make_body_processor may carry `native_correlator`: then ASCII bodies that no built-in
+    redaction rule could touch get their ids in C as well."""
+    if _native is None:
+        return seal_entries_py(head, entries, ctx, observed_time, process_body, stats)
+    head_tpl, source_tpl, seal_tpl = ctx.templates()
+    correlator = getattr(process_body, "native_correlator", None)
+    values, seq, digest, bad_utf8 = _native.seal_entries(
+        head.hash, head.seq, entries.offsets, entries.times, entries.streams, entries.bodies, entries.flags,
+        head_tpl, source_tpl, seal_tpl, observed_time, correlator, correlator is not None, process_body, slow_entry)
+    if stats is not None:
+        stats.invalid_utf8 += bad_utf8
+        stats.processed += len(values)
+    return values, ChainHead(head.chain, seq, digest)
+
+
+def slow_entry(body_b: bytes, process_body: BodyProcessor | None) -> tuple[bytes, str, str, str, bool]:
+    """One entry's body stage in Python, for the native loop: (body as hashed, body as JSON text, top-level
+    members, attribute members, whether the body was invalid UTF-8)."""
+    bad_utf8 = False
+    try:
+        body = body_b.decode()
+    except UnicodeDecodeError:
+        body = body_b.decode("utf-8", "replace")
+        body_b = body.encode()
+        bad_utf8 = True
+    extra = attributes = ""
+    if process_body is not None:
+        result = process_body(body)
+        if result is not None:
+            new_body, extra, attributes = result
+            if new_body is not body:
+                body = new_body
+                body_b = body.encode()
+    return body_b, encode_basestring(body), extra, attributes, bad_utf8
+
+
+def seal_entries_py(head: ChainHead, entries: Entries, ctx: ChainContext, observed_time: str,
+                    process_body: BodyProcessor | None, stats: SealStats | None = None) -> tuple[list[bytes], ChainHead]:
+    """The reference implementation of seal_entries."""
     head_tpl, source_tpl, seal_tpl = ctx.templates()
     observed_b = observed_time.encode()
     prev = head.hash

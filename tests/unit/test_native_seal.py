@@ -1,0 +1,113 @@
+"""The native sealing loop (shipper._native.seal_entries) against the Python reference, byte for byte.
+
+The reference is records.seal_entries_py; every record the native loop builds must equal it, for
+every kind of body (ASCII, non-ASCII, invalid UTF-8, control characters, secrets), flag and body
+stage configuration, and the chain head it returns must be the same."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from shipper import records
+from shipper.config import EnrichConfig, RedactionRule
+from shipper.enrich.body import make_body_processor
+from shipper.enrich.redact import default_candidate
+from shipper.parse import Entries
+from shipper.seal import ChainHead
+from shipper.simnode import SimNode
+
+pytestmark = pytest.mark.skipif(not records.NATIVE, reason="shipper._native is not built")
+
+CTX = records.ChainContext("pod-uid/app", '{"k8s.pod.name":"p"}', "/var/log/pods/ns_p_uid/app/0.log")
+OBSERVED = "2026-11-28T18:00:01.000000000Z"
+
+FRAGMENTS = [
+    '{"level":"info","msg":"', '"trace_id":"4bf92f3577b34da6a3ce929d0e0e4736"', '"span_id":"00f067aa0ba902b7"',
+    '"request_id":"req-1"', "Bearer abcdefghijkl", "AKIAABCDEFGHIJKLMNOP", "https://user:pw@host/",
+    "4111 1111 1111 1111", "level=warn ", "trace_id=4bf92f3577b34da6a3ce929d0e0e4736 ", "é", "\u2028", "\x00",
+    "\x1f", "\\", '"', "\t", "\n", "ERROR ", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "}",
+    "aws_secret_access_key=abcdefghijklmnopqrstuvwxyz", "1234567890123", "IA", "0" * 32, "x",
+]
+
+bodies = st.one_of(
+    st.lists(st.sampled_from(FRAGMENTS), max_size=8).map(lambda parts: "".join(parts).encode()),
+    st.binary(max_size=60),
+    st.text(max_size=40).map(str.encode),
+)
+entry = st.tuples(st.integers(0, 2**40), st.sampled_from([b"", b"2026-11-28T18:00:00.123456789Z"]),
+                  st.sampled_from([b"stdout", b"stderr"]), bodies, st.integers(0, 255))
+
+
+def processors() -> dict[str, object]:
+    custom = RedactionRule(name="ticket", pattern=r"T-\d{4}", replacement="T-XXXX")
+    return {
+        "none": None,
+        "defaults": make_body_processor(EnrichConfig()),
+        "custom": make_body_processor(EnrichConfig(redactions=[custom])),
+        "json_fields": make_body_processor(EnrichConfig(), parse_json=True),
+        "no_redaction": make_body_processor(EnrichConfig(default_redactions=False)),
+        "custom_ids": make_body_processor(EnrichConfig(correlation_fields=["traceId", "spanId", "x-request-id",
+                                                                           "tenant"])),
+    }
+
+
+PROCESSORS = processors()
+
+
+def build(rows) -> Entries:
+    out = Entries()
+    for row in rows:
+        out.add(*row)
+    return out
+
+
+def both(rows, process_body, head=None):
+    head = head or ChainHead.genesis(CTX.chain)
+    expected_stats, native_stats = records.SealStats(), records.SealStats()
+    expected = records.seal_entries_py(head, build(rows), CTX, OBSERVED, process_body, expected_stats)
+    native = records.seal_entries(head, build(rows), CTX, OBSERVED, process_body, native_stats)
+    return expected, native, expected_stats, native_stats
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rows=st.lists(entry, max_size=12), which=st.sampled_from(sorted(PROCESSORS)))
+def test_native_records_equal_the_reference(rows, which):
+    expected, native, expected_stats, native_stats = both(rows, PROCESSORS[which])
+    assert native == expected
+    assert native_stats == expected_stats
+
+
+def test_a_long_batch_continues_the_chain_like_the_reference(tmp_path):
+    rows = [(i * 210, b"2026-11-28T18:00:00.000000001Z", b"stdout", line, 0)
+            for i, line in enumerate(workload_bodies(tmp_path, 2000))]
+    head = ChainHead(CTX.chain, 41, bytes(range(32)))
+    expected, native, _, _ = both(rows, PROCESSORS["defaults"], head)
+    assert native == expected
+    values, last = native
+    assert last.seq == 41 + len(rows)
+    record = json.loads(values[-1])
+    assert record["seal"]["seq"] == last.seq and bytes.fromhex(record["seal"]["hash"]) == last.hash
+
+
+def test_invalid_utf8_is_counted_and_flagged():
+    (_, _), (values, _), _, stats = both([(0, b"", b"stdout", b"caf\xe9", 0)], None)
+    assert stats.invalid_utf8 == 1
+    record = json.loads(values[0])
+    assert record["body"] == "caf\ufffd" and record["attributes"]["log.invalid_utf8"] is True
+
+
+@given(st.lists(st.sampled_from(FRAGMENTS), max_size=6).map("".join))
+def test_native_redaction_prefilter_agrees_with_python(body):
+    if body.isascii():
+        assert records._native.default_candidate(body) == default_candidate(body)
+
+
+def workload_bodies(root, count: int) -> list[bytes]:
+    """The benchmark workload's bodies (SimNode, as bench/run.py writes them)."""
+    node = SimNode(root, pods=2, containers_per_pod=1, rotate_every_bytes=None)
+    node.write(count)
+    node.flush()
+    return [body for chain in node.ledger.chains() for body in node.ledger.bodies(chain)]
