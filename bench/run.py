@@ -17,6 +17,7 @@ import cProfile
 import os
 import pstats
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -117,6 +118,8 @@ async def main() -> int:
     parser.add_argument("--files", type=int, default=10)
     parser.add_argument("--broker", choices=["kafka", "tansu"], default="kafka")
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--py-spy", metavar="FILE", help="also sample the running shipper with py-spy "
+                        "(collapsed stacks to FILE; `pip install py-spy`)")
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="audit-shipper-bench-"))
@@ -133,6 +136,12 @@ async def main() -> int:
                                   sources={"discover_interval_s": 1.0, "poll_interval_s": 0.1},
                                   kafka={"request_timeout_ms": 30000})
             shipper = ShipperProcess(config, workdir / "shipper.log").start()
+            spy = None
+            if args.py_spy:
+                spy = subprocess.Popen([shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"),
+                                        "record", "--nonblocking", "-r", "200", "--format", "raw",
+                                        "-o", args.py_spy, "-p", str(shipper.pid)],
+                                       stdout=subprocess.DEVNULL)
             begin = time.monotonic()
             target = entries
             metrics: dict[str, float] = {}
@@ -153,6 +162,9 @@ async def main() -> int:
             cpu = cpu_seconds(shipper.pid)
             rss = peak_rss(shipper.pid)
             metrics = scrape(shipper.metrics_port)
+            if spy is not None:
+                spy.send_signal(2)
+                spy.wait(30)
             shipper.sigterm()
         finally:
             stop_broker()
