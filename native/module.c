@@ -5,6 +5,8 @@
 #include <Python.h>
 
 #include "correlate.h"
+#include "kafka.h"
+#include "parse.h"
 #include "seal.h"
 
 static struct PyModuleDef native_module = {
@@ -15,7 +17,8 @@ PyMODINIT_FUNC PyInit__native(void) {
     PyObject *module = PyModule_Create(&native_module);
     if (module == NULL)
         return NULL;
-    if (correlate_register(module) < 0 || seal_register(module) < 0) {
+    if (correlate_register(module) < 0 || seal_register(module) < 0 || kafka_register(module) < 0
+        || parse_register(module) < 0) {
         Py_DECREF(module);
         return NULL;
     }

@@ -8,22 +8,16 @@ Control records (gap, checkpoint, close) are rare and built by `seal_control`.
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from json.encoder import encode_basestring  # C-accelerated JSON string quoting
 from typing import Callable
 
+from .native import module as _native
 from .parse import EntryFlag, Entries
 from .seal import SCHEMA, TYPE_LOG, ChainHead
 
 _sha256 = hashlib.sha256
 
-try:
-    from . import _native
-except ImportError:          # not built (a source tree without `pip install -e .`)
-    _native = None
-if os.environ.get("SHIPPER_NATIVE", "1") == "0":
-    _native = None
 NATIVE = _native is not None
 
 # body -> None (nothing to change or add) or (body after redaction, top-level JSON members such as

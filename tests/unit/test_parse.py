@@ -150,3 +150,30 @@ def test_docker_stream_field_other_than_stdout_or_stderr_is_shipped_raw():
     out = StreamParser(fmt=FORMAT_DOCKER).feed(line, 0)
     assert out.streams == [b"stdout"] and out.flags[0] & EntryFlag.BAD_JSON
     assert out.bodies == [line[:-1]]
+
+
+timestamp = st.one_of(st.just(TS), st.sampled_from([
+    b"2026-11-28T18:00:00Z", b"2026-11-28T18:00:00.1+01:00", b"2026-11-28T18:00:00.1234567890Z",
+    b"2026-11-28T18:00:00.Z", b"2026-11-28 18:00:00Z", b"2026-11-28T18:00:00+0100", b"x", b""]),
+    st.binary(max_size=24).map(lambda b: b.replace(b"\n", b"").replace(b" ", b"")))
+mixed_cri_line = st.tuples(timestamp, st.sampled_from([b"stdout", b"stderr", b"stdin", b""]),
+                           st.sampled_from([b"F", b"P", b"FF", b""]), cri_message,
+                           st.sampled_from([b" ", b"", b"  "])).map(
+    lambda t: t[0] + b" " + t[1] + b" " + t[2] + t[4] + t[3] + b"\n")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(cri_line, mixed_cri_line), max_size=40),
+       st.lists(st.integers(min_value=0, max_value=10_000), max_size=12), st.sampled_from([16, 64, 1 << 20]))
+def test_native_cri_loop_gives_the_entries_of_the_python_parser(lines, cuts, max_entry):
+    from shipper import parse
+    if parse._native is None:
+        return
+    data = b"".join(lines)
+    native = parse_chunked(data, cuts, fmt=FORMAT_CRI, max_entry_bytes=max_entry)
+    saved, parse._native = parse._native, None
+    try:
+        reference = parse_chunked(data, cuts, fmt=FORMAT_CRI, max_entry_bytes=max_entry)
+    finally:
+        parse._native = saved
+    assert native == reference
