@@ -31,11 +31,15 @@ from aiokafka.errors import (
     UnsupportedVersionError,
 )
 from aiokafka.partitioner import murmur2
+from aiokafka.producer.message_accumulator import BatchBuilder
+from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
+from aiokafka.record.util import encode_varint_py
 
 from .batch import decode_batch
 from .config import KafkaConfig, SecurityProtocol
 from .metrics import Metrics
 from .model import LossEvent, LossReason
+from .native import module as _native
 from .seal import SCHEMA_BYTES
 from .state import Snapshot, StateStore
 from .wal import Wal, WalPosition, WalWriteError
@@ -45,6 +49,8 @@ log = logging.getLogger("shipper.kafka")
 # Errors after which sending the same record again cannot succeed.
 _REJECTED = (MessageSizeTooLargeError, RecordTooLargeError, CorruptRecordException, InvalidTopicError)
 _RECORD_OVERHEAD = 512  # batch and record headers around a value, generously
+_BATCH_HEADER = _DefaultRecordBatchBuilderPy.HEADER_STRUCT.size
+_CODECS = {"none": 0, "gzip": 1, "snappy": 2, "lz4": 3, "zstd": 4}
 
 
 class KafkaSetupError(Exception):
@@ -99,9 +105,82 @@ def partition_of(key: bytes, partitions: int) -> int:
     return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
-def _append(batch, item: "_Pending"):
-    return batch.append(key=item.chain.encode(), value=item.value, timestamp=None,
-                        headers=[("schema", SCHEMA_BYTES), ("event_id", f"{item.chain}:{item.seq}".encode())])
+Span = tuple[bytes, int, list, int, int]   # (key, first_seq, values, start, stop): values[start:stop]
+
+
+def kafka_records_py(spans: list[Span], budget: int, limit: int) -> tuple[bytes, list[int], int]:
+    """The records of a v2 record batch for spans of sealed values: (records, taken per span, value bytes).
+
+    Each record: key = the chain, headers `schema` and `event_id` (`<chain>:<seq>`), timestamp delta 0,
+    offset delta = its index. Records are taken in order while the section stays within `budget` bytes
+    (the first always) and stop before a value longer than `limit`. The reference for the native
+    `_native.kafka_records`, which builds the same bytes."""
+    out = bytearray()
+    taken: list[int] = []
+    offset = value_bytes = 0
+    for key, first_seq, values, start, stop in spans:
+        count = 0
+        full = False
+        for index in range(start, stop):
+            value = values[index]
+            if len(value) > limit:
+                full = True
+                break
+            record = bytearray(b"\x00\x00")                      # attributes, timestamp delta
+            encode_varint_py(offset, record.append)
+            for part in (key, value):
+                encode_varint_py(len(part), record.append)
+                record += part
+            encode_varint_py(2, record.append)
+            for name, text in ((b"schema", SCHEMA_BYTES), (b"event_id", b"%s:%d" % (key, first_seq + index - start))):
+                encode_varint_py(len(name), record.append)
+                record += name
+                encode_varint_py(len(text), record.append)
+                record += text
+            framed = bytearray()
+            encode_varint_py(len(record), framed.append)
+            framed += record
+            if offset and len(out) + len(framed) > budget:
+                full = True
+                break
+            out += framed
+            offset += 1
+            count += 1
+            value_bytes += len(value)
+        taken.append(count)
+        if full:
+            break
+    return bytes(out), taken, value_bytes
+
+
+_kafka_records = _native.kafka_records if _native is not None else kafka_records_py
+
+
+class _RecordsBuilder(_DefaultRecordBatchBuilderPy):
+    """aiokafka's own v2 batch builder (header, CRC, compression, producer state) around records that
+    kafka_records built in one call, instead of one `append` per record."""
+
+    def __init__(self, codec: int, records: bytes, count: int, timestamp_ms: int) -> None:
+        super().__init__(2, codec, is_transactional=0, producer_id=-1, producer_epoch=-1, base_sequence=0,
+                         batch_size=_BATCH_HEADER + len(records))
+        self._buffer += records
+        self._first_timestamp = self._max_timestamp = timestamp_ms
+        self._last_offset = count - 1
+        self._num_records = count
+
+
+class _SpanBatch(BatchBuilder):
+    """A closed aiokafka BatchBuilder holding a prebuilt batch (what `producer.send_batch` takes)."""
+
+    def __init__(self, codec: int, records: bytes, count: int) -> None:   # noqa: super() builds per record
+        self._builder = _RecordsBuilder(codec, records, count, int(time.time() * 1000))
+        self._relative_offset = count
+        self._buffer = None
+        self._closed = True
+        self._key_serializer = self._value_serializer = None
+
+    def _set_producer_state(self, producer_id: int, producer_epoch: int, base_sequence: int) -> None:
+        self._builder.set_producer_state(producer_id, producer_epoch, base_sequence)
 
 
 def backoff_delays(first_ms: int, max_ms: int):
@@ -119,6 +198,7 @@ class KafkaSink:
         self.metrics = metrics
         self.producer: AIOKafkaProducer | None = None
         self.idempotent = config.idempotence != "off"
+        self.codec = _CODECS[config.compression.value]
         self._partitions: dict[str, int] = {}
         self._secret_mtime: float | None = None
 
@@ -225,11 +305,35 @@ class _FrameTicket:
 
 
 @dataclass(slots=True)
-class _Pending:
+class _Run:
+    """Records values[start:stop] of one chain from one WAL frame, seqs first_seq, first_seq + 1, ...
+    A partition queue holds runs, not a Python object per record."""
+
     ticket: _FrameTicket
     chain: str
-    seq: int
-    value: bytes
+    key: bytes
+    first_seq: int
+    values: list
+    start: int
+    stop: int
+
+    @property
+    def count(self) -> int:
+        return self.stop - self.start
+
+    def span(self) -> Span:
+        return self.key, self.first_seq, self.values, self.start, self.stop
+
+    def take(self, count: int) -> "_Run":
+        """The first `count` records as a run of their own; this run keeps the rest."""
+        head = _Run(self.ticket, self.chain, self.key, self.first_seq, self.values, self.start, self.start + count)
+        self.start += count
+        self.first_seq += count
+        return head
+
+    def singles(self) -> list["_Run"]:
+        return [_Run(self.ticket, self.chain, self.key, self.first_seq + i, self.values, self.start + i,
+                     self.start + i + 1) for i in range(self.count)]
 
 
 @dataclass(slots=True)
@@ -319,12 +423,12 @@ class Sender:
             self._complete(ticket)
             return
         for run in batch.runs:
+            if not run.values:
+                continue
+            key = run.chain.encode()
             partitions = await self._partitions(run.topic)
-            partition = partition_of(run.chain.encode(), partitions)
-            queue = self._queue(run.topic, partition)
-            items = queue.items
-            for index, value in enumerate(run.values):
-                items.append(_Pending(ticket, run.chain, run.first_seq + index, value))
+            queue = self._queue(run.topic, partition_of(key, partitions))
+            queue.items.append(_Run(ticket, run.chain, key, run.first_seq, run.values, 0, len(run.values)))
             queue.ready.set()
 
     async def _partitions(self, topic: str) -> int:
@@ -347,6 +451,7 @@ class Sender:
 
     async def _partition_worker(self, topic: str, partition: int, queue: _PartitionQueue) -> None:
         limit = self.sink.config.max_request_bytes - _RECORD_OVERHEAD
+        budget = self.sink.config.batch_bytes - _BATCH_HEADER
         items = queue.items
         while True:
             if not items:
@@ -355,23 +460,31 @@ class Sender:
                 continue
             while self.sink.producer is None:
                 await asyncio.sleep(0.1)
-            batch = self.sink.producer.create_batch()
-            records: list[_Pending] = []
-            while items:
-                item = items[0]
-                if len(item.value) > limit:
+            head = items[0]
+            if len(head.values[head.start]) > limit:
+                refused = head.take(1)
+                if not head.count:
                     items.popleft()
-                    await self._refuse(item, topic, f"record of {len(item.value)} bytes exceeds "
-                                                    f"kafka.max_request_bytes ({self.sink.config.max_request_bytes})")
-                    continue
-                if _append(batch, item) is None:
-                    break                      # batch full: the rest goes in the next one
-                items.popleft()
-                records.append(item)
-            if records:
-                await self._send_until_acked(topic, partition, records, batch)
+                await self._refuse(refused, topic, f"record of {len(refused.values[refused.start])} bytes exceeds "
+                                                   f"kafka.max_request_bytes ({self.sink.config.max_request_bytes})")
+                continue
+            candidates = [items[i] for i in range(min(len(items), 64))]
+            records, taken, value_bytes = _kafka_records([run.span() for run in candidates], budget, limit)
+            runs: list[_Run] = []
+            for run, count in zip(candidates, taken):
+                if count == run.count:
+                    items.popleft()
+                    runs.append(run)
+                elif count:
+                    runs.append(run.take(count))
+            await self._send_until_acked(topic, partition, runs, (records, sum(taken), value_bytes))
 
-    async def _send_until_acked(self, topic: str, partition: int, records: list[_Pending], batch=None) -> None:
+    def _batch(self, runs: list[_Run]) -> tuple[bytes, int, int]:
+        records, taken, value_bytes = _kafka_records([run.span() for run in runs], 1 << 62, 1 << 62)
+        return records, sum(taken), value_bytes
+
+    async def _send_until_acked(self, topic: str, partition: int, runs: list[_Run],
+                                built: tuple[bytes, int, int] | None = None) -> None:
         delays = backoff_delays(self.sink.config.retry_backoff_ms, self.sink.config.retry_backoff_max_ms)
         attempt = 0
         while True:
@@ -379,24 +492,22 @@ class Sender:
             try:
                 if producer is None:
                     raise KafkaConnectionError("producer is restarting")
-                if batch is None:
-                    batch = producer.create_batch()
-                    for item in records:
-                        if _append(batch, item) is None:
-                            raise RuntimeError("a batch that fitted once no longer fits")
+                if built is None:
+                    built = self._batch(runs)
+                records, count, value_bytes = built
+                batch = _SpanBatch(self.sink.codec, records, count)
                 future = await producer.send_batch(batch, topic, partition=partition)
-                batch = None
                 await future
             except _REJECTED as exc:
-                if len(records) == 1:
-                    await self._refuse(records[0], topic, _describe(exc))
+                singles = [single for run in runs for single in run.singles()]
+                if len(singles) == 1:
+                    await self._refuse(singles[0], topic, _describe(exc))
                     return
                 # Find the refused record(s): the rest of the batch must still arrive.
-                for item in records:
-                    await self._send_until_acked(topic, partition, [item])
+                for single in singles:
+                    await self._send_until_acked(topic, partition, [single])
                 return
             except (KafkaError, asyncio.TimeoutError, OSError) as exc:
-                batch = None
                 attempt += 1
                 self.metrics.send_errors.labels(reason=type(exc).__name__).inc()
                 self.metrics.kafka_connected.set(0)
@@ -409,12 +520,12 @@ class Sender:
                 continue
             self.last_success = time.monotonic()
             self.metrics.kafka_connected.set(1)
-            self.metrics.records_shipped.inc(len(records))
-            self.metrics.bytes_shipped.inc(sum(len(item.value) for item in records))
-            self.metrics.wal_unacked_records.dec(len(records))
-            for item in records:
-                ticket = item.ticket
-                ticket.pending -= 1
+            self.metrics.records_shipped.inc(count)
+            self.metrics.bytes_shipped.inc(value_bytes)
+            self.metrics.wal_unacked_records.dec(count)
+            for run in runs:
+                ticket = run.ticket
+                ticket.pending -= run.count
                 if ticket.pending == 0:
                     self._complete(ticket)
             return
@@ -429,20 +540,22 @@ class Sender:
             finally:
                 self._restarting = False
 
-    async def _refuse(self, item: _Pending, topic: str, reason: str) -> None:
-        """A record Kafka will never take: its chain gets a gap record naming it; then it counts as done."""
+    async def _refuse(self, item: _Run, topic: str, reason: str) -> None:
+        """A record Kafka will never take (`item` is a run of one): its chain gets a gap record naming it;
+        then it counts as done."""
+        value = item.values[item.start]
         try:
-            record = json.loads(item.value)
+            record = json.loads(value)
             record_hash = record["seal"]["hash"]
             source = record.get("source", {})
         except (ValueError, KeyError):
             record_hash, source = "", {}
-        loss = LossEvent(path=source.get("path", ""), reason=LossReason.REJECTED_BY_BROKER, bytes_lost=len(item.value),
+        loss = LossEvent(path=source.get("path", ""), reason=LossReason.REJECTED_BY_BROKER, bytes_lost=len(value),
                          offset=source.get("offset", 0), detail=f"topic {topic}: {reason}")
         self.metrics.loss_events.labels(reason=loss.reason.value).inc()
-        self.metrics.lost_bytes.labels(reason=loss.reason.value).inc(len(item.value))
-        log.error("kafka refused record %s:%d for good (%s); writing a gap record", item.chain, item.seq, reason)
-        await self.write_gap(item.chain, loss, item.seq, record_hash)
+        self.metrics.lost_bytes.labels(reason=loss.reason.value).inc(len(value))
+        log.error("kafka refused record %s:%d for good (%s); writing a gap record", item.chain, item.first_seq, reason)
+        await self.write_gap(item.chain, loss, item.first_seq, record_hash)
         self.metrics.wal_unacked_records.dec()
         ticket = item.ticket
         ticket.pending -= 1

@@ -1,0 +1,153 @@
+/* Kafka record-batch v2 records, built in C: the same bytes as shipper.kafka.kafka_records_py (the
+ * reference). Each record carries the chain as its key and two headers, `schema` and `event_id`
+ * (`<chain>:<seq>`); its timestamp delta is 0 (the batch's first timestamp applies to all), its offset
+ * delta its index in the batch. The batch header, CRC and compression stay with aiokafka's builder. */
+#include "kafka.h"
+
+#include <stdint.h>
+
+static const char SCHEMA[] = "audit-shipper/v1";
+
+/* Kafka's signed varint: zigzag, then 7 bits per byte, low first. */
+static int varint_size(int64_t value) {
+    uint64_t v = ((uint64_t)value << 1) ^ (uint64_t)(value >> 63);
+    int n = 1;
+    while (v >= 0x80) {
+        v >>= 7;
+        n++;
+    }
+    return n;
+}
+
+static char *put_varint(char *p, int64_t value) {
+    uint64_t v = ((uint64_t)value << 1) ^ (uint64_t)(value >> 63);
+    while (v >= 0x80) {
+        *p++ = (char)(v | 0x80);
+        v >>= 7;
+    }
+    *p++ = (char)v;
+    return p;
+}
+
+static int decimal(char *dst, long long value) {
+    char tmp[24];
+    int n = 0, k = 0;
+    unsigned long long v = value < 0 ? 0ULL - (unsigned long long)value : (unsigned long long)value;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    if (value < 0)
+        dst[k++] = '-';
+    while (n)
+        dst[k++] = tmp[--n];
+    return k;
+}
+
+/* kafka_records(spans, budget, limit) -> (records, taken, value_bytes)
+ * spans: [(key: bytes, first_seq: int, values: list[bytes], start: int, stop: int)], records
+ * values[start:stop] with seqs first_seq, first_seq+1, ... Records are taken in order while the records
+ * section stays within `budget` bytes (the first always), and stop before a value longer than `limit`.
+ * taken[i] is how many records of spans[i] were taken. */
+static PyObject *kafka_records(PyObject *self, PyObject *args) {
+    PyObject *spans;
+    Py_ssize_t budget, limit;
+    if (!PyArg_ParseTuple(args, "O!nn", &PyList_Type, &spans, &budget, &limit))
+        return NULL;
+    buf_t out;
+    buf_init(&out);
+    PyObject *taken = PyList_New(0), *result = NULL;
+    if (taken == NULL)
+        return NULL;
+    long long offset_delta = 0, value_bytes = 0;
+    int full = 0;
+    for (Py_ssize_t s = 0; s < PyList_GET_SIZE(spans) && !full; s++) {
+        PyObject *span = PyList_GET_ITEM(spans, s);
+        const char *key;
+        Py_ssize_t key_n, start, stop;
+        long long first_seq;
+        PyObject *values;
+        if (!PyTuple_Check(span) || !PyArg_ParseTuple(span, "y#LO!nn", &key, &key_n, &first_seq, &PyList_Type,
+                                                      &values, &start, &stop))
+            goto done;
+        if (start < 0 || stop > PyList_GET_SIZE(values) || start > stop) {
+            PyErr_SetString(PyExc_IndexError, "span outside its values");
+            goto done;
+        }
+        Py_ssize_t count = 0;
+        for (Py_ssize_t i = start; i < stop; i++) {
+            PyObject *value = PyList_GET_ITEM(values, i);
+            if (!PyBytes_Check(value)) {
+                PyErr_SetString(PyExc_TypeError, "values are bytes");
+                goto done;
+            }
+            Py_ssize_t value_n = PyBytes_GET_SIZE(value);
+            if (value_n > limit) {
+                full = 1;
+                break;
+            }
+            char seq_text[24];
+            int seq_n = decimal(seq_text, first_seq + (i - start));
+            Py_ssize_t event_n = key_n + 1 + seq_n;
+            int64_t body = 1 + 1 + varint_size(offset_delta) + varint_size(key_n) + key_n + varint_size(value_n)
+                           + value_n + 1 + 1 + 6 + varint_size((int64_t)sizeof SCHEMA - 1) + (int64_t)sizeof SCHEMA - 1
+                           + 1 + 8 + varint_size(event_n) + event_n;
+            Py_ssize_t size = (Py_ssize_t)(body + varint_size(body));
+            if (offset_delta > 0 && out.len + size > budget) {
+                full = 1;
+                break;
+            }
+            if (buf_reserve(&out, size) < 0)
+                goto done;
+            char *p = out.data + out.len;
+            p = put_varint(p, body);
+            *p++ = 0;                               /* attributes */
+            *p++ = 0;                               /* timestamp delta (varint 0) */
+            p = put_varint(p, offset_delta);
+            p = put_varint(p, key_n);
+            memcpy(p, key, (size_t)key_n);
+            p += key_n;
+            p = put_varint(p, value_n);
+            memcpy(p, PyBytes_AS_STRING(value), (size_t)value_n);
+            p += value_n;
+            p = put_varint(p, 2);                   /* headers */
+            p = put_varint(p, 6);
+            memcpy(p, "schema", 6);
+            p += 6;
+            p = put_varint(p, (int64_t)sizeof SCHEMA - 1);
+            memcpy(p, SCHEMA, sizeof SCHEMA - 1);
+            p += sizeof SCHEMA - 1;
+            p = put_varint(p, 8);
+            memcpy(p, "event_id", 8);
+            p += 8;
+            p = put_varint(p, event_n);
+            memcpy(p, key, (size_t)key_n);
+            p += key_n;
+            *p++ = ':';
+            memcpy(p, seq_text, (size_t)seq_n);
+            p += seq_n;
+            out.len = p - out.data;
+            offset_delta++;
+            value_bytes += value_n;
+            count++;
+        }
+        PyObject *n = PyLong_FromSsize_t(count);
+        if (n == NULL || PyList_Append(taken, n) < 0) {
+            Py_XDECREF(n);
+            goto done;
+        }
+        Py_DECREF(n);
+    }
+    result = Py_BuildValue("(y#OL)", out.data ? out.data : "", out.len, taken, value_bytes);
+done:
+    Py_DECREF(taken);
+    buf_free(&out);
+    return result;
+}
+
+static PyMethodDef KAFKA_METHODS[] = {
+    {"kafka_records", kafka_records, METH_VARARGS, "Kafka v2 records for spans of sealed values (see kafka.py)."},
+    {NULL, NULL, 0, NULL},
+};
+
+int kafka_register(PyObject *module) { return PyModule_AddFunctions(module, KAFKA_METHODS); }
