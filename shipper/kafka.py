@@ -499,13 +499,15 @@ class Sender:
                 future = await producer.send_batch(batch, topic, partition=partition)
                 await future
             except _REJECTED as exc:
+                await self._fresh_idempotent_producer(exc)
                 singles = [single for run in runs for single in run.singles()]
                 if len(singles) == 1:
                     await self._refuse(singles[0], topic, _describe(exc))
                     return
-                # Find the refused record(s): the rest of the batch must still arrive.
-                for single in singles:
-                    await self._send_until_acked(topic, partition, [single])
+                # Find the refused record(s) by halves: the rest of the batch must still arrive, in order.
+                half = len(singles) // 2
+                await self._send_until_acked(topic, partition, singles[:half])
+                await self._send_until_acked(topic, partition, singles[half:])
                 return
             except (KafkaError, asyncio.TimeoutError, OSError) as exc:
                 attempt += 1
@@ -529,6 +531,18 @@ class Sender:
                 if ticket.pending == 0:
                     self._complete(ticket)
             return
+
+    async def _fresh_idempotent_producer(self, exc: BaseException) -> None:
+        """An idempotent producer numbered the refused batch: every later batch of that partition would
+        now be out of sequence (OutOfOrderSequenceException, forever). A new producer id starts clean."""
+        if not self.sink.idempotent or self._restarting:
+            return
+        self._restarting = True
+        try:
+            log.warning("kafka refused a batch for good (%s): starting a new idempotent producer", _describe(exc))
+            await self.sink.restart(self._stopping)
+        finally:
+            self._restarting = False
 
     async def _pick_up_rotated_secret(self) -> None:
         """Kubernetes rotates Secrets in place: a changed password file means a new producer."""

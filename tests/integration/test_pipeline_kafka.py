@@ -179,3 +179,43 @@ def test_tansu_steady_stream_arrives_complete(tmp_path, tansu_broker):
     summary = result.summary()
     assert summary["missing"] == 0 and summary["duplicates_conflicting"] == 0, summary
     assert "idempotent producer" in shipper.log_text()
+
+
+@pytest.mark.kafka
+def test_a_record_the_broker_refuses_for_good_becomes_a_gap_and_the_rest_arrives(tmp_path, kafka_broker):
+    """A record over the topic's max.message.bytes can never be written: the batch holding it is
+    split, its neighbours arrive in order, and its place in the chain is a verified gap naming it."""
+    topic = f"logs-small-{time.monotonic_ns() % 10**8}"
+    asyncio.run(kafka_broker.create_topic(topic, 1, config={"max.message.bytes": "20000"}))
+    private_key, public_key = keys(tmp_path)
+    node = SimNode(tmp_path / "log", pods=1, containers_per_pod=1, rotate_every_bytes=None, seed=25)
+    config = write_config(tmp_path / "config.yaml", bootstrap=kafka_broker.bootstrap, node_root=node.root,
+                          state_dir=tmp_path / "state", topic=topic,
+                          kafka={"compression": "none", "batch_bytes": 16384},
+                          seal={"signing_key_file": str(private_key), "checkpoint_every_s": 1})
+    node.write(300)
+    node.flush()
+    with open(node.containers[0].log_path, "ab") as live:      # one entry of 40 kB amid the others
+        live.write(b"2026-11-28T18:00:00.5Z stdout F " + b"x" * 40_000 + b"\n")
+    node.write(300)
+    node.flush()
+    shipper = ShipperProcess(config, tmp_path / "shipper.log").start()
+    try:
+        wait_until(lambda: shipper.metrics().get("audit_shipper_records_shipped_total", 0) >= 600, 90, "600 shipped")
+        time.sleep(2)
+        metrics = shipper.metrics()
+        assert shipper.sigterm() == 0
+    finally:
+        shipper.stop()
+    assert metrics['audit_shipper_loss_events_total{reason="rejected_by_broker"}'] == 1
+    values = [json.loads(v) for v in asyncio.run(read_topic(kafka_broker.bootstrap, topic, idle_s=1.5))]
+    logs = [v for v in values if not v.get("type")]
+    assert [v["body"] for v in logs] == [b.decode() for b in node.ledger.bodies(node.ledger.chains()[0])]
+    gaps = [v for v in values if v.get("type") == "gap"]
+    assert len(gaps) == 1 and json.loads(gaps[0]["body"])["reason"] == "rejected_by_broker"
+    assert json.loads(gaps[0]["body"])["bytes"] > 40_000
+    refused_seq = logs[299]["seal"]["seq"] + 1
+    assert logs[300]["seal"]["seq"] == refused_seq + 1
+    code, report = run_verify(kafka_broker.bootstrap, topic, public_key)
+    assert code == 0, report
+    assert "rejected_by_broker" in json.dumps(report)
