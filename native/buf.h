@@ -1,5 +1,6 @@
 /* A growable byte buffer shared by the native hot-path files. Header-only: every function is small
- * and inlined into its caller's loop. A failed allocation sets a Python MemoryError and returns -1. */
+ * and inlined into its caller's loop. Usable without the GIL (raw allocator); a failed allocation
+ * returns -1, and sets a Python MemoryError only when the calling thread holds the GIL. */
 #ifndef SHIPPER_BUF_H
 #define SHIPPER_BUF_H
 
@@ -15,7 +16,7 @@ typedef struct {
 
 static inline void buf_init(buf_t *b) { b->data = NULL; b->len = 0; b->cap = 0; }
 
-static inline void buf_free(buf_t *b) { PyMem_Free(b->data); buf_init(b); }
+static inline void buf_free(buf_t *b) { PyMem_RawFree(b->data); buf_init(b); }
 
 static inline int buf_reserve(buf_t *b, Py_ssize_t extra) {
     if (b->len + extra <= b->cap)
@@ -23,9 +24,10 @@ static inline int buf_reserve(buf_t *b, Py_ssize_t extra) {
     Py_ssize_t cap = b->cap ? b->cap : 256;
     while (cap < b->len + extra)
         cap *= 2;
-    char *data = PyMem_Realloc(b->data, (size_t)cap);
+    char *data = PyMem_RawRealloc(b->data, (size_t)cap);
     if (data == NULL) {
-        PyErr_NoMemory();
+        if (PyGILState_Check())
+            PyErr_NoMemory();
         return -1;
     }
     b->data = data;

@@ -156,11 +156,91 @@ static int str_of(PyObject *obj, const char **s, Py_ssize_t *n) {
     return *s == NULL ? -1 : 0;
 }
 
+/* One entry as the loop sees it: pointers into the bytes objects of the caller's lists, which stay
+ * alive (and immutable) for the whole call. */
+typedef struct {
+    const char *time, *stream, *body;
+    Py_ssize_t time_n, stream_n, body_n;
+    long long offset;
+    long flags;
+} entry_t;
+
+typedef struct {
+    unsigned char prev[32];
+    char prev_hex[64];
+    long long seq;
+    const char *head, *source, *seal, *observed;
+    Py_ssize_t head_n, source_n, seal_n, observed_n;
+} chain_t;
+
+/* Hashes one entry onto the chain and renders its record at the end of `out`; `body` is the body as
+ * hashed, quoted/top/attrs its JSON pieces. No Python API: runs with or without the GIL. */
+static int render(chain_t *c, const entry_t *e, long flags, const char *body, Py_ssize_t body_n,
+                  const buf_t *quoted, const buf_t *top, const buf_t *attrs, buf_t *out) {
+    c->seq++;
+    char seq_s[24];
+    int seq_n = format_int(seq_s, c->seq);
+    const char *time = e->time_n ? e->time : c->observed;
+    Py_ssize_t time_n = e->time_n ? e->time_n : c->observed_n;
+    SHA256_CTX ctx;
+    unsigned char digest[32];
+    SHA256_Init(&ctx);
+    SHA256_Update(&ctx, c->prev, 32);
+    sha_netstring(&ctx, seq_s, seq_n);
+    sha_netstring(&ctx, time, time_n);
+    sha_netstring(&ctx, e->stream, e->stream_n);
+    sha_netstring(&ctx, body, body_n);
+    SHA256_Update(&ctx, "0:,", 3);
+    SHA256_Final(digest, &ctx);
+
+    int ok = buf_put(out, c->head, c->head_n) == 0 && buf_put(out, seq_s, seq_n) == 0
+             && buf_lit(out, "\",\"time\":\"") == 0 && buf_put(out, time, time_n) == 0
+             && buf_lit(out, "\",\"observed_time\":\"") == 0 && buf_put(out, c->observed, c->observed_n) == 0
+             && buf_lit(out, "\",\"stream\":\"") == 0 && buf_put(out, e->stream, e->stream_n) == 0
+             && buf_lit(out, "\",\"body\":") == 0 && buf_put(out, quoted->data, quoted->len) == 0
+             && buf_put(out, top->data, top->len) == 0 && buf_lit(out, ",\"attributes\":{") == 0;
+    if (ok && (flags & ATTRIBUTE_FLAGS)) {
+        int first = 1;
+        for (size_t f = 0; ok && f < sizeof FLAG_MEMBERS / sizeof FLAG_MEMBERS[0]; f++) {
+            if (flags & FLAG_MEMBERS[f].flag) {
+                ok = (first || buf_putc(out, ',') == 0)
+                     && buf_put(out, FLAG_MEMBERS[f].member, (Py_ssize_t)strlen(FLAG_MEMBERS[f].member)) == 0;
+                first = 0;
+            }
+        }
+        if (ok && attrs->len)
+            ok = buf_putc(out, ',') == 0;
+    }
+    ok = ok && buf_put(out, attrs->data, attrs->len) == 0 && buf_putc(out, '}') == 0
+         && buf_put(out, c->source, c->source_n) == 0 && put_int(out, e->offset) == 0
+         && buf_put(out, c->seal, c->seal_n) == 0 && buf_put(out, seq_s, seq_n) == 0
+         && buf_lit(out, ",\"prev\":\"") == 0 && buf_put(out, c->prev_hex, 64) == 0
+         && buf_lit(out, "\",\"hash\":\"") == 0;
+    if (!ok)
+        return -1;
+    memcpy(c->prev, digest, 32);
+    hex32(c->prev_hex, c->prev);
+    return buf_put(out, c->prev_hex, 64) == 0 && buf_lit(out, "\"}}") == 0 ? 0 : -1;
+}
+
+static int entry_at(PyObject *offsets, PyObject *times, PyObject *streams, PyObject *bodies, PyObject *flags,
+                    Py_ssize_t i, entry_t *e) {
+    if (bytes_of(times, i, &e->time, &e->time_n) < 0 || bytes_of(streams, i, &e->stream, &e->stream_n) < 0
+        || bytes_of(bodies, i, &e->body, &e->body_n) < 0)
+        return -1;
+    e->offset = PyLong_AsLongLong(PyList_GET_ITEM(offsets, i));
+    e->flags = PyLong_AsLong(PyList_GET_ITEM(flags, i));
+    return PyErr_Occurred() ? -1 : 0;
+}
+
 /* seal_entries(prev_hash, seq, offsets, times, streams, bodies, flags, head_tpl, source_tpl, seal_tpl,
  *              observed, correlator, native_body, process_body, slow_entry)
  *   -> (values, last_seq, last_hash, invalid_utf8)
  * correlator: a _native.Correlator or None; native_body: whether the fast path may run the body stage
- * (built-in redaction only, no JSON body fields); process_body: the Python body stage or None. */
+ * (built-in redaction only, no JSON body fields); process_body: the Python body stage or None.
+ *
+ * Entries on the fast path are sealed with the GIL released (the event loop sends meanwhile); an
+ * entry for the Python body stage takes the GIL back for its call. */
 static PyObject *seal_entries(PyObject *self, PyObject *args) {
     Py_buffer prev_view;
     long long seq;
@@ -173,144 +253,120 @@ static PyObject *seal_entries(PyObject *self, PyObject *args) {
                           &process_body, &slow_entry))
         return NULL;
     PyObject *values = NULL, *result = NULL;
-    buf_t rec, quoted, top, attrs;
-    buf_init(&rec);
+    buf_t out, quoted, top, attrs;
+    buf_init(&out);
     buf_init(&quoted);
     buf_init(&top);
     buf_init(&attrs);
-    unsigned char prev[32];
-    char prev_hex[64];
+    entry_t *entries = NULL;
+    Py_ssize_t *ends = NULL;
+    chain_t chain;
     long long invalid_utf8 = 0;
-    const char *head_s, *source_s, *seal_s, *observed_s;
-    Py_ssize_t head_n, source_n, seal_n, observed_n;
     Py_ssize_t count = PyList_GET_SIZE(bodies);
 
     if (prev_view.len != 32) {
         PyErr_SetString(PyExc_ValueError, "prev hash is 32 bytes");
         goto done;
     }
-    memcpy(prev, prev_view.buf, 32);
-    hex32(prev_hex, prev);
+    memcpy(chain.prev, prev_view.buf, 32);
+    hex32(chain.prev_hex, chain.prev);
+    chain.seq = seq;
     if (PyList_GET_SIZE(offsets) != count || PyList_GET_SIZE(times) != count || PyList_GET_SIZE(streams) != count
         || PyList_GET_SIZE(flags) != count) {
         PyErr_SetString(PyExc_ValueError, "entries lists differ in length");
         goto done;
     }
-    if (str_of(head_o, &head_s, &head_n) < 0 || str_of(source_o, &source_s, &source_n) < 0
-        || str_of(seal_o, &seal_s, &seal_n) < 0 || str_of(observed_o, &observed_s, &observed_n) < 0)
+    if (str_of(head_o, &chain.head, &chain.head_n) < 0 || str_of(source_o, &chain.source, &chain.source_n) < 0
+        || str_of(seal_o, &chain.seal, &chain.seal_n) < 0 || str_of(observed_o, &chain.observed, &chain.observed_n) < 0)
         goto done;
+    entries = PyMem_RawMalloc(sizeof(entry_t) * (size_t)(count ? count : 1));
+    ends = PyMem_RawMalloc(sizeof(Py_ssize_t) * (size_t)(count ? count : 1));
+    if (entries == NULL || ends == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < count; i++)
+        if (entry_at(offsets, times, streams, bodies, flags, i, &entries[i]) < 0)
+            goto done;
     int fast_body = native_body && correlator != Py_None;
-    values = PyList_New(count);
-    if (values == NULL)
-        goto done;
 
-    for (Py_ssize_t i = 0; i < count; i++) {
-        const char *time_s, *stream_s, *body_s;
-        Py_ssize_t time_n, stream_n, body_n;
-        if (bytes_of(times, i, &time_s, &time_n) < 0 || bytes_of(streams, i, &stream_s, &stream_n) < 0
-            || bytes_of(bodies, i, &body_s, &body_n) < 0)
-            goto done;
-        long long offset = PyLong_AsLongLong(PyList_GET_ITEM(offsets, i));
-        long entry_flags = PyLong_AsLong(PyList_GET_ITEM(flags, i));
-        if (PyErr_Occurred())
-            goto done;
-        seq++;
-        if (time_n == 0) {
-            time_s = observed_s;
-            time_n = observed_n;
-        }
-        top.len = attrs.len = quoted.len = rec.len = 0;
-        PyObject *slow = NULL;          /* keeps the Python answer alive while its body is hashed */
-        const char *final_s = body_s;   /* the body that is hashed */
-        Py_ssize_t final_n = body_n;
+    PyThreadState *released = PyEval_SaveThread();
+    int failed = 0;
+    for (Py_ssize_t i = 0; i < count && !failed; i++) {
+        const entry_t *e = &entries[i];
+        top.len = attrs.len = quoted.len = 0;
         int handled = 0;
-        if (is_ascii((const unsigned char *)body_s, body_n)) {
-            if (process_body == Py_None) {
+        if (is_ascii((const unsigned char *)e->body, e->body_n)) {
+            if (process_body == Py_None)
                 handled = 1;
-            } else if (fast_body && !default_candidate(body_s, body_n)) {
-                handled = correlate_extract(correlator, body_s, body_n, &top, &attrs);
-                if (handled < 0)
-                    goto done;
-            }
+            else if (fast_body && !default_candidate(e->body, e->body_n))
+                handled = correlate_extract(correlator, e->body, e->body_n, &top, &attrs);
         }
-        if (handled) {
-            if (put_quoted_ascii(&quoted, body_s, body_n) < 0)
-                goto done;
+        if (handled > 0) {
+            failed = put_quoted_ascii(&quoted, e->body, e->body_n) < 0
+                     || render(&chain, e, e->flags, e->body, e->body_n, &quoted, &top, &attrs, &out) < 0;
+            if (failed)
+                PyEval_RestoreThread(released);
         } else {
+            PyEval_RestoreThread(released);
+            if (handled < 0) {
+                failed = 1;
+                if (!PyErr_Occurred())
+                    PyErr_NoMemory();
+                break;
+            }
+            top.len = attrs.len = 0;
             /* (body bytes, quoted body, top members, attribute members, invalid utf-8) */
-            slow = PyObject_CallFunctionObjArgs(slow_entry, PyList_GET_ITEM(bodies, i), process_body, NULL);
-            if (slow == NULL)
-                goto done;
-            if (!PyTuple_Check(slow) || PyTuple_GET_SIZE(slow) != 5 || !PyBytes_Check(PyTuple_GET_ITEM(slow, 0))) {
-                Py_DECREF(slow);
-                PyErr_SetString(PyExc_TypeError, "slow_entry returns (bytes, str, str, str, bool)");
-                goto done;
+            PyObject *slow = PyObject_CallFunctionObjArgs(slow_entry, PyList_GET_ITEM(bodies, i), process_body, NULL);
+            if (slow == NULL || !PyTuple_Check(slow) || PyTuple_GET_SIZE(slow) != 5
+                || !PyBytes_Check(PyTuple_GET_ITEM(slow, 0))) {
+                if (slow != NULL)
+                    PyErr_SetString(PyExc_TypeError, "slow_entry returns (bytes, str, str, str, bool)");
+                Py_XDECREF(slow);
+                failed = 1;
+                break;
             }
-            final_s = PyBytes_AS_STRING(PyTuple_GET_ITEM(slow, 0));
-            final_n = PyBytes_GET_SIZE(PyTuple_GET_ITEM(slow, 0));
-            if (put_utf8(&quoted, PyTuple_GET_ITEM(slow, 1)) < 0 || put_utf8(&top, PyTuple_GET_ITEM(slow, 2)) < 0
-                || put_utf8(&attrs, PyTuple_GET_ITEM(slow, 3)) < 0) {
-                Py_DECREF(slow);
-                goto done;
-            }
+            long entry_flags = e->flags;
             if (PyObject_IsTrue(PyTuple_GET_ITEM(slow, 4))) {
                 entry_flags |= FLAG_BAD_UTF8;
                 invalid_utf8++;
             }
-        }
-
-        char seq_s[24];
-        int seq_n = format_int(seq_s, seq);
-        SHA256_CTX ctx;
-        unsigned char digest[32];
-        SHA256_Init(&ctx);
-        SHA256_Update(&ctx, prev, 32);
-        sha_netstring(&ctx, seq_s, seq_n);
-        sha_netstring(&ctx, time_s, time_n);
-        sha_netstring(&ctx, stream_s, stream_n);
-        sha_netstring(&ctx, final_s, final_n);
-        SHA256_Update(&ctx, "0:,", 3);
-        SHA256_Final(digest, &ctx);
-        Py_XDECREF(slow);
-
-        int ok = buf_put(&rec, head_s, head_n) == 0 && buf_put(&rec, seq_s, seq_n) == 0
-                 && buf_lit(&rec, "\",\"time\":\"") == 0 && buf_put(&rec, time_s, time_n) == 0
-                 && buf_lit(&rec, "\",\"observed_time\":\"") == 0 && buf_put(&rec, observed_s, observed_n) == 0
-                 && buf_lit(&rec, "\",\"stream\":\"") == 0 && buf_put(&rec, stream_s, stream_n) == 0
-                 && buf_lit(&rec, "\",\"body\":") == 0 && buf_put(&rec, quoted.data, quoted.len) == 0
-                 && buf_put(&rec, top.data, top.len) == 0 && buf_lit(&rec, ",\"attributes\":{") == 0;
-        if (ok && (entry_flags & ATTRIBUTE_FLAGS)) {
-            int first = 1;
-            for (size_t f = 0; ok && f < sizeof FLAG_MEMBERS / sizeof FLAG_MEMBERS[0]; f++) {
-                if (entry_flags & FLAG_MEMBERS[f].flag) {
-                    ok = (first || buf_putc(&rec, ',') == 0)
-                         && buf_put(&rec, FLAG_MEMBERS[f].member, (Py_ssize_t)strlen(FLAG_MEMBERS[f].member)) == 0;
-                    first = 0;
-                }
+            failed = put_utf8(&quoted, PyTuple_GET_ITEM(slow, 1)) < 0 || put_utf8(&top, PyTuple_GET_ITEM(slow, 2)) < 0
+                     || put_utf8(&attrs, PyTuple_GET_ITEM(slow, 3)) < 0
+                     || render(&chain, e, entry_flags, PyBytes_AS_STRING(PyTuple_GET_ITEM(slow, 0)),
+                               PyBytes_GET_SIZE(PyTuple_GET_ITEM(slow, 0)), &quoted, &top, &attrs, &out) < 0;
+            Py_DECREF(slow);
+            if (failed) {
+                if (!PyErr_Occurred())
+                    PyErr_NoMemory();
+                break;
             }
-            if (ok && attrs.len)
-                ok = buf_putc(&rec, ',') == 0;
+            released = PyEval_SaveThread();
         }
-        ok = ok && buf_put(&rec, attrs.data, attrs.len) == 0 && buf_putc(&rec, '}') == 0
-             && buf_put(&rec, source_s, source_n) == 0 && put_int(&rec, offset) == 0
-             && buf_put(&rec, seal_s, seal_n) == 0 && buf_put(&rec, seq_s, seq_n) == 0
-             && buf_lit(&rec, ",\"prev\":\"") == 0 && buf_put(&rec, prev_hex, 64) == 0
-             && buf_lit(&rec, "\",\"hash\":\"") == 0;
-        if (!ok)
-            goto done;
-        memcpy(prev, digest, 32);
-        hex32(prev_hex, prev);
-        if (buf_put(&rec, prev_hex, 64) < 0 || buf_lit(&rec, "\"}}") < 0)
-            goto done;
-        PyObject *value = PyBytes_FromStringAndSize(rec.data, rec.len);
+        ends[i] = out.len;
+    }
+    if (failed) {
+        if (!PyErr_Occurred())
+            PyErr_NoMemory();
+        goto done;
+    }
+    PyEval_RestoreThread(released);
+
+    values = PyList_New(count);
+    if (values == NULL)
+        goto done;
+    for (Py_ssize_t i = 0, start = 0; i < count; start = ends[i], i++) {
+        PyObject *value = PyBytes_FromStringAndSize(out.data + start, ends[i] - start);
         if (value == NULL)
             goto done;
         PyList_SET_ITEM(values, i, value);
     }
-    result = Py_BuildValue("(OLy#L)", values, seq, (const char *)prev, (Py_ssize_t)32, invalid_utf8);
+    result = Py_BuildValue("(OLy#L)", values, chain.seq, (const char *)chain.prev, (Py_ssize_t)32, invalid_utf8);
 done:
     Py_XDECREF(values);
-    buf_free(&rec);
+    PyMem_RawFree(entries);
+    PyMem_RawFree(ends);
+    buf_free(&out);
     buf_free(&quoted);
     buf_free(&top);
     buf_free(&attrs);
