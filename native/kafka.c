@@ -45,8 +45,9 @@ static int decimal(char *dst, long long value) {
 }
 
 /* kafka_records(spans, budget, limit) -> (records, taken, value_bytes)
- * spans: [(key: bytes, first_seq: int, values: list[bytes], start: int, stop: int)], records
- * values[start:stop] with seqs first_seq, first_seq+1, ... Records are taken in order while the records
+ * spans: [(key: bytes, first_seq: int, values, start: int, stop: int)], records values[start:stop] with
+ * seqs first_seq, first_seq+1, ...; values is a list of bytes, or (payload: bytes, ends: array('q')) with
+ * value i at payload[ends[i]:ends[i+1]] (a run left inside its WAL frame). Records are taken in order while the records
  * section stays within `budget` bytes (the first always), and stop before a value longer than `limit`.
  * taken[i] is how many records of spans[i] were taken. */
 static PyObject *kafka_records(PyObject *self, PyObject *args) {
@@ -61,27 +62,68 @@ static PyObject *kafka_records(PyObject *self, PyObject *args) {
         return NULL;
     long long offset_delta = 0, value_bytes = 0;
     int full = 0;
+    Py_buffer ends_view;               /* a packed run's offsets, held while its records are built */
+    int holding = 0;
     for (Py_ssize_t s = 0; s < PyList_GET_SIZE(spans) && !full; s++) {
         PyObject *span = PyList_GET_ITEM(spans, s);
         const char *key;
         Py_ssize_t key_n, start, stop;
         long long first_seq;
         PyObject *values;
-        if (!PyTuple_Check(span) || !PyArg_ParseTuple(span, "y#LO!nn", &key, &key_n, &first_seq, &PyList_Type,
-                                                      &values, &start, &stop))
+        if (!PyTuple_Check(span) || !PyArg_ParseTuple(span, "y#LOnn", &key, &key_n, &first_seq, &values, &start,
+                                                      &stop))
             goto done;
-        if (start < 0 || stop > PyList_GET_SIZE(values) || start > stop) {
+        /* A packed run: the payload and its value offsets. */
+        const char *payload = NULL;
+        const long long *ends = NULL;
+        Py_ssize_t n_values;
+        if (holding) {
+            PyBuffer_Release(&ends_view);
+            holding = 0;
+        }
+        if (PyList_Check(values)) {
+            n_values = PyList_GET_SIZE(values);
+        } else {
+            PyObject *payload_o, *ends_o;
+            if (!PyTuple_Check(values) || !PyArg_ParseTuple(values, "O!O", &PyBytes_Type, &payload_o, &ends_o))
+                goto done;
+            if (PyObject_GetBuffer(ends_o, &ends_view, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0)
+                goto done;
+            holding = 1;
+            int ok = ends_view.itemsize == 8 && ends_view.format && (ends_view.format[0] == 'q' || ends_view.format[0] == 'l')
+                     && ends_view.len >= 8;
+            if (ok) {
+                payload = PyBytes_AS_STRING(payload_o);
+                ends = ends_view.buf;
+                n_values = ends_view.len / 8 - 1;
+                for (Py_ssize_t i = 0; ok && i <= n_values; i++)
+                    ok = ends[i] >= 0 && ends[i] <= PyBytes_GET_SIZE(payload_o) && (i == 0 || ends[i] >= ends[i - 1]);
+            }
+            if (!ok) {
+                PyErr_SetString(PyExc_ValueError, "a packed run is (bytes, array('q') of ascending offsets)");
+                goto done;
+            }
+        }
+        if (start < 0 || stop > n_values || start > stop) {
             PyErr_SetString(PyExc_IndexError, "span outside its values");
             goto done;
         }
         Py_ssize_t count = 0;
         for (Py_ssize_t i = start; i < stop; i++) {
-            PyObject *value = PyList_GET_ITEM(values, i);
-            if (!PyBytes_Check(value)) {
-                PyErr_SetString(PyExc_TypeError, "values are bytes");
-                goto done;
+            const char *value_s;
+            Py_ssize_t value_n;
+            if (ends != NULL) {
+                value_s = payload + ends[i];
+                value_n = (Py_ssize_t)(ends[i + 1] - ends[i]);
+            } else {
+                PyObject *value = PyList_GET_ITEM(values, i);
+                if (!PyBytes_Check(value)) {
+                    PyErr_SetString(PyExc_TypeError, "values are bytes");
+                    goto done;
+                }
+                value_s = PyBytes_AS_STRING(value);
+                value_n = PyBytes_GET_SIZE(value);
             }
-            Py_ssize_t value_n = PyBytes_GET_SIZE(value);
             if (value_n > limit) {
                 full = 1;
                 break;
@@ -108,7 +150,7 @@ static PyObject *kafka_records(PyObject *self, PyObject *args) {
             memcpy(p, key, (size_t)key_n);
             p += key_n;
             p = put_varint(p, value_n);
-            memcpy(p, PyBytes_AS_STRING(value), (size_t)value_n);
+            memcpy(p, value_s, (size_t)value_n);
             p += value_n;
             p = put_varint(p, 2);                   /* headers */
             p = put_varint(p, 6);
@@ -140,6 +182,8 @@ static PyObject *kafka_records(PyObject *self, PyObject *args) {
     }
     result = Py_BuildValue("(y#OL)", out.data ? out.data : "", out.len, taken, value_bytes);
 done:
+    if (holding)
+        PyBuffer_Release(&ends_view);
     Py_DECREF(taken);
     buf_free(&out);
     return result;

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import struct
 from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate
 
@@ -26,7 +27,7 @@ class Run:
     chain: str
     topic: str
     first_seq: int
-    values: list[bytes]
+    values: "list[bytes] | Packed"
 
 
 @dataclass(slots=True)
@@ -39,6 +40,33 @@ class Batch:
     @property
     def record_count(self) -> int:
         return sum(len(run.values) for run in self.runs)
+
+
+class Packed(Sequence):
+    """A decoded run's values, left where they are in the frame payload: value i is
+    payload[ends[i]:ends[i + 1]]. Decoding a frame makes no object per record; the Kafka records
+    builder reads the payload directly (kafka.Span)."""
+
+    __slots__ = ("payload", "ends")
+
+    def __init__(self, payload: bytes, ends: array) -> None:
+        self.payload = payload
+        self.ends = ends             # array('q'), len(self) + 1 offsets into payload
+
+    def __len__(self) -> int:
+        return len(self.ends) - 1
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        return self.payload[self.ends[index]:self.ends[index + 1]]
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
 
 
 def encode_batch(batch: Batch) -> bytes:
@@ -72,14 +100,15 @@ def decode_batch(payload: bytes) -> Batch:
     if struct.pack("=I", 1) != struct.pack("<I", 1):  # pragma: no cover
         lengths.byteswap()
     position += 4 * count
-    ends = list(accumulate(lengths, initial=position))
-    view = payload
+    ends = array("q", accumulate(lengths, initial=position))
+    if ends[-1] != len(payload):
+        raise ValueError(f"batch body holds {len(payload) - position} bytes of values, its lengths say "
+                         f"{ends[-1] - position}")
     runs = []
     index = 0
     for chain, topic, first_seq, run_count in header["runs"]:
-        values = [view[ends[i]:ends[i + 1]] for i in range(index, index + run_count)]
+        runs.append(Run(chain, topic, first_seq, Packed(payload, ends[index:index + run_count + 1])))
         index += run_count
-        runs.append(Run(chain, topic, first_seq, values))
     if index != count:
         raise ValueError(f"batch header names {index} records, the body holds {count}")
     return Batch(runs, header["sources"], header["chains"], header.get("t", 0.0))

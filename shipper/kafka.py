@@ -15,6 +15,7 @@ import sqlite3
 import random
 import ssl
 import time
+from array import array
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,7 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
 from aiokafka.record.util import encode_varint_py
 
-from .batch import decode_batch
+from .batch import Packed, decode_batch
 from .config import KafkaConfig, SecurityProtocol
 from .metrics import Metrics
 from .model import LossEvent, LossReason
@@ -105,7 +106,9 @@ def partition_of(key: bytes, partitions: int) -> int:
     return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
-Span = tuple[bytes, int, list, int, int]   # (key, first_seq, values, start, stop): values[start:stop]
+# (key, first_seq, values, start, stop): records values[start:stop]; values is a list of bytes or, for a
+# run decoded from a WAL frame, (payload, ends) as in batch.Packed.
+Span = tuple[bytes, int, "list[bytes] | tuple[bytes, array]", int, int]
 
 
 def kafka_records_py(spans: list[Span], budget: int, limit: int) -> tuple[bytes, list[int], int]:
@@ -119,6 +122,8 @@ def kafka_records_py(spans: list[Span], budget: int, limit: int) -> tuple[bytes,
     taken: list[int] = []
     offset = value_bytes = 0
     for key, first_seq, values, start, stop in spans:
+        if isinstance(values, tuple):
+            values = Packed(*values)
         count = 0
         full = False
         for index in range(start, stop):
@@ -322,7 +327,10 @@ class _Run:
         return self.stop - self.start
 
     def span(self) -> Span:
-        return self.key, self.first_seq, self.values, self.start, self.stop
+        values = self.values
+        if type(values) is Packed:
+            values = (values.payload, values.ends)
+        return self.key, self.first_seq, values, self.start, self.stop
 
     def take(self, count: int) -> "_Run":
         """The first `count` records as a run of their own; this run keeps the rest."""

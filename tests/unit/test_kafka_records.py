@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shipper import kafka
+from shipper.batch import Batch, Run, decode_batch, encode_batch
 from shipper.native import module as native
 
 values_strategy = st.lists(st.binary(min_size=0, max_size=300), min_size=1, max_size=20)
@@ -63,3 +64,17 @@ def test_records_stop_at_the_budget_and_before_an_oversized_value(build):
     assert taken == [10]                      # the 5,000-byte value is left for the caller to refuse
     records, taken, _ = build([(b"k", 1, values, 10, len(values))], 10, 1 << 20)
     assert taken == [1]                       # the first record always goes, whatever the budget
+
+
+@settings(max_examples=200, deadline=None)
+@given(spans=st.lists(span_strategy, min_size=1, max_size=6), budget=st.integers(1, 4000))
+def test_runs_left_inside_their_wal_frame_build_the_same_records(spans, budget):
+    """A run decoded from a WAL frame (batch.Packed: the payload and offsets) gives the records its
+    values would give as a list, natively and in Python."""
+    batch = Batch([Run(key.decode("latin-1"), "logs", seq, values) for key, seq, values, _, _ in spans], {}, {})
+    decoded = decode_batch(encode_batch(batch))
+    packed = [(key, seq, (run.values.payload, run.values.ends), start, stop)
+              for (key, seq, _, start, stop), run in zip(spans, decoded.runs)]
+    builders = [kafka.kafka_records_py] + ([native.kafka_records] if native else [])
+    for build in builders:
+        assert build(packed, budget, 1 << 20) == kafka.kafka_records_py(spans, budget, 1 << 20)

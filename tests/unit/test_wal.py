@@ -127,3 +127,4 @@ def test_batch_payload_round_trips(runs):
                   {"k": [1, 2, "fp", "/p", 9, "c"]}, {"c": [3, "00", False]}, 12.5)
     decoded = decode_batch(encode_batch(batch))
     assert decoded == batch
+    assert [list(run.values) for run in decoded.runs] == [values for _, _, values in runs]
