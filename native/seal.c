@@ -41,24 +41,46 @@ static int is_ascii(const unsigned char *s, Py_ssize_t n) {
     return (acc & 0x8080808080808080ULL) == 0;
 }
 
-/* Built-in redaction rules' triggers (shipper.enrich.redact.default_candidate): could any match? */
-static int has(const char *s, Py_ssize_t n, const char *lit, size_t k) {
-    return memmem(s, (size_t)n, lit, k) != NULL;
+/* Built-in redaction rules' triggers (shipper.enrich.redact.default_candidate): could any match?
+ * One pass over the body with a byte table, instead of a search per trigger: `earer`/`EARER`, `IA`,
+ * `://`, `ccess_key`/`CCESS_KEY`, and 13 digits in a row once spaces and dashes are removed. */
+enum { PLAIN, DIGIT, SKIP, TRIGGER };
+static unsigned char BYTE_CLASS[256];
+
+static void classes_init(void) {
+    for (int c = '0'; c <= '9'; c++)
+        BYTE_CLASS[c] = DIGIT;
+    BYTE_CLASS[' '] = BYTE_CLASS['-'] = SKIP;
+    BYTE_CLASS['e'] = BYTE_CLASS['E'] = BYTE_CLASS['I'] = BYTE_CLASS[':'] = BYTE_CLASS['c'] = BYTE_CLASS['C'] = TRIGGER;
+}
+
+static int starts(const char *s, Py_ssize_t left, const char *lit, Py_ssize_t k) {
+    return left >= k && memcmp(s, lit, (size_t)k) == 0;
 }
 
 static int default_candidate(const char *s, Py_ssize_t n) {
-    if (has(s, n, "earer", 5) || has(s, n, "EARER", 5) || has(s, n, "IA", 2) || has(s, n, "://", 3)
-        || has(s, n, "ccess_key", 9) || has(s, n, "CCESS_KEY", 9))
-        return 1;
-    /* 13 digits in a row once spaces and dashes are removed. */
     int run = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
-        if (c >= '0' && c <= '9') {
+        switch (BYTE_CLASS[c]) {
+        case PLAIN:
+            run = 0;
+            break;
+        case DIGIT:
             if (++run >= 13)
                 return 1;
-        } else if (c != ' ' && c != '-') {
+            break;
+        case SKIP:
+            break;
+        default: {
             run = 0;
+            const char *p = s + i;
+            Py_ssize_t left = n - i;
+            if ((c == 'e' && starts(p, left, "earer", 5)) || (c == 'E' && starts(p, left, "EARER", 5))
+                || (c == 'I' && starts(p, left, "IA", 2)) || (c == ':' && starts(p, left, "://", 3))
+                || (c == 'c' && starts(p, left, "ccess_key", 9)) || (c == 'C' && starts(p, left, "CCESS_KEY", 9)))
+                return 1;
+        }
         }
     }
     return 0;
@@ -388,4 +410,7 @@ static PyMethodDef SEAL_METHODS[] = {
     {NULL, NULL, 0, NULL},
 };
 
-int seal_register(PyObject *module) { return PyModule_AddFunctions(module, SEAL_METHODS); }
+int seal_register(PyObject *module) {
+    classes_init();
+    return PyModule_AddFunctions(module, SEAL_METHODS);
+}

@@ -99,7 +99,11 @@ def test_invalid_utf8_is_counted_and_flagged():
     assert record["body"] == "caf\ufffd" and record["attributes"]["log.invalid_utf8"] is True
 
 
-@given(st.lists(st.sampled_from(FRAGMENTS), max_size=6).map("".join))
+@settings(max_examples=1000, deadline=None)
+@given(st.one_of(st.lists(st.sampled_from(FRAGMENTS), max_size=6).map("".join),
+                 st.text(alphabet="earrEARRIA:/cCs_kKyY_SE0123456789 -x", max_size=40),
+                 st.lists(st.sampled_from(["earer", "EARER", "IA", "://", "ccess_key", "CCESS_KEY", "1234567",
+                                           "123456", " ", "-", "e", "I", ":/", "x"]), max_size=10).map("".join)))
 def test_native_redaction_prefilter_agrees_with_python(body):
     if body.isascii():
         assert records._native.default_candidate(body) == default_candidate(body)
