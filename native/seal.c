@@ -42,48 +42,51 @@ static int is_ascii(const unsigned char *s, Py_ssize_t n) {
 }
 
 /* Built-in redaction rules' triggers (shipper.enrich.redact.default_candidate): could any match?
- * One pass over the body with a byte table, instead of a search per trigger: `earer`/`EARER`, `IA`,
- * `://`, `ccess_key`/`CCESS_KEY`, and 13 digits in a row once spaces and dashes are removed. */
-enum { PLAIN, DIGIT, SKIP, TRIGGER };
-static unsigned char BYTE_CLASS[256];
+ * `earer`/`EARER`, `IA`, `://`, `ccess_key`/`CCESS_KEY`, or 13 digits in a row once spaces and
+ * dashes are removed. One branch-free pass with byte tables finds long digit runs and the triggers'
+ * first two bytes; only a body holding such a pair is searched for the triggers themselves. */
+static unsigned RUN_MASK[256], RUN_ADD[256];
+static unsigned char PAIR[1 << 16];
 
 static void classes_init(void) {
-    for (int c = '0'; c <= '9'; c++)
-        BYTE_CLASS[c] = DIGIT;
-    BYTE_CLASS[' '] = BYTE_CLASS['-'] = SKIP;
-    BYTE_CLASS['e'] = BYTE_CLASS['E'] = BYTE_CLASS['I'] = BYTE_CLASS[':'] = BYTE_CLASS['c'] = BYTE_CLASS['C'] = TRIGGER;
+    for (int c = '0'; c <= '9'; c++) {
+        RUN_MASK[c] = ~0u;
+        RUN_ADD[c] = 1;
+    }
+    RUN_MASK[' '] = RUN_MASK['-'] = ~0u;
+    static const char *const pairs[] = {"ea", "EA", "IA", ":/", "cc", "CC"};
+    for (size_t i = 0; i < sizeof pairs / sizeof pairs[0]; i++)
+        PAIR[((unsigned char)pairs[i][0] << 8) | (unsigned char)pairs[i][1]] = 1;
 }
 
-static int starts(const char *s, Py_ssize_t left, const char *lit, Py_ssize_t k) {
-    return left >= k && memcmp(s, lit, (size_t)k) == 0;
+static int starts(const unsigned char *p, Py_ssize_t left, const char *lit, Py_ssize_t k) {
+    return left >= k && memcmp(p, lit, (size_t)k) == 0;
+}
+
+/* The trigger that begins with the pair at p, if any. */
+static int trigger_at(const unsigned char *p, Py_ssize_t left) {
+    switch (p[0]) {
+    case 'e': return starts(p, left, "earer", 5);
+    case 'E': return starts(p, left, "EARER", 5);
+    case 'c': return starts(p, left, "ccess_key", 9);
+    case 'C': return starts(p, left, "CCESS_KEY", 9);
+    case ':': return starts(p, left, "://", 3);
+    default: return 1;                  /* "IA" is the whole trigger */
+    }
 }
 
 static int default_candidate(const char *s, Py_ssize_t n) {
-    int run = 0;
+    const unsigned char *b = (const unsigned char *)s;
+    unsigned run = 0, long_run = 0, prev = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        switch (BYTE_CLASS[c]) {
-        case PLAIN:
-            run = 0;
-            break;
-        case DIGIT:
-            if (++run >= 13)
-                return 1;
-            break;
-        case SKIP:
-            break;
-        default: {
-            run = 0;
-            const char *p = s + i;
-            Py_ssize_t left = n - i;
-            if ((c == 'e' && starts(p, left, "earer", 5)) || (c == 'E' && starts(p, left, "EARER", 5))
-                || (c == 'I' && starts(p, left, "IA", 2)) || (c == ':' && starts(p, left, "://", 3))
-                || (c == 'c' && starts(p, left, "ccess_key", 9)) || (c == 'C' && starts(p, left, "CCESS_KEY", 9)))
-                return 1;
-        }
-        }
+        unsigned c = b[i];
+        run = (run + RUN_ADD[c]) & RUN_MASK[c];
+        long_run |= run >= 13;
+        if (__builtin_expect(PAIR[(prev << 8) | c], 0) && trigger_at(b + i - 1, n - i + 1))
+            return 1;
+        prev = c;
     }
-    return 0;
+    return long_run != 0;
 }
 
 /* json.encoder.encode_basestring of an ASCII string (quotes included). */
