@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -118,6 +120,8 @@ async def main() -> int:
     parser.add_argument("--files", type=int, default=10)
     parser.add_argument("--broker", choices=["kafka", "tansu"], default="kafka")
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override one configuration value (YAML scalar), e.g. --set kafka.compression=zstd")
     parser.add_argument("--py-spy", metavar="FILE", help="also sample the running shipper with py-spy "
                         "(collapsed stacks to FILE; `pip install py-spy`)")
     args = parser.parse_args()
@@ -131,10 +135,14 @@ async def main() -> int:
               f"(written in {time.monotonic() - started:.1f}s)")
         broker, stop_broker = await start_broker(args.broker, workdir)
         try:
+            sections: dict[str, dict] = {"sources": {"discover_interval_s": 1.0, "poll_interval_s": 0.1},
+                                         "kafka": {"request_timeout_ms": 30000}}
+            for item in args.set:
+                key, _, value = item.partition("=")
+                section, _, name = key.partition(".")
+                sections.setdefault(section, {})[name] = yaml.safe_load(value)
             config = write_config(workdir / "config.yaml", bootstrap=broker.bootstrap, node_root=workdir / "log",
-                                  state_dir=workdir / "state", metrics_port=free_port(),
-                                  sources={"discover_interval_s": 1.0, "poll_interval_s": 0.1},
-                                  kafka={"request_timeout_ms": 30000})
+                                  state_dir=workdir / "state", metrics_port=free_port(), **sections)
             shipper = ShipperProcess(config, workdir / "shipper.log").start()
             spy = None
             if args.py_spy:

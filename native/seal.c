@@ -259,8 +259,10 @@ static int entry_at(PyObject *offsets, PyObject *times, PyObject *streams, PyObj
 }
 
 /* seal_entries(prev_hash, seq, offsets, times, streams, bodies, flags, head_tpl, source_tpl, seal_tpl,
- *              observed, correlator, native_body, process_body, slow_entry)
+ *              observed, correlator, native_body, process_body, slow_entry, packed)
  *   -> (values, last_seq, last_hash, invalid_utf8)
+ * values: a list of bytes, one per record; with `packed`, (all records in one bytes, their lengths as
+ * native uint32 in one bytes), which spares an allocation per record.
  * correlator: a _native.Correlator or None; native_body: whether the fast path may run the body stage
  * (built-in redaction only, no JSON body fields); process_body: the Python body stage or None.
  *
@@ -271,11 +273,11 @@ static PyObject *seal_entries(PyObject *self, PyObject *args) {
     long long seq;
     PyObject *offsets, *times, *streams, *bodies, *flags;
     PyObject *head_o, *source_o, *seal_o, *observed_o, *correlator, *process_body, *slow_entry;
-    int native_body;
-    if (!PyArg_ParseTuple(args, "y*LO!O!O!O!O!UUUUOpOO", &prev_view, &seq, &PyList_Type, &offsets,
+    int native_body, packed = 0;
+    if (!PyArg_ParseTuple(args, "y*LO!O!O!O!O!UUUUOpOO|p", &prev_view, &seq, &PyList_Type, &offsets,
                           &PyList_Type, &times, &PyList_Type, &streams, &PyList_Type, &bodies, &PyList_Type,
                           &flags, &head_o, &source_o, &seal_o, &observed_o, &correlator, &native_body,
-                          &process_body, &slow_entry))
+                          &process_body, &slow_entry, &packed))
         return NULL;
     PyObject *values = NULL, *result = NULL;
     buf_t out, quoted, top, attrs;
@@ -377,6 +379,22 @@ static PyObject *seal_entries(PyObject *self, PyObject *args) {
     }
     PyEval_RestoreThread(released);
 
+    if (packed) {
+        PyObject *lengths = PyBytes_FromStringAndSize(NULL, count * (Py_ssize_t)sizeof(uint32_t));
+        PyObject *blob = lengths ? PyBytes_FromStringAndSize(out.data ? out.data : "", out.len) : NULL;
+        if (blob == NULL) {
+            Py_XDECREF(lengths);
+            goto done;
+        }
+        uint32_t *length = (uint32_t *)PyBytes_AS_STRING(lengths);
+        for (Py_ssize_t i = 0, start = 0; i < count; start = ends[i], i++)
+            length[i] = (uint32_t)(ends[i] - start);
+        values = Py_BuildValue("(NN)", blob, lengths);
+        if (values == NULL)
+            goto done;
+        result = Py_BuildValue("(OLy#L)", values, chain.seq, (const char *)chain.prev, (Py_ssize_t)32, invalid_utf8);
+        goto done;
+    }
     values = PyList_New(count);
     if (values == NULL)
         goto done;

@@ -27,7 +27,7 @@ class Run:
     chain: str
     topic: str
     first_seq: int
-    values: "list[bytes] | Packed"
+    values: "list[bytes] | Sealed | Packed"
 
 
 @dataclass(slots=True)
@@ -69,19 +69,62 @@ class Packed(Sequence):
         return isinstance(other, Sequence) and list(self) == list(other)
 
 
+class Sealed(Sequence):
+    """A run's values as the ingest builds them: blobs of consecutive records (one per sealing call, or
+    one control record) and every record's length. Encoding a frame joins blobs, not records."""
+
+    __slots__ = ("parts", "lengths")
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.lengths = array("I")
+
+    def append(self, value: bytes) -> None:
+        self.parts.append(value)
+        self.lengths.append(len(value))
+
+    def add_packed(self, blob: bytes, lengths: array) -> None:
+        self.parts.append(blob)
+        self.lengths.extend(lengths)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        lengths = iter(self.lengths)
+        for part in self.parts:
+            position = 0
+            while position < len(part):
+                length = next(lengths)
+                yield part[position:position + length]
+                position += length
+
+    def __getitem__(self, index):
+        return list(self)[index]
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+
 def encode_batch(batch: Batch) -> bytes:
     header = json.dumps({"runs": [[run.chain, run.topic, run.first_seq, len(run.values)] for run in batch.runs],
                          "sources": batch.sources, "chains": batch.chains, "t": batch.read_time},
                         separators=(",", ":")).encode()
-    lengths = array("I", [len(value) for run in batch.runs for value in run.values])
+    lengths = array("I")
+    bodies: list[bytes] = []
+    for run in batch.runs:
+        values = run.values
+        if type(values) is Sealed:
+            lengths.extend(values.lengths)
+            bodies.extend(values.parts)
+        else:
+            lengths.extend(map(len, values))
+            bodies.extend(values)
     if lengths.itemsize != 4:  # pragma: no cover - every platform we run on has 4-byte unsigned ints
         raise RuntimeError("array('I') is not 32-bit here")
     if struct.pack("=I", 1) != struct.pack("<I", 1):  # pragma: no cover - big-endian hosts
         lengths.byteswap()
-    parts = [_U32.pack(len(header)), header, _U32.pack(len(lengths)), lengths.tobytes()]
-    for run in batch.runs:
-        parts.extend(run.values)
-    return b"".join(parts)
+    return b"".join([_U32.pack(len(header)), header, _U32.pack(len(lengths)), lengths.tobytes(), *bodies])
 
 
 def decode_header(payload: bytes) -> dict:

@@ -21,13 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .batch import Batch, Run
+from .batch import Batch, Run, Sealed
 from .config import Settings, SourceMode
 from .discover import DiscoveredFile, discover, discover_flat
 from .metrics import Metrics
 from .model import ContainerRef, FileId, LossEvent, SourcePosition
 from .parse import Entries, EntryFlag, StreamParser
-from .records import ChainContext, SealStats, seal_control, seal_entries
+from .records import ChainContext, SealStats, seal_control, seal_entries_packed
 from .seal import (TYPE_CHECKPOINT, TYPE_CLOSE, TYPE_GAP, TYPE_MANIFEST, ChainHead, Signer, checkpoint_body,
                    gap_body, manifest_statement, statement_text)
 from .state import Snapshot
@@ -322,16 +322,17 @@ class Ingest:
     def _seal(self, chain: _Chain, entries: Entries, context: ChainContext, observed: str, process_body,
               runs: dict[str, Run]) -> int:
         run = self._run(chain, runs)          # before sealing: the run starts at the head's next seq
-        values, chain.head = seal_entries(chain.head, entries, context, observed, process_body, self._stats)
-        run.values.extend(values)
-        chain.since_checkpoint += len(values)
+        blob, lengths, chain.head = seal_entries_packed(chain.head, entries, context, observed, process_body,
+                                                        self._stats)
+        run.values.add_packed(blob, lengths)
+        chain.since_checkpoint += len(lengths)
         self._manifest_dirty.add(chain.head.chain)
-        return sum(len(value) for value in values)
+        return len(blob)
 
     def _run(self, chain: _Chain, runs: dict[str, Run]) -> Run:
         run = runs.get(chain.head.chain)
         if run is None:
-            run = runs[chain.head.chain] = Run(chain.head.chain, chain.topic, chain.head.seq + 1, [])
+            run = runs[chain.head.chain] = Run(chain.head.chain, chain.topic, chain.head.seq + 1, Sealed())
         return run
 
     def _control(self, chain: _Chain, type_: str, body: str, path: str, observed: str, runs: dict[str, Run],

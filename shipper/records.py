@@ -8,6 +8,7 @@ Control records (gap, checkpoint, close) are rare and built by `seal_control`.
 from __future__ import annotations
 
 import hashlib
+from array import array
 from dataclasses import dataclass
 from json.encoder import encode_basestring  # C-accelerated JSON string quoting
 from typing import Callable
@@ -87,6 +88,28 @@ def seal_entries(head: ChainHead, entries: Entries, ctx: ChainContext, observed_
         stats.invalid_utf8 += bad_utf8
         stats.processed += len(values)
     return values, ChainHead(head.chain, seq, digest)
+
+
+def seal_entries_packed(head: ChainHead, entries: Entries, ctx: ChainContext, observed_time: str,
+                        process_body: BodyProcessor | None, stats: SealStats | None = None
+                        ) -> tuple[bytes, array, ChainHead]:
+    """seal_entries with the records in one bytes object and their lengths in an array('I') (what a
+    WAL frame holds): no object per record."""
+    if _native is None:
+        values, head = seal_entries_py(head, entries, ctx, observed_time, process_body, stats)
+        return b"".join(values), array("I", map(len, values)), head
+    head_tpl, source_tpl, seal_tpl = ctx.templates()
+    correlator = getattr(process_body, "native_correlator", None)
+    (blob, length_bytes), seq, digest, bad_utf8 = _native.seal_entries(
+        head.hash, head.seq, entries.offsets, entries.times, entries.streams, entries.bodies, entries.flags,
+        head_tpl, source_tpl, seal_tpl, observed_time, correlator, correlator is not None, process_body, slow_entry,
+        True)
+    lengths = array("I")
+    lengths.frombytes(length_bytes)
+    if stats is not None:
+        stats.invalid_utf8 += bad_utf8
+        stats.processed += len(lengths)
+    return blob, lengths, ChainHead(head.chain, seq, digest)
 
 
 def slow_entry(body_b: bytes, process_body: BodyProcessor | None) -> tuple[bytes, str, str, str, bool]:

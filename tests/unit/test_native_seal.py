@@ -115,3 +115,12 @@ def workload_bodies(root, count: int) -> list[bytes]:
     node.write(count)
     node.flush()
     return [body for chain in node.ledger.chains() for body in node.ledger.bodies(chain)]
+
+
+@settings(max_examples=100, deadline=None)
+@given(rows=st.lists(entry, max_size=12), which=st.sampled_from(sorted(PROCESSORS)))
+def test_packed_records_are_the_reference_records_end_to_end(rows, which):
+    head = ChainHead.genesis(CTX.chain)
+    expected, expected_head = records.seal_entries_py(head, build(rows), CTX, OBSERVED, PROCESSORS[which])
+    blob, lengths, packed_head = records.seal_entries_packed(head, build(rows), CTX, OBSERVED, PROCESSORS[which])
+    assert (blob, list(lengths), packed_head) == (b"".join(expected), [len(v) for v in expected], expected_head)

@@ -1,13 +1,15 @@
 """The WAL's invariants (see shipper/wal.py): each test is named after the one it proves."""
 from __future__ import annotations
 
+from array import array
+
 import os
 import stat
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from shipper.batch import Batch, Run, decode_batch, encode_batch
+from shipper.batch import Batch, Run, Sealed, decode_batch, encode_batch
 from shipper.wal import HEADER_SIZE, Wal, WalError, WalPosition, segment_name
 
 
@@ -127,4 +129,12 @@ def test_batch_payload_round_trips(runs):
                   {"k": [1, 2, "fp", "/p", 9, "c"]}, {"c": [3, "00", False]}, 12.5)
     decoded = decode_batch(encode_batch(batch))
     assert decoded == batch
+    sealed = []
+    for chain, seq, values in runs:          # as the ingest builds them: blobs and lengths
+        run_values = Sealed()
+        run_values.add_packed(b"".join(values[:2]), array("I", map(len, values[:2])))
+        for value in values[2:]:
+            run_values.append(value)
+        sealed.append(Run(chain, "logs", seq, run_values))
+    assert encode_batch(Batch(sealed, batch.sources, batch.chains, 12.5)) == encode_batch(batch)
     assert [list(run.values) for run in decoded.runs] == [values for _, _, values in runs]
