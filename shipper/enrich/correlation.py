@@ -77,7 +77,7 @@ class Correlator:
     """
 
     __slots__ = ("_json_findall", "_text_findall", "_attribute_prefix", "_text_attribute_prefixes",
-                 "_severity_cache")
+                 "_severity_cache", "_names_by_kind")
 
     def __init__(self, fields: Sequence[str]) -> None:
         names_by_kind: dict[str, list[str]] = {TRACE: [], SPAN: []}
@@ -85,6 +85,7 @@ class Correlator:
             kind = kind_of(field)
             if kind != TRACEPARENT:       # a traceparent is recognised by its shape, wherever it is
                 names_by_kind.setdefault(kind, []).append(field)
+        self._names_by_kind = names_by_kind
         attribute_kinds = [kind for kind in names_by_kind if kind not in (TRACE, SPAN)]
         # `"<attribute>":"` by the field name found in a JSON body, and by group in key=value text.
         self._attribute_prefix = {name: encode_basestring_ascii(kind) + ':"'
@@ -96,6 +97,14 @@ class Correlator:
                                            [names_by_kind[kind] for kind in attribute_kinds]).findall
         self._severity_cache: dict[str, str] = {letter: ',"severity_text":"' + word + '"'
                                                 for letter, word in _KLOG_LEVEL.items()}
+
+    def native_arguments(self) -> tuple[list[str], list[str], list[tuple[str, list[str]]]]:
+        """The constructor arguments of the native twin, `shipper._native.Correlator(*these)`: trace id
+        names, span id names, and `(kind, names)` per attribute kind, in the order this Correlator tries
+        them."""
+        names = self._names_by_kind
+        return (list(names[TRACE]), list(names[SPAN]),
+                [(kind, list(kind_names)) for kind, kind_names in names.items() if kind not in (TRACE, SPAN)])
 
     def severity(self, word: str) -> str:
         """The `,"severity_text":"…"` member for a level word, pino number or klog letter ('' for none)."""
