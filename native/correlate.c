@@ -930,3 +930,5 @@ int correlate_register(PyObject *module) {
     }
     return 0;
 }
+
+int correlate_is(PyObject *object) { return PyObject_TypeCheck(object, &CorrelatorType); }

@@ -316,6 +316,10 @@ static PyObject *seal_entries(PyObject *self, PyObject *args) {
         if (entry_at(offsets, times, streams, bodies, flags, i, &entries[i]) < 0)
             goto done;
     int fast_body = native_body && correlator != Py_None;
+    if (fast_body && !correlate_is(correlator)) {
+        PyErr_SetString(PyExc_TypeError, "correlator is a shipper._native.Correlator or None");
+        goto done;
+    }
 
     PyThreadState *released = PyEval_SaveThread();
     int failed = 0;

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from json.encoder import encode_basestring_ascii
 
 from ..config import EnrichConfig
+from ..native import module as _native
 from .correlation import Correlator
 from .redact import Redactor, build_redactor
 
@@ -33,7 +34,13 @@ def make_body_processor(config: EnrichConfig, metrics=None, parse_json: bool | N
     redactor = build_redactor(config.redactions, config.default_redactions, _redaction_counter(metrics))
     if parse_json is None:
         parse_json = config.parse_json_bodies
-    return _compose(correlator, redactor, parse_json)
+    process = _compose(correlator, redactor, parse_json)
+    if _native is not None and not parse_json and not config.redactions:
+        # The sealing loop runs this stage in C for ASCII bodies no built-in rule could touch (the
+        # prefilter, then ids); every other body still comes here. Configured rules and JSON body
+        # fields keep the whole stage in Python.
+        process.native_correlator = _native.Correlator(*correlator.native_arguments())
+    return process
 
 
 def _compose(correlator: Correlator, redactor: Redactor, parse_json: bool) -> BodyProcessor:
