@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 # audit-shipper image: the package and its locked dependencies in a virtualenv on python:3.11-slim.
-# The builder turns the source into a wheel and installs it with constraints.txt (binary wheels only,
-# so no compiler is needed or shipped); the final stage holds the venv and nothing else we built.
+# The builder compiles the native hot path (shipper._native: C, linked to OpenSSL's libcrypto, which
+# the slim image already has) into a wheel and installs it with constraints.txt (dependencies from binary
+# wheels only); the final stage holds the venv and nothing else: no compiler is shipped.
 #
 #   docker build -t audit-shipper:0.1.0 .
 #
@@ -24,10 +25,16 @@ RUN grep -v '^-e ' constraints.txt > /tmp/constraints.txt \
         > /tmp/requirements.txt
 RUN /opt/audit-shipper/bin/pip install --only-binary=:all: --constraint /tmp/constraints.txt \
         --requirement /tmp/requirements.txt
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev libssl-dev \
+ && rm -rf /var/lib/apt/lists/*
+COPY setup.py ./
+COPY native ./native
 COPY shipper ./shipper
 RUN pip wheel --no-deps --wheel-dir /wheels . \
  && /opt/audit-shipper/bin/pip install --no-deps /wheels/audit_shipper-*.whl \
  && /opt/audit-shipper/bin/pip check \
+ && /opt/audit-shipper/bin/python -c 'import shipper.native as n; assert n.ENABLED, "native hot path missing"' \
  && /opt/audit-shipper/bin/python -m compileall -q /opt/audit-shipper/lib
 
 FROM ${PYTHON_IMAGE}

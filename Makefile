@@ -6,10 +6,16 @@ export AUDIT_SHIPPER_CACHE ?= $(HOME)/.cache/audit-shipper
 
 .PHONY: setup demo test test-unit soak bench tools clean
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed $(VENV)/.native
 
 $(VENV)/.installed: pyproject.toml constraints.txt scripts/bootstrap
 	scripts/bootstrap $(VENV)
+	touch $@
+
+# The native hot path is rebuilt in place when its C sources change (the install built it once).
+$(VENV)/.native: $(VENV)/.installed setup.py $(wildcard native/*.c native/*.h)
+	$(PY) setup.py -q build_ext --inplace 2>&1 | grep -v -i "betaconfiguration\|warnings.warn" || true
+	$(PY) -c 'import shipper.native as n, sys; sys.exit(0 if n.ENABLED else "shipper._native did not build")'
 	touch $@
 
 tools: setup

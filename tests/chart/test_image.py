@@ -94,7 +94,10 @@ def test_builder_makes_a_wheel_and_installs_with_the_locked_constraints(dockerfi
     assert "--constraint /tmp/constraints.txt" in runs and "--only-binary=:all:" in runs
     assert "python -m venv /opt/audit-shipper" in runs
     copied = " ".join(builder.all("COPY"))
-    assert "constraints.txt" in copied and "shipper" in copied
+    assert "constraints.txt" in copied and "shipper" in copied and "native" in copied and "setup.py" in copied
+    # The native extension is compiled here, against OpenSSL's headers, and checked to import.
+    assert "gcc" in runs and "libssl-dev" in runs
+    assert "n.ENABLED" in runs
 
 
 def test_final_stage_holds_the_venv_and_no_build_tools(dockerfile) -> None:
@@ -149,10 +152,12 @@ def dockerignore_allows(path: str, patterns: list[str]) -> bool:
 def test_dockerignore_sends_only_the_build_inputs() -> None:
     patterns = [line.strip() for line in DOCKERIGNORE.read_text().splitlines()
                 if line.strip() and not line.startswith("#")]
-    for needed in ("pyproject.toml", "README.md", "constraints.txt", "shipper/cli.py", "shipper/enrich/__init__.py"):
+    for needed in ("pyproject.toml", "setup.py", "README.md", "constraints.txt", "shipper/cli.py",
+                   "shipper/enrich/__init__.py", "native/seal.c", "native/buf.h"):
         assert dockerignore_allows(needed, patterns), needed
     for unwanted in (".venv/bin/python", ".git/HEAD", "tests/chart/test_image.py", "bench/run.py", ".hypothesis/x",
-                     "charts/audit-shipper/values.yaml", "shipper/__pycache__/cli.cpython-311.pyc"):
+                     "charts/audit-shipper/values.yaml", "shipper/__pycache__/cli.cpython-311.pyc",
+                     "shipper/_native.cpython-311-x86_64-linux-gnu.so"):
         assert not dockerignore_allows(unwanted, patterns), unwanted
 
 
@@ -203,6 +208,7 @@ def test_wheel_builds_and_installs_offline_into_a_fresh_venv(tmp_path: Path, run
 
     names = zipfile.ZipFile(wheels[0]).namelist()
     assert any(n == "shipper/cli.py" for n in names)
+    assert any(n.startswith("shipper/_native.") and n.endswith(".so") for n in names), names
     assert not [n for n in names if n.startswith(("tests/", "charts/", "deploy/", "bench/"))]
 
     venv = tmp_path / "venv"
@@ -222,6 +228,9 @@ def test_wheel_builds_and_installs_offline_into_a_fresh_venv(tmp_path: Path, run
     where = subprocess.run([str(python), "-c", "import shipper; print(shipper.__file__)"], capture_output=True,
                            text=True, timeout=60, cwd=tmp_path)
     assert where.stdout.strip().startswith(str(venv)), where.stdout
+    native = subprocess.run([str(python), "-c", "import shipper.native as n; print(n.ENABLED, n.module.__file__)"],
+                            capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert native.stdout.startswith(f"True {venv}"), native.stdout + native.stderr
     # The test-only dependencies stay out of the image.
     frozen = _pip("--python", str(python), "freeze").stdout.lower()
     for test_only in ("pytest", "hypothesis", "calfkit"):
