@@ -104,7 +104,8 @@ def profile_stages(settings_path: Path) -> list[tuple[str, float]]:
     stats = pstats.Stats(profiler)
     total = stats.total_tt
     stages = {"tail (read)": ("tail.py", "poll"), "parse": ("parse.py", "feed"),
-              "seal + JSON (records)": ("records.py", "seal_entries"), "enrich (body)": ("body.py", "process"),
+              "seal + ids + redaction": ("records.py", "seal_entries_packed"),
+              "  of which Python body stage": ("body.py", "process"),
               "WAL frame encode": ("batch.py", "encode_batch")}
     shares = []
     for label, (filename, function) in stages.items():
@@ -120,6 +121,8 @@ async def main() -> int:
     parser.add_argument("--files", type=int, default=10)
     parser.add_argument("--broker", choices=["kafka", "tansu"], default="kafka")
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--python", action="store_true",
+                        help="run the pure-Python reference hot path (SHIPPER_NATIVE=0) instead of shipper._native")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one configuration value (YAML scalar), e.g. --set kafka.compression=zstd")
     parser.add_argument("--py-spy", metavar="FILE", help="also sample the running shipper with py-spy "
@@ -143,7 +146,8 @@ async def main() -> int:
                 sections.setdefault(section, {})[name] = yaml.safe_load(value)
             config = write_config(workdir / "config.yaml", bootstrap=broker.bootstrap, node_root=workdir / "log",
                                   state_dir=workdir / "state", metrics_port=free_port(), **sections)
-            shipper = ShipperProcess(config, workdir / "shipper.log").start()
+            shipper = ShipperProcess(config, workdir / "shipper.log",
+                                     env={"SHIPPER_NATIVE": "0"} if args.python else None).start()
             spy = None
             if args.py_spy:
                 spy = subprocess.Popen([shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"),
@@ -177,7 +181,7 @@ async def main() -> int:
         finally:
             stop_broker()
         physical = metrics.get('audit_shipper_lines_read_total{format="cri"}', entries)
-        print(f"broker: {args.broker}")
+        print(f"broker: {args.broker}; hot path: {'Python (SHIPPER_NATIVE=0)' if args.python else 'native'}")
         print(f"entries/s:            {entries / elapsed:,.0f}")
         print(f"MB/s:                 {size / elapsed / 1e6:,.1f}")
         print(f"CPU-s per 1M lines:   {cpu / physical * 1e6:.2f}  (user+sys {cpu:.1f}s for {physical:,.0f} lines)")
@@ -185,7 +189,8 @@ async def main() -> int:
         print(f"lag p50 / p99:        {histogram_quantile(metrics, 'audit_shipper_end_to_end_lag_seconds', 0.5)}s / "
               f"{histogram_quantile(metrics, 'audit_shipper_end_to_end_lag_seconds', 0.99)}s (bucket bounds)")
         if not args.no_profile:
-            print("CPU share per stage (profiled in-process run, no Kafka):")
+            print("CPU share per stage (profiled in-process run of the ingest, no Kafka; --py-spy profiles the "
+                  "whole process):")
             for label, share in profile_stages(config):
                 print(f"  {label:24s} {share * 100:5.1f} %")
         return 0

@@ -44,7 +44,8 @@ static int decimal(char *dst, long long value) {
     return k;
 }
 
-/* kafka_records(spans, budget, limit) -> (records, taken, value_bytes)
+/* kafka_records(spans, budget, limit, reserve=0) -> (records, taken, value_bytes)
+ * records: a bytearray of `reserve` zero bytes (room for the batch header) and then the records.
  * spans: [(key: bytes, first_seq: int, values, start: int, stop: int)], records values[start:stop] with
  * seqs first_seq, first_seq+1, ...; values is a list of bytes, or (payload: bytes, ends: array('q')) with
  * value i at payload[ends[i]:ends[i+1]] (a run left inside its WAL frame). Records are taken in order while the records
@@ -52,9 +53,13 @@ static int decimal(char *dst, long long value) {
  * taken[i] is how many records of spans[i] were taken. */
 static PyObject *kafka_records(PyObject *self, PyObject *args) {
     PyObject *spans;
-    Py_ssize_t budget, limit;
-    if (!PyArg_ParseTuple(args, "O!nn", &PyList_Type, &spans, &budget, &limit))
+    Py_ssize_t budget, limit, reserve = 0;
+    if (!PyArg_ParseTuple(args, "O!nn|n", &PyList_Type, &spans, &budget, &limit, &reserve))
         return NULL;
+    if (reserve < 0) {
+        PyErr_SetString(PyExc_ValueError, "reserve is not negative");
+        return NULL;
+    }
     buf_t out;
     buf_init(&out);
     PyObject *taken = PyList_New(0), *result = NULL;
@@ -62,8 +67,8 @@ static PyObject *kafka_records(PyObject *self, PyObject *args) {
         return NULL;
     long long offset_delta = 0, value_bytes = 0;
     int full = 0;
-    Py_buffer ends_view;               /* a packed run's offsets, held while its records are built */
-    int holding = 0;
+    Py_buffer ends_view, payload_view; /* a packed run's offsets and payload, held while it is read */
+    int holding = 0, holding_payload = 0;
     for (Py_ssize_t s = 0; s < PyList_GET_SIZE(spans) && !full; s++) {
         PyObject *span = PyList_GET_ITEM(spans, s);
         const char *key;
@@ -85,22 +90,29 @@ static PyObject *kafka_records(PyObject *self, PyObject *args) {
             n_values = PyList_GET_SIZE(values);
         } else {
             PyObject *payload_o, *ends_o;
-            if (!PyTuple_Check(values) || !PyArg_ParseTuple(values, "O!O", &PyBytes_Type, &payload_o, &ends_o))
+            if (!PyTuple_Check(values) || !PyArg_ParseTuple(values, "OO", &payload_o, &ends_o))
                 goto done;
+            if (holding_payload) {
+                PyBuffer_Release(&payload_view);
+                holding_payload = 0;
+            }
+            if (PyObject_GetBuffer(payload_o, &payload_view, PyBUF_SIMPLE) < 0)
+                goto done;
+            holding_payload = 1;
             if (PyObject_GetBuffer(ends_o, &ends_view, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0)
                 goto done;
             holding = 1;
             int ok = ends_view.itemsize == 8 && ends_view.format && (ends_view.format[0] == 'q' || ends_view.format[0] == 'l')
                      && ends_view.len >= 8;
             if (ok) {
-                payload = PyBytes_AS_STRING(payload_o);
+                payload = payload_view.buf;
                 ends = ends_view.buf;
                 n_values = ends_view.len / 8 - 1;
                 for (Py_ssize_t i = 0; ok && i <= n_values; i++)
-                    ok = ends[i] >= 0 && ends[i] <= PyBytes_GET_SIZE(payload_o) && (i == 0 || ends[i] >= ends[i - 1]);
+                    ok = ends[i] >= 0 && ends[i] <= payload_view.len && (i == 0 || ends[i] >= ends[i - 1]);
             }
             if (!ok) {
-                PyErr_SetString(PyExc_ValueError, "a packed run is (bytes, array('q') of ascending offsets)");
+                PyErr_SetString(PyExc_ValueError, "a packed run is (a bytes-like payload, array('q') of ascending offsets)");
                 goto done;
             }
         }
@@ -180,10 +192,18 @@ static PyObject *kafka_records(PyObject *self, PyObject *args) {
         }
         Py_DECREF(n);
     }
-    result = Py_BuildValue("(y#OL)", out.data ? out.data : "", out.len, taken, value_bytes);
+    PyObject *records = PyByteArray_FromStringAndSize(NULL, reserve + out.len);
+    if (records == NULL)
+        goto done;
+    memset(PyByteArray_AS_STRING(records), 0, (size_t)reserve);
+    if (out.len)
+        memcpy(PyByteArray_AS_STRING(records) + reserve, out.data, (size_t)out.len);
+    result = Py_BuildValue("(NOL)", records, taken, value_bytes);
 done:
     if (holding)
         PyBuffer_Release(&ends_view);
+    if (holding_payload)
+        PyBuffer_Release(&payload_view);
     Py_DECREF(taken);
     buf_free(&out);
     return result;

@@ -49,8 +49,8 @@ class Packed(Sequence):
 
     __slots__ = ("payload", "ends")
 
-    def __init__(self, payload: bytes, ends: array) -> None:
-        self.payload = payload
+    def __init__(self, payload: "bytes | memoryview", ends: array) -> None:
+        self.payload = payload       # a WAL frame payload, often a view into the chunk read from disk
         self.ends = ends             # array('q'), len(self) + 1 offsets into payload
 
     def __len__(self) -> int:
@@ -63,7 +63,7 @@ class Packed(Sequence):
             index += len(self)
         if not 0 <= index < len(self):
             raise IndexError(index)
-        return self.payload[self.ends[index]:self.ends[index + 1]]
+        return bytes(self.payload[self.ends[index]:self.ends[index + 1]])
 
     def __eq__(self, other) -> bool:
         return isinstance(other, Sequence) and list(self) == list(other)
@@ -129,12 +129,12 @@ def encode_batch(batch: Batch) -> bytes:
 
 def decode_header(payload: bytes) -> dict:
     (header_len,) = _U32.unpack_from(payload, 0)
-    return json.loads(payload[4:4 + header_len])
+    return json.loads(bytes(payload[4:4 + header_len]))
 
 
-def decode_batch(payload: bytes) -> Batch:
+def decode_batch(payload: "bytes | memoryview") -> Batch:
     (header_len,) = _U32.unpack_from(payload, 0)
-    header = json.loads(payload[4:4 + header_len])
+    header = json.loads(bytes(payload[4:4 + header_len]))
     position = 4 + header_len
     (count,) = _U32.unpack_from(payload, position)
     position += 4

@@ -114,8 +114,9 @@ def partition_of(key: bytes, partitions: int) -> int:
 Span = tuple[bytes, int, "list[bytes] | tuple[bytes, array]", int, int]
 
 
-def kafka_records_py(spans: list[Span], budget: int, limit: int) -> tuple[bytes, list[int], int]:
-    """The records of a v2 record batch for spans of sealed values: (records, taken per span, value bytes).
+def kafka_records_py(spans: list[Span], budget: int, limit: int, reserve: int = 0) -> tuple[bytearray, list[int], int]:
+    """The records of a v2 record batch for spans of sealed values: (records, taken per span, value bytes),
+    records after `reserve` zero bytes (room for the batch header).
 
     Each record: key = the chain, headers `schema` and `event_id` (`<chain>:<seq>`), timestamp delta 0,
     offset delta = its index. Records are taken in order while the section stays within `budget` bytes
@@ -158,7 +159,7 @@ def kafka_records_py(spans: list[Span], budget: int, limit: int) -> tuple[bytes,
         taken.append(count)
         if full:
             break
-    return bytes(out), taken, value_bytes
+    return bytearray(reserve) + out, taken, value_bytes
 
 
 _kafka_records = _native.kafka_records if _native is not None else kafka_records_py
@@ -166,12 +167,13 @@ _kafka_records = _native.kafka_records if _native is not None else kafka_records
 
 class _RecordsBuilder(_DefaultRecordBatchBuilderPy):
     """aiokafka's own v2 batch builder (header, CRC, compression, producer state) around records that
-    kafka_records built in one call, instead of one `append` per record."""
+    kafka_records built in one call, instead of one `append` per record. It takes `records` (room for
+    the header first, then the records) as its buffer: no copy, and the buffer is the builder's now."""
 
-    def __init__(self, codec: int, records: bytes, count: int, timestamp_ms: int) -> None:
+    def __init__(self, codec: int, records: bytearray, count: int, timestamp_ms: int) -> None:
         super().__init__(2, codec, is_transactional=0, producer_id=-1, producer_epoch=-1, base_sequence=0,
-                         batch_size=_BATCH_HEADER + len(records))
-        self._buffer += records
+                         batch_size=len(records))
+        self._buffer = records
         self._first_timestamp = self._max_timestamp = timestamp_ms
         self._last_offset = count - 1
         self._num_records = count
@@ -195,7 +197,7 @@ class _RecordsBuilder(_DefaultRecordBatchBuilderPy):
 class _SpanBatch(BatchBuilder):
     """A closed aiokafka BatchBuilder holding a prebuilt batch (what `producer.send_batch` takes)."""
 
-    def __init__(self, codec: int, records: bytes, count: int) -> None:   # noqa: super() builds per record
+    def __init__(self, codec: int, records: bytearray, count: int) -> None:   # noqa: super() builds per record
         self._builder = _RecordsBuilder(codec, records, count, int(time.time() * 1000))
         self._relative_offset = count
         self._buffer = None
@@ -495,7 +497,8 @@ class Sender:
                                                    f"kafka.max_request_bytes ({self.sink.config.max_request_bytes})")
                 continue
             candidates = [items[i] for i in range(min(len(items), 64))]
-            records, taken, value_bytes = _kafka_records([run.span() for run in candidates], budget, limit)
+            records, taken, value_bytes = _kafka_records([run.span() for run in candidates], budget, limit,
+                                                         _BATCH_HEADER)
             runs: list[_Run] = []
             for run, count in zip(candidates, taken):
                 if count == run.count:
@@ -505,12 +508,12 @@ class Sender:
                     runs.append(run.take(count))
             await self._send_until_acked(topic, partition, runs, (records, sum(taken), value_bytes))
 
-    def _batch(self, runs: list[_Run]) -> tuple[bytes, int, int]:
-        records, taken, value_bytes = _kafka_records([run.span() for run in runs], 1 << 62, 1 << 62)
+    def _batch(self, runs: list[_Run]) -> tuple[bytearray, int, int]:
+        records, taken, value_bytes = _kafka_records([run.span() for run in runs], 1 << 62, 1 << 62, _BATCH_HEADER)
         return records, sum(taken), value_bytes
 
     async def _send_until_acked(self, topic: str, partition: int, runs: list[_Run],
-                                built: tuple[bytes, int, int] | None = None) -> None:
+                                built: tuple[bytearray | None, int, int] | None = None) -> None:
         delays = backoff_delays(self.sink.config.retry_backoff_ms, self.sink.config.retry_backoff_max_ms)
         attempt = 0
         while True:
@@ -518,10 +521,11 @@ class Sender:
             try:
                 if producer is None:
                     raise KafkaConnectionError("producer is restarting")
-                if built is None:
+                if built is None or built[0] is None:
                     built = self._batch(runs)
                 records, count, value_bytes = built
                 batch = _SpanBatch(self.sink.codec, records, count)
+                built = (None, count, value_bytes)    # the batch owns the records now: a retry rebuilds
                 future = await producer.send_batch(batch, topic, partition=partition)
                 await future
             except _REJECTED as exc:

@@ -10,6 +10,7 @@ import signal
 import stat
 from pathlib import Path
 
+from . import native
 from .config import ConfigError, Settings
 from .health import HealthServer, pipeline_checks
 from .metrics import Metrics
@@ -83,6 +84,12 @@ class Server:
         settings = self.settings
         os.umask(0o077)            # WAL, state and their SQLite side files: this user only
         limit_malloc_arenas()
+        self.metrics.native.set(1 if native.ENABLED else 0)
+        if native.ENABLED:
+            log.info("hot path: native (shipper._native)")
+        else:
+            log.warning("hot path: pure Python (SHIPPER_NATIVE=0 or shipper._native not built): several times "
+                        "the CPU per line")
         preflight(settings)
         check_private_directory(settings.wal.dir, "wal.dir")
         check_private_directory(settings.state.dir, "state.dir")

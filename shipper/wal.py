@@ -251,15 +251,17 @@ class Wal:
                 handle.seek(position.offset)
                 chunk = handle.read(min(end_here - position.offset, max(budget, HEADER_SIZE)))
                 offset = 0
+                view = memoryview(chunk)
                 while offset + HEADER_SIZE <= len(chunk):
                     length, crc = _HEADER.unpack_from(chunk, offset)
                     end = offset + HEADER_SIZE + length
                     if end > len(chunk):
                         if offset == 0:       # one frame larger than the budget: read it whole
                             chunk = chunk + handle.read(end - len(chunk))
+                            view = memoryview(chunk)
                             continue
                         break
-                    payload = chunk[offset + HEADER_SIZE:end]
+                    payload = view[offset + HEADER_SIZE:end]       # no copy: the chunk stays alive
                     if crc32c.crc32c(payload) != crc:
                         raise WalError(f"WAL frame at {position.segment}:{position.offset + offset} fails its checksum")
                     frame_start = WalPosition(position.segment, position.offset + offset)

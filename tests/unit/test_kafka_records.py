@@ -24,6 +24,8 @@ span_strategy = st.builds(
        limit=st.integers(0, 400))
 def test_native_records_equal_the_reference(spans, budget, limit):
     assert native.kafka_records(spans, budget, limit) == kafka.kafka_records_py(spans, budget, limit)
+    records, taken, _ = native.kafka_records(spans, budget, limit, 61)
+    assert records[:61] == bytes(61) and records[61:] == kafka.kafka_records_py(spans, budget, limit)[0]
 
 
 @pytest.mark.parametrize("build", [kafka.kafka_records_py] + ([native.kafka_records] if native else []),
@@ -32,7 +34,7 @@ def test_native_records_equal_the_reference(spans, budget, limit):
 def test_a_built_batch_reads_back_with_aiokafka(build, codec):
     values = [b'{"n":%d,"body":"%s"}' % (i, b"x" * (i * 37 % 300)) for i in range(200)]
     spans = [(b"uid-1/app", 41, values, 0, 150), (b"uid-2/web", 7, values, 150, 200)]
-    records, taken, value_bytes = build(spans, 1 << 20, 1 << 20)
+    records, taken, value_bytes = build(spans, 1 << 20, 1 << 20, kafka._BATCH_HEADER)
     assert taken == [150, 50] and value_bytes == sum(map(len, values))
     batch = kafka._SpanBatch(kafka._CODECS[codec], records, 200)
     batch._set_producer_state(4242, 3, 1000)
