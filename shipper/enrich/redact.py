@@ -82,7 +82,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     Rule("aws_secret_access_key",
          re.compile(r"""((?:aws|AWS|Aws)_(?:secret|SECRET|Secret)_(?:access|ACCESS|Access)_(?:key|KEY|Key)["']?\s*[:=]\s*["']?)"""
                     r"[A-Za-z0-9/+=]{16,}"), r"\1" + REDACTED,
-         trigger=lambda body: "ccess_key" in body or "CCESS_KEY" in body),
+         trigger=lambda body: "ccess_" in body or "CCESS_" in body),   # access_Key, ACCESS_key too
     # user:password@ in a URL's authority (after a scheme); the password runs to the authority's last `@`.
     Rule("url_password", re.compile(r"""://(?<=[A-Za-z0-9+.\-]://)([^:/?#@\s"'<>]*:)[^/?#\s"'<>]+(?=@)"""),
          "://\\1" + REDACTED, trigger=lambda body: "://" in body),
@@ -131,7 +131,7 @@ def default_candidate(body: str) -> bool:
     """Could a built-in rule match? False means certainly not; True is checked by the rules.
     (The built-in triggers inlined: this runs on every line.)"""
     return ("earer" in body or "EARER" in body or "IA" in body or "://" in body
-            or "ccess_key" in body or "CCESS_KEY" in body
+            or "ccess_" in body or "CCESS_" in body
             or _CARD_RUN(body.encode().translate(_DIGITS_TO_ZERO, b" -")) is not None)
 
 

@@ -40,6 +40,9 @@ def redacted(body: str, **config) -> tuple[str, list[str]]:
     ("session ASIAY34FZKBOKMUTVV7A ok", "session [REDACTED] ok", "aws_access_key_id"),
     (f"aws_secret_access_key={AWS_SECRET}", "aws_secret_access_key=[REDACTED]", "aws_secret_access_key"),
     (f'AWS_SECRET_ACCESS_KEY: "{AWS_SECRET}"', 'AWS_SECRET_ACCESS_KEY: "[REDACTED]"', "aws_secret_access_key"),
+    # the rule takes every casing it lists; the prefilter once missed these two
+    (f"Aws_Secret_Access_Key={AWS_SECRET}", "Aws_Secret_Access_Key=[REDACTED]", "aws_secret_access_key"),
+    (f"AWS_SECRET_ACCESS_key={AWS_SECRET}", "AWS_SECRET_ACCESS_key=[REDACTED]", "aws_secret_access_key"),
     ("connect postgres://app:s3cr3t@db:5432/x", "connect postgres://app:[REDACTED]@db:5432/x", "url_password"),
     ("https://u:p%40ss@w0rd@host/path", "https://u:[REDACTED]@host/path", "url_password"),
     (f"paid with {VISA} today", "paid with [REDACTED] today", "credit_card"),
