@@ -53,7 +53,8 @@ static int is_ascii(const unsigned char *s, Py_ssize_t n) {
  *                          id starts glued to a letter and cannot match.
  * One branch-light pass: digit runs by table, the literal triggers checked only where their first two
  * bytes occur. */
-static unsigned char IS_DIGIT[256], IS_ALNUM[256], IS_SEPARATOR[256], PAIR[1 << 16];
+/* PAIR_SECOND[x]: the byte after x that begins a trigger (`ea`, `EA`, `IA`, `:/`, `cc`, `CC`), or 0. */
+static unsigned char IS_DIGIT[256], IS_ALNUM[256], IS_SEPARATOR[256], PAIR_SECOND[256];
 
 static void classes_init(void) {
     for (int c = 0; c < 256; c++) {
@@ -63,7 +64,7 @@ static void classes_init(void) {
     IS_SEPARATOR[' '] = IS_SEPARATOR['-'] = 1;
     static const char *const pairs[] = {"ea", "EA", "IA", ":/", "cc", "CC"};
     for (size_t i = 0; i < sizeof pairs / sizeof pairs[0]; i++)
-        PAIR[((unsigned char)pairs[i][0] << 8) | (unsigned char)pairs[i][1]] = 1;
+        PAIR_SECOND[(unsigned char)pairs[i][0]] = (unsigned char)pairs[i][1];
 }
 
 static int starts(const unsigned char *p, Py_ssize_t left, const char *lit, Py_ssize_t k) {
@@ -80,32 +81,30 @@ static int trigger_at(const unsigned char *b, Py_ssize_t n, Py_ssize_t i) {
     case 'c': return starts(p, left, "ccess_", 6);
     case 'C': return starts(p, left, "CCESS_", 6);
     case ':': return starts(p, left, "://", 3) && memchr(p + 3, '@', (size_t)(left - 3)) != NULL;
-    default:  return i >= 2 && b[i - 2] == 'A' && (b[i - 1] == 'K' || b[i - 1] == 'S');   /* `IA` */
+    case 'I': return i >= 2 && b[i - 2] == 'A' && (b[i - 1] == 'K' || b[i - 1] == 'S');   /* `AKIA`, `ASIA` */
+    default:  return 1;
     }
 }
 
 static int default_candidate(const char *s, Py_ssize_t n) {
     const unsigned char *b = (const unsigned char *)s;
-    unsigned run = 0, prev = 0, prev_separator = 0;
+    /* Branch-free run arithmetic (hex ids mix digits and letters unpredictably): a digit extends a run,
+     * or starts one when the byte before is not alphanumeric; one separator keeps the run, anything
+     * else (or a second separator) ends it. */
+    unsigned run = 0, prev = 0, prev_separator = 0, longest = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         unsigned c = b[i];
-        if (IS_DIGIT[c]) {
-            /* extend a run that started well, or start one at a digit not glued to what precedes it */
-            run = run ? run + 1 : !IS_ALNUM[prev];
-            if (run >= 13)
-                return 1;
-        } else if (IS_SEPARATOR[c]) {
-            if (prev_separator)
-                run = 0;                        /* the rule allows one separator between digits */
-        } else {
-            run = 0;
-        }
-        prev_separator = IS_SEPARATOR[c];
-        if (__builtin_expect(PAIR[(prev << 8) | c], 0) && trigger_at(b, n, i - 1))
+        unsigned digit = IS_DIGIT[c], separator = IS_SEPARATOR[c];
+        unsigned extended = run ? run + 1 : 1u - IS_ALNUM[prev];
+        unsigned kept = prev_separator ? 0 : run;
+        run = digit * extended + separator * kept;
+        longest |= run >= 13;
+        prev_separator = separator;
+        if (__builtin_expect(c == PAIR_SECOND[prev], 0) && c && trigger_at(b, n, i - 1))
             return 1;
         prev = c;
     }
-    return 0;
+    return longest != 0;
 }
 
 /* json.encoder.encode_basestring of an ASCII string (quotes included). */
