@@ -378,7 +378,7 @@ class Sender:
     """Pumps durable WAL frames to Kafka and moves the ack cursor (and the state snapshot) behind them."""
 
     def __init__(self, wal: Wal, state: StateStore, snapshot: Snapshot, sink: KafkaSink, metrics: Metrics,
-                 write_gap: GapWriter, *, ack_interval_s: float = 0.2) -> None:
+                 write_gap: GapWriter, *, ack_interval_s: float = 0.2, hot_limit_bytes: int = 8 << 20) -> None:
         self.wal = wal
         self.state = state
         self.snapshot = snapshot
@@ -389,6 +389,11 @@ class Sender:
         self.visible = wal.acked             # frames before this are durable and may be sent
         self._visible_changed = asyncio.Event()
         self._read_position = wal.acked
+        # Frames just committed, kept so that sending them needs no read back from the WAL file (which
+        # is then only read after a restart, or when sending falls behind by more than the limit).
+        self._hot: deque[tuple[WalPosition, WalPosition, bytes]] = deque()
+        self._hot_bytes = 0
+        self.hot_limit_bytes = hot_limit_bytes
         self._tickets: deque[_FrameTicket] = deque()
         self._in_flight_bytes = 0
         self._room = asyncio.Event()
@@ -401,6 +406,28 @@ class Sender:
         self.last_success = 0.0
 
     # -- interface for the pipeline --------------------------------------------------------------
+    def offer(self, start: WalPosition, end: WalPosition, payload: bytes) -> None:
+        """A frame the pipeline has just appended to the WAL (not yet durable: it is sent once visible)."""
+        if self._hot_bytes + len(payload) <= self.hot_limit_bytes:
+            self._hot.append((start, end, payload))
+            self._hot_bytes += len(payload)
+
+    def _hot_frames(self, max_bytes: int) -> list[tuple[WalPosition, WalPosition, bytes]]:
+        """The frames next to send, from memory, if memory holds them (else [] and the WAL is read)."""
+        hot = self._hot
+        while hot and hot[0][1] <= self._read_position:
+            self._hot_bytes -= len(hot.popleft()[2])
+        frames: list[tuple[WalPosition, WalPosition, bytes]] = []
+        expected = self.wal.frame_start(self._read_position)
+        taken = 0
+        while hot and hot[0][0] == expected and hot[0][1] <= self.visible and taken < max_bytes:
+            frame = hot.popleft()
+            self._hot_bytes -= len(frame[2])
+            taken += len(frame[2])
+            frames.append(frame)
+            expected = self.wal.frame_start(frame[1])
+        return frames
+
     def make_visible(self, position: WalPosition) -> None:
         if position > self.visible:
             self.visible = position
@@ -435,8 +462,11 @@ class Sender:
             while self._in_flight_bytes >= max_in_flight:
                 self._room.clear()
                 await self._room.wait()
-            frames = await asyncio.to_thread(
-                lambda: list(self.wal.read_frames(self._read_position, self.visible, max_bytes=4 << 20)))
+            frames = self._hot_frames(4 << 20)
+            if not frames:
+                self.metrics.wal_reads.inc()
+                frames = await asyncio.to_thread(
+                    lambda: list(self.wal.read_frames(self._read_position, self.visible, max_bytes=4 << 20)))
             for _start, end, payload in frames:
                 await self._dispatch(end, payload)
                 self._read_position = end

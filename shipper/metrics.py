@@ -63,6 +63,8 @@ class Metrics:
         self.redactions = Counter(p + "redactions_total", "Redactions applied, by rule", ["rule"], registry=r)
         # liveness
         self.up = Gauge(p + "pipeline_running", "1 while the pipeline runs", registry=r)
+        self.wal_reads = Counter(p + "wal_reads_total", "Times the sender read frames back from the WAL files "
+                                 "(after a restart, or when sending fell behind; else frames go from memory)", registry=r)
         self.native = Gauge(p + "native_hot_path", "1 when parse, seal and the body stage run in shipper._native "
                             "(0: the pure-Python reference, several times the CPU)", registry=r)
 

@@ -84,7 +84,8 @@ class Pipeline:
             ingest.add_external_gap(chain, loss, seq, record_hash, lambda: done.done() or done.set_result(None))
             await done
 
-        sender = self.sender = Sender(wal, state, self._snapshot, sink, self.metrics, write_gap)
+        sender = self.sender = Sender(wal, state, self._snapshot, sink, self.metrics, write_gap,
+                                      hot_limit_bytes=2 * self.settings.wal.commit_bytes)
         sender.make_visible(wal.written)
         self.status.running = True
         self.metrics.up.set(1)
@@ -178,7 +179,7 @@ class Pipeline:
                     raise WalWriteError(f"No space left on device for the WAL: {free} bytes free, a commit needs "
                                         f"{len(payload)} plus {DISK_RESERVE_BYTES} kept for acknowledgements",
                                         errno.ENOSPC)
-                await asyncio.to_thread(wal.append, [payload])
+                end = await asyncio.to_thread(wal.append, [payload])
             except WalWriteError as exc:
                 self.metrics.wal_write_errors.labels(errno=str(exc.errno)).inc()
                 self.status.wal_error = str(exc)
@@ -194,6 +195,7 @@ class Pipeline:
                 self.status.wal_error = ""
                 self.status.backpressure = False
                 self.metrics.backpressure.set(0)
+            sender.offer(wal.last_start, end, payload)
             self.metrics.wal_commits.inc()
             self.metrics.wal_bytes.set(wal.bytes_on_disk)
             self.metrics.wal_segments.set(wal.segment_count)

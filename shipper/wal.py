@@ -107,6 +107,7 @@ class Wal:
         self._fd = os.open(self.dir / segment_name(last), os.O_WRONLY | os.O_APPEND)
         self.written = WalPosition(last, self._segments[last])
         self.durable = self.written
+        self.last_start = self.written      # where the last appended frame starts
 
     # -- recovery ----------------------------------------------------------------------------
     def _read_ack_cursor(self) -> WalPosition:
@@ -207,8 +208,18 @@ class Wal:
                 pass
             raise WalWriteError(f"writing {len(data)} bytes to the WAL failed: {exc.strerror}", exc.errno) from None
         self._segments[self._active] = size + len(data)
+        self.last_start = WalPosition(self._active, size)
         self.written = WalPosition(self._active, size + len(data))
         return self.written
+
+    def frame_start(self, position: WalPosition) -> WalPosition:
+        """Where the frame read next from `position` (a frame boundary) starts: the next segment's
+        beginning when `position` is the end of a closed segment."""
+        if position.offset >= self._segments.get(position.segment, 0):
+            later = [number for number in self._segments if number > position.segment]
+            if later:
+                return WalPosition(min(later), 0)
+        return position
 
     def sync(self) -> WalPosition:
         """Make everything appended durable; returns the durable position."""

@@ -136,6 +136,7 @@ def test_metrics_count_what_was_shipped_and_readyz_flips_when_the_pipeline_stops
         assert metrics["audit_shipper_pipeline_running"] == 1
         assert metrics["audit_shipper_kafka_connected"] == 1
         assert metrics["audit_shipper_native_hot_path"] == 1      # make setup builds shipper._native
+        assert metrics["audit_shipper_wal_reads_total"] == 0      # frames went from memory, not read back
         kafka_broker.stop()
         node.write(50)
         # an outage the WAL absorbs keeps the shipper ready
