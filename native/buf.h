@@ -6,6 +6,7 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stdint.h>
 #include <string.h>
 
 typedef struct {
@@ -53,5 +54,36 @@ static inline int buf_putc(buf_t *b, char c) {
 }
 
 #define buf_lit(b, s) buf_put((b), (s), (Py_ssize_t)(sizeof(s) - 1))
+
+/* Decimal digits of `value` into dst (room for 21 bytes); returns their count. snprintf costs more than
+ * the rest of a record's rendering. */
+static inline int buf_decimal(char *dst, long long value) {
+    char tmp[24];
+    int n = 0, k = 0;
+    unsigned long long v = value < 0 ? 0ULL - (unsigned long long)value : (unsigned long long)value;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    if (value < 0)
+        dst[k++] = '-';
+    while (n)
+        dst[k++] = tmp[--n];
+    return k;
+}
+
+/* Whether s[0:n] is all ASCII, eight bytes at a time. */
+static inline int is_ascii(const unsigned char *s, Py_ssize_t n) {
+    Py_ssize_t i = 0;
+    uint64_t high = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t word;
+        memcpy(&word, s + i, 8);
+        high |= word;
+    }
+    for (; i < n; i++)
+        high |= s[i];
+    return (high & UINT64_C(0x8080808080808080)) == 0;
+}
 
 #endif

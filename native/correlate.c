@@ -621,18 +621,6 @@ static Py_ssize_t traceparent(const unsigned char *b, Py_ssize_t n) {
     return -1;
 }
 
-static int is_ascii(const unsigned char *s, Py_ssize_t n) {
-    Py_ssize_t i = 0;
-    uint64_t high = 0;
-    for (; i + 8 <= n; i += 8) {
-        uint64_t word;
-        memcpy(&word, s + i, 8);
-        high |= word;
-    }
-    for (; i < n; i++)
-        high |= s[i];
-    return (high & UINT64_C(0x8080808080808080)) == 0;
-}
 
 /* `hex` holds only [0-9a-fA-F] and len is a multiple of 8: setting bit 0x20 lowers A-F and leaves the
  * digits as they are, eight at a time. */

@@ -29,21 +29,6 @@ static char *put_varint(char *p, int64_t value) {
     return p;
 }
 
-static int decimal(char *dst, long long value) {
-    char tmp[24];
-    int n = 0, k = 0;
-    unsigned long long v = value < 0 ? 0ULL - (unsigned long long)value : (unsigned long long)value;
-    do {
-        tmp[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    if (value < 0)
-        dst[k++] = '-';
-    while (n)
-        dst[k++] = tmp[--n];
-    return k;
-}
-
 /* kafka_records(spans, budget, limit, reserve=0) -> (records, taken, value_bytes)
  * records: a bytearray of `reserve` zero bytes (room for the batch header) and then the records.
  * spans: [(key: bytes, first_seq: int, values, start: int, stop: int)], records values[start:stop] with
@@ -141,7 +126,7 @@ static PyObject *kafka_records(PyObject *self, PyObject *args) {
                 break;
             }
             char seq_text[24];
-            int seq_n = decimal(seq_text, first_seq + (i - start));
+            int seq_n = buf_decimal(seq_text, first_seq + (i - start));
             Py_ssize_t event_n = key_n + 1 + seq_n;
             int64_t body = 1 + 1 + varint_size(offset_delta) + varint_size(key_n) + key_n + varint_size(value_n)
                            + value_n + 1 + 1 + 6 + varint_size((int64_t)sizeof SCHEMA - 1) + (int64_t)sizeof SCHEMA - 1

@@ -28,19 +28,6 @@ static const struct {
 #define ATTRIBUTE_FLAGS (8 | 16 | 32 | 2 | 4 | 64 | 128)
 #define FLAG_BAD_UTF8 32
 
-static int is_ascii(const unsigned char *s, Py_ssize_t n) {
-    Py_ssize_t i = 0;
-    uint64_t acc = 0;
-    for (; i + 8 <= n; i += 8) {
-        uint64_t word;
-        memcpy(&word, s + i, 8);
-        acc |= word;
-    }
-    for (; i < n; i++)
-        acc |= s[i];
-    return (acc & 0x8080808080808080ULL) == 0;
-}
-
 /* Could a built-in redaction rule (shipper.enrich.redact.DEFAULT_RULES) change this ASCII body? A "no"
  * must be certain: the body then skips the rules. It is sharper than the Python prefilter (which it may
  * only ever narrow), so trace ids do not send one line in sixty to the Python rules:
@@ -146,25 +133,9 @@ static int put_utf8(buf_t *out, PyObject *text) {
     return s == NULL ? -1 : buf_put(out, s, n);
 }
 
-/* Decimal digits of a value (snprintf costs more than the rest of a record's rendering). */
-static int format_int(char *dst, long long value) {
-    char tmp[24];
-    int n = 0, k = 0;
-    unsigned long long v = value < 0 ? 0ULL - (unsigned long long)value : (unsigned long long)value;
-    do {
-        tmp[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    if (value < 0)
-        dst[k++] = '-';
-    while (n)
-        dst[k++] = tmp[--n];
-    return k;
-}
-
 static int put_int(buf_t *out, long long value) {
     char tmp[24];
-    return buf_put(out, tmp, format_int(tmp, value));
+    return buf_put(out, tmp, buf_decimal(tmp, value));
 }
 
 static void hex32(char *dst, const unsigned char *digest) {
@@ -176,7 +147,7 @@ static void hex32(char *dst, const unsigned char *digest) {
 
 static void sha_netstring(SHA256_CTX *ctx, const char *s, Py_ssize_t n) {
     char len[24];
-    int k = format_int(len, n);
+    int k = buf_decimal(len, n);
     len[k++] = ':';
     SHA256_Update(ctx, len, (size_t)k);
     SHA256_Update(ctx, s, (size_t)n);
@@ -222,7 +193,7 @@ static int render(chain_t *c, const entry_t *e, long flags, const char *body, Py
                   const buf_t *quoted, const buf_t *top, const buf_t *attrs, buf_t *out) {
     c->seq++;
     char seq_s[24];
-    int seq_n = format_int(seq_s, c->seq);
+    int seq_n = buf_decimal(seq_s, c->seq);
     const char *time = e->time_n ? e->time : c->observed;
     Py_ssize_t time_n = e->time_n ? e->time_n : c->observed_n;
     SHA256_CTX ctx;

@@ -144,27 +144,14 @@ def seal_entries_py(head: ChainHead, entries: Entries, ctx: ChainContext, observ
     values: list[bytes] = []
     append = values.append
     sha = _sha256
-    quote = encode_basestring
     bad_utf8 = 0
     for offset, time_b, stream_b, body_b, flags in zip(entries.offsets, entries.times, entries.streams,
                                                        entries.bodies, entries.flags):
         seq += 1
-        try:
-            body = body_b.decode()
-        except UnicodeDecodeError:
-            body = body_b.decode("utf-8", "replace")
-            body_b = body.encode()
+        body_b, quoted, extra, attributes, invalid = slow_entry(body_b, process_body)
+        if invalid:
             flags |= EntryFlag.BAD_UTF8
             bad_utf8 += 1
-        extra = ""
-        attributes = ""
-        if process_body is not None:
-            result = process_body(body)
-            if result is not None:
-                new_body, extra, attributes = result
-                if new_body is not body:
-                    body = new_body
-                    body_b = body.encode()
         if flags & _ATTRIBUTE_FLAGS:
             members = flag_attributes(flags)
             if attributes:
@@ -177,7 +164,7 @@ def seal_entries_py(head: ChainHead, entries: Entries, ctx: ChainContext, observ
                                                          len(stream_b), stream_b, len(body_b), body_b)).digest()
         digest_hex = digest.hex()
         append((f'{head_tpl}{seq}","time":"{time_b.decode()}","observed_time":"{observed_time}",'
-                f'"stream":"{_STREAM_TEXT.get(stream_b) or stream_b.decode()}","body":{quote(body)}{extra},'
+                f'"stream":"{_STREAM_TEXT.get(stream_b) or stream_b.decode()}","body":{quoted}{extra},'
                 f'"attributes":{{{attributes}}}{source_tpl}{offset}{seal_tpl}{seq},"prev":"{prev_hex}",'
                 f'"hash":"{digest_hex}"}}}}').encode())
         prev = digest
