@@ -80,6 +80,22 @@ def write_workload(root: Path, lines: int, files: int) -> tuple[SimNode, int]:
     return node, node.ledger.total()
 
 
+def write_at_rate(node: SimNode, lines: int, rate: int, shipper: ShipperProcess) -> None:
+    """`lines` entries at `rate` per second, in 100 ms steps, each flushed to the files."""
+    step = max(1, rate // 10)
+    written = 0
+    next_at = time.monotonic()
+    while written < lines and shipper.alive():
+        count = min(step, lines - written)
+        node.write(count)
+        node.flush()
+        written += count
+        next_at += count / rate
+        delay = next_at - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+
+
 def profile_stages(settings_path: Path) -> list[tuple[str, float]]:
     """CPU share per stage of an in-process ingest over the same files (no Kafka)."""
     from shipper.config import load_settings
@@ -125,6 +141,9 @@ async def main() -> int:
                         help="run the pure-Python reference hot path (SHIPPER_NATIVE=0) instead of shipper._native")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one configuration value (YAML scalar), e.g. --set kafka.compression=zstd")
+    parser.add_argument("--rate", type=int, default=0, metavar="ENTRIES_PER_S",
+                        help="write the entries while the shipper runs, at this rate (for latency at a given "
+                             "load), instead of writing them all before it starts")
     parser.add_argument("--py-spy", metavar="FILE", help="also sample the running shipper with py-spy "
                         "(collapsed stacks to FILE; `pip install py-spy`)")
     args = parser.parse_args()
@@ -132,10 +151,11 @@ async def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="audit-shipper-bench-"))
     try:
         started = time.monotonic()
-        node, entries = write_workload(workdir / "log", args.lines, args.files)
+        node, entries = write_workload(workdir / "log", 0 if args.rate else args.lines, args.files)
         size = sum(f.stat().st_size for f in (workdir / "log" / "pods").rglob("*.log"))
-        print(f"workload: {entries:,} entries, {size / 1e6:.0f} MB in {args.files} files "
-              f"(written in {time.monotonic() - started:.1f}s)")
+        if not args.rate:
+            print(f"workload: {entries:,} entries, {size / 1e6:.0f} MB in {args.files} files "
+                  f"(written in {time.monotonic() - started:.1f}s)")
         broker, stop_broker = await start_broker(args.broker, workdir)
         try:
             sections: dict[str, dict] = {"sources": {"discover_interval_s": 1.0, "poll_interval_s": 0.1},
@@ -155,6 +175,12 @@ async def main() -> int:
                                         "-o", args.py_spy, "-p", str(shipper.pid)],
                                        stdout=subprocess.DEVNULL)
             begin = time.monotonic()
+            if args.rate:
+                write_at_rate(node, args.lines, args.rate, shipper)
+                entries = node.ledger.total()
+                size = sum(f.stat().st_size for f in (workdir / "log" / "pods").rglob("*.log"))
+                print(f"workload: {entries:,} entries, {size / 1e6:.0f} MB in {args.files} files, written at "
+                      f"{args.rate:,}/s while the shipper ran")
             target = entries
             metrics: dict[str, float] = {}
             while time.monotonic() - begin < 1800:

@@ -150,7 +150,7 @@ class KafkaConfig(_Section):
     request_timeout_ms: int = Field(30_000, ge=1000, description="Broker response timeout; the WAL resends after it.")
     retry_backoff_ms: int = Field(200, ge=10, description="First delay before resending a failed batch.")
     retry_backoff_max_ms: int = Field(10_000, ge=100, description="Longest delay between resends (retries never stop).")
-    max_in_flight_bytes: int = Field(16 * MiB, ge=1 * MiB, description="WAL bytes being sent and not yet acknowledged (bounds memory).")
+    max_in_flight_bytes: int = Field(8 * MiB, ge=1 * MiB, description="WAL bytes being sent and not yet acknowledged (bounds memory).")
 
     @field_validator("bootstrap_servers")
     @classmethod
