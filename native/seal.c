@@ -73,7 +73,7 @@ static int trigger_at(const unsigned char *b, Py_ssize_t n, Py_ssize_t i) {
     }
 }
 
-static int default_candidate(const char *s, Py_ssize_t n) {
+static int default_candidate_exact(const char *s, Py_ssize_t n) {
     const unsigned char *b = (const unsigned char *)s;
     /* Branch-free run arithmetic (hex ids mix digits and letters unpredictably): a digit extends a run,
      * or starts one when the byte before is not alphanumeric; one separator keeps the run, anything
@@ -93,6 +93,73 @@ static int default_candidate(const char *s, Py_ssize_t n) {
     }
     return longest != 0;
 }
+
+#ifdef __SSE2__
+#include <emmintrin.h>
+
+/* Bit i set where p[i] is in [lo, hi]. */
+static inline unsigned in_range16(__m128i block, char lo, char hi) {
+    __m128i above = _mm_cmpgt_epi8(block, _mm_set1_epi8((char)(lo - 1)));
+    __m128i below = _mm_cmplt_epi8(block, _mm_set1_epi8((char)(hi + 1)));
+    return (unsigned)_mm_movemask_epi8(_mm_and_si128(above, below));
+}
+
+static inline unsigned eq16(__m128i block, char c) {
+    return (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(block, _mm_set1_epi8(c)));
+}
+
+/* Bytes at p[0..15] + k, lower-cased as far as the triggers need (| 0x20 folds A-Z onto a-z; ':', '/'
+ * and digits keep their value; '_' becomes 0x7f, which nothing else here becomes). */
+static inline __m128i folded(const unsigned char *p) {
+    return _mm_or_si128(_mm_loadu_si128((const __m128i *)p), _mm_set1_epi8(0x20));
+}
+
+static inline __m128i is(__m128i block, char c) { return _mm_cmpeq_epi8(block, _mm_set1_epi8(c)); }
+
+/* A quick "certainly not", 16 bytes at a time: no 13 bytes in a row that are digits, spaces or dashes
+ * (a card needs that), and no trigger in any casing (`earer`, `ccess_`, `://`, `ia`). Anything else goes
+ * to the exact check. */
+static int default_candidate(const char *s, Py_ssize_t n) {
+    const unsigned char *b = (const unsigned char *)s;
+    unsigned carry = 0;                     /* digit/separator bytes in a row ending the previous block */
+    Py_ssize_t i = 0;
+    for (; i + 21 <= n; i += 16) {
+        const unsigned char *p = b + i;
+        __m128i f0 = folded(p), f1 = folded(p + 1), f2 = folded(p + 2), f3 = folded(p + 3), f4 = folded(p + 4),
+                f5 = folded(p + 5);
+        __m128i hit = _mm_and_si128(_mm_and_si128(is(f0, 'e'), is(f1, 'a')),
+                                    _mm_and_si128(_mm_and_si128(is(f2, 'r'), is(f3, 'e')), is(f4, 'r')));
+        hit = _mm_or_si128(hit, _mm_and_si128(_mm_and_si128(_mm_and_si128(is(f0, 'c'), is(f1, 'c')), is(f2, 'e')),
+                                              _mm_and_si128(_mm_and_si128(is(f3, 's'), is(f4, 's')),
+                                                            is(f5, 0x7f))));
+        hit = _mm_or_si128(hit, _mm_and_si128(_mm_and_si128(is(f0, ':'), is(f1, '/')), is(f2, '/')));
+        hit = _mm_or_si128(hit, _mm_and_si128(is(f0, 'i'), is(f1, 'a')));
+        if (_mm_movemask_epi8(hit))
+            return default_candidate_exact(s, n);
+        __m128i block = _mm_loadu_si128((const __m128i *)p);
+        unsigned run = in_range16(block, '0', '9') | eq16(block, ' ') | eq16(block, '-');
+        if (run == 0xFFFF) {
+            carry += 16;
+        } else {
+            unsigned leading = (unsigned)__builtin_ctz(~run);          /* from the block's first byte */
+            unsigned r = run;
+            for (int k = 1; k < 13 && r; k++)
+                r &= run >> k;                                          /* bit i: 13 in a row from i */
+            if (carry + leading >= 13 || r)
+                return default_candidate_exact(s, n);
+            carry = (unsigned)__builtin_clz(~(run << 16));              /* ones at the block's end */
+        }
+        if (carry >= 13)
+            return default_candidate_exact(s, n);
+    }
+    /* The tail, exactly, from the last block on: a run reaching into it started there (a longer one has
+     * returned already), and its triggers get 16 bytes of context before them. */
+    Py_ssize_t from = i >= 16 ? i - 16 : 0;
+    return i < n ? default_candidate_exact(s + from, n - from) : 0;
+}
+#else
+#define default_candidate default_candidate_exact
+#endif
 
 /* json.encoder.encode_basestring of an ASCII string (quotes included). */
 static const char HEX[] = "0123456789abcdef";

@@ -156,3 +156,14 @@ def test_packed_records_are_the_reference_records_end_to_end(rows, which):
     expected, expected_head = records.seal_entries_py(head, build(rows), CTX, OBSERVED, PROCESSORS[which])
     blob, lengths, packed_head = records.seal_entries_packed(head, build(rows), CTX, OBSERVED, PROCESSORS[which])
     assert (blob, list(lengths), packed_head) == (b"".join(expected), [len(v) for v in expected], expected_head)
+
+
+@pytest.mark.parametrize("secret", ["4222222222222", "4222-2222-2222-2", "Bearer abcdefghijkl", "AKIAIOSFODNN7EXAMPLE",
+                                    "aws_secret_access_key=wJalrXUtnFEMI/K7MDENG", "s3://u:pw@h"])
+def test_the_prefilter_sees_a_secret_at_every_offset(secret):
+    """The native prefilter reads 16 bytes at a time: a secret straddling any block boundary, or in the
+    tail, is still seen."""
+    for before in range(0, 40):
+        for after in (0, 3, 17, 30):
+            body = "x" * before + "\"" + secret + "\"" + "y" * after
+            assert records._native.default_candidate(body), (before, after)
