@@ -54,6 +54,11 @@ static PyObject *kafka_records(PyObject *self, PyObject *args) {
     int full = 0;
     Py_buffer ends_view, payload_view; /* a packed run's offsets and payload, held while it is read */
     int holding = 0, holding_payload = 0;
+    /* The header's room, then the records; sized for a full batch at once (no regrowth copies). */
+    if (buf_reserve(&out, reserve + (budget < (1 << 26) ? budget + 4096 : 1 << 16)) < 0)
+        goto done;
+    memset(out.data, 0, (size_t)reserve);
+    out.len = reserve;
     for (Py_ssize_t s = 0; s < PyList_GET_SIZE(spans) && !full; s++) {
         PyObject *span = PyList_GET_ITEM(spans, s);
         const char *key;
@@ -132,7 +137,7 @@ static PyObject *kafka_records(PyObject *self, PyObject *args) {
                            + value_n + 1 + 1 + 6 + varint_size((int64_t)sizeof SCHEMA - 1) + (int64_t)sizeof SCHEMA - 1
                            + 1 + 8 + varint_size(event_n) + event_n;
             Py_ssize_t size = (Py_ssize_t)(body + varint_size(body));
-            if (offset_delta > 0 && out.len + size > budget) {
+            if (offset_delta > 0 && out.len - reserve + size > budget) {
                 full = 1;
                 break;
             }
@@ -177,12 +182,10 @@ static PyObject *kafka_records(PyObject *self, PyObject *args) {
         }
         Py_DECREF(n);
     }
-    PyObject *records = PyByteArray_FromStringAndSize(NULL, reserve + out.len);
+    /* `out` holds the header's room and the records: one copy into the bytearray the builder keeps. */
+    PyObject *records = PyByteArray_FromStringAndSize(out.data ? out.data : "", out.len);
     if (records == NULL)
         goto done;
-    memset(PyByteArray_AS_STRING(records), 0, (size_t)reserve);
-    if (out.len)
-        memcpy(PyByteArray_AS_STRING(records) + reserve, out.data, (size_t)out.len);
     result = Py_BuildValue("(NOL)", records, taken, value_bytes);
 done:
     if (holding)

@@ -368,9 +368,17 @@ static PyObject *seal_entries(PyObject *self, PyObject *args) {
         PyErr_NoMemory();
         goto done;
     }
-    for (Py_ssize_t i = 0; i < count; i++)
+    /* Room for the records up front (growing the buffer by doubling copied it about twice over): the
+     * fixed parts, the body with some escaping, and ids; rare longer records still grow it. */
+    Py_ssize_t estimate = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
         if (entry_at(offsets, times, streams, bodies, flags, i, &entries[i]) < 0)
             goto done;
+        estimate += entries[i].body_n + entries[i].body_n / 4 + entries[i].time_n + entries[i].stream_n + 400;
+    }
+    estimate += count * (chain.head_n + chain.source_n + chain.seal_n + chain.observed_n);
+    if (buf_reserve(&out, estimate) < 0)
+        goto done;
     int fast_body = native_body && correlator != Py_None;
     if (fast_body && !correlate_is(correlator)) {
         PyErr_SetString(PyExc_TypeError, "correlator is a shipper._native.Correlator or None");
