@@ -35,10 +35,10 @@ static int is_timestamp(const char *s, Py_ssize_t n) {
 static PyObject *STDOUT, *STDERR, *ZERO;
 
 /* cri_lines(data, pos, end, line_offset, max_entry, offsets, times, streams, bodies, flags)
- *   -> (pos, line_offset)
+ *   -> (pos, line_offset, lines)
  * Parses the complete lines of data[pos:end] (end is just past a newline) while they are plain F
  * lines, appending an entry for each; returns where it stopped (== end when all were taken) and the
- * file offset of that line. */
+ * file offset of that line, and how many lines it took. */
 static PyObject *cri_lines(PyObject *self, PyObject *args) {
     Py_buffer view;
     Py_ssize_t pos, end, max_entry;
@@ -54,6 +54,7 @@ static PyObject *cri_lines(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_IndexError, "positions outside the data");
         return NULL;
     }
+    Py_ssize_t lines = 0;
     while (pos < end) {
         const char *line = data + pos;
         const char *nl = memchr(line, '\n', (size_t)(end - pos));
@@ -93,9 +94,10 @@ static PyObject *cri_lines(PyObject *self, PyObject *args) {
         }
         line_offset += len + 1;
         pos += len + 1;
+        lines++;
     }
     PyBuffer_Release(&view);
-    return Py_BuildValue("(nL)", pos, line_offset);
+    return Py_BuildValue("(nLn)", pos, line_offset, lines);
 }
 
 static PyMethodDef PARSE_METHODS[] = {

@@ -265,10 +265,11 @@ class Ingest:
                     parser.feed(b"", parser.expected_offset, end_of_file=True, out=entries)
                 if chunk.offset != parser.expected_offset:
                     parser.reset(chunk.offset)
+                lines_before = parser.lines
                 parser.feed(chunk.data, chunk.offset, chunk.end_of_file, out=entries)
                 fmt = parser.format or "cri"
                 self.metrics.bytes_read.labels(format=fmt).inc(len(chunk.data))
-                self.metrics.lines_read.labels(format=fmt).inc(chunk.data.count(b"\n"))
+                self.metrics.lines_read.labels(format=fmt).inc(parser.lines - lines_before)
                 if len(entries):
                     self._count_degradations(entries)
                     emitted += self._seal(chain, entries, ChainContext(chain.head.chain, resource, chunk.path),

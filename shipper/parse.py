@@ -102,7 +102,7 @@ class StreamParser:
     """
 
     __slots__ = ("format", "max_entry", "_carry", "_carry_offset", "_groups", "_cont", "_next_offset",
-                 "_multiline", "_ml_max", "_held")
+                 "_multiline", "_ml_max", "_held", "lines")
 
     def __init__(self, *, fmt: str | None = None, max_entry_bytes: int = 1 << 20,
                  multiline_start: str | None = None, multiline_max_lines: int = 500) -> None:
@@ -116,6 +116,7 @@ class StreamParser:
         self._multiline = re.compile(multiline_start.encode()) if multiline_start else None
         self._ml_max = multiline_max_lines
         self._held: list | None = None               # [offset, time, stream, bodies, flags]
+        self.lines = 0                               # physical lines (newlines) parsed so far
 
     # -- positions ---------------------------------------------------------------------------
     @property
@@ -167,6 +168,7 @@ class StreamParser:
             return out
         lines = data.split(b"\n")
         tail = lines.pop()                           # bytes after the last newline (maybe empty)
+        self.lines += len(lines)
         line_offset = offset
         if self.format == FORMAT_CRI and self._multiline is None:
             line_offset = self._add_cri_lines_fast(lines, line_offset, out)
@@ -230,15 +232,19 @@ class StreamParser:
         cri_lines = _native.cri_lines
         max_entry = self.max_entry
         pos = 0
+        lines = 0
         while pos < end:
             if not self._groups and self._cont is None:
-                pos, line_offset = cri_lines(data, pos, end, line_offset, max_entry, *lists)
+                pos, line_offset, taken = cri_lines(data, pos, end, line_offset, max_entry, *lists)
+                lines += taken
                 if pos >= end:
                     break
             newline = data.index(b"\n", pos)
             self._add_cri_line(data[pos:newline], line_offset, out, 0)
             line_offset += newline - pos + 1
             pos = newline + 1
+            lines += 1
+        self.lines += lines
         return line_offset
 
     def _add_cri_line(self, line: bytes, offset: int, out: Entries, flags: int) -> None:

@@ -177,3 +177,25 @@ def test_native_cri_loop_gives_the_entries_of_the_python_parser(lines, cuts, max
     finally:
         parse._native = saved
     assert native == reference
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(cri_line, mixed_cri_line), max_size=30),
+       st.lists(st.integers(min_value=0, max_value=10_000), max_size=8), st.booleans())
+def test_the_parser_counts_every_physical_line_once(lines, cuts, native):
+    """`lines` (the lines_read metric) is the number of newlines fed, however the bytes are cut and
+    whichever loop (native or Python) parsed them."""
+    from shipper import parse
+    data = b"".join(lines)
+    saved = parse._native
+    if not native:
+        parse._native = None
+    try:
+        parser = StreamParser(fmt=FORMAT_CRI)
+        points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+        for start, end in zip(points, points[1:]):
+            parser.feed(data[start:end], start)
+        parser.feed(b"", len(data), end_of_file=True)
+    finally:
+        parse._native = saved
+    assert parser.lines == data.count(b"\n")
