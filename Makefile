@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt scripts/bootstrap
 
 # The native hot path is rebuilt in place when its C sources change (the install built it once).
 $(VENV)/.native: $(VENV)/.installed setup.py $(wildcard native/*.c native/*.h)
-	$(PY) setup.py -q build_ext --inplace 2>&1 | grep -v -i "betaconfiguration\|warnings.warn" || true
+	$(PY) setup.py -q build_ext --inplace
 	$(PY) -c 'import shipper.native as n, sys; sys.exit(0 if n.ENABLED else "shipper._native did not build")'
 	touch $@
 
