@@ -97,6 +97,10 @@ static int default_candidate_exact(const char *s, Py_ssize_t n) {
 #ifdef __SSE2__
 #include <emmintrin.h>
 
+static inline __m128i is(__m128i block, char c) { return _mm_cmpeq_epi8(block, _mm_set1_epi8(c)); }
+
+static inline unsigned eq16(__m128i block, char c) { return (unsigned)_mm_movemask_epi8(is(block, c)); }
+
 /* Bit i set where p[i] is in [lo, hi]. */
 static inline unsigned in_range16(__m128i block, char lo, char hi) {
     __m128i above = _mm_cmpgt_epi8(block, _mm_set1_epi8((char)(lo - 1)));
@@ -104,9 +108,6 @@ static inline unsigned in_range16(__m128i block, char lo, char hi) {
     return (unsigned)_mm_movemask_epi8(_mm_and_si128(above, below));
 }
 
-static inline unsigned eq16(__m128i block, char c) {
-    return (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(block, _mm_set1_epi8(c)));
-}
 
 /* Bytes at p[0..15] + k, lower-cased as far as the triggers need (| 0x20 folds A-Z onto a-z; ':', '/'
  * and digits keep their value; '_' becomes 0x7f, which nothing else here becomes). */
@@ -114,7 +115,6 @@ static inline __m128i folded(const unsigned char *p) {
     return _mm_or_si128(_mm_loadu_si128((const __m128i *)p), _mm_set1_epi8(0x20));
 }
 
-static inline __m128i is(__m128i block, char c) { return _mm_cmpeq_epi8(block, _mm_set1_epi8(c)); }
 
 /* A quick "certainly not", 16 bytes at a time: no 13 bytes in a row that are digits, spaces or dashes
  * (a card needs that), and no trigger in any casing (`earer`, `ccess_`, `://`, `ia`). Anything else goes

@@ -19,7 +19,7 @@ from .seal import SCHEMA, TYPE_LOG, ChainHead
 
 _sha256 = hashlib.sha256
 
-NATIVE = _native is not None
+NATIVE = _native is not None          # tests skip native comparisons without it
 
 # body -> None (nothing to change or add) or (body after redaction, top-level JSON members such as
 # ',"severity_text":"INFO","trace_id":"…"', attribute members such as '"request_id":"…"').
@@ -79,15 +79,7 @@ def seal_entries(head: ChainHead, entries: Entries, ctx: ChainContext, observed_
     redaction rule could touch get their ids in C as well."""
     if _native is None:
         return seal_entries_py(head, entries, ctx, observed_time, process_body, stats)
-    head_tpl, source_tpl, seal_tpl = ctx.templates()
-    correlator = getattr(process_body, "native_correlator", None)
-    values, seq, digest, bad_utf8 = _native.seal_entries(
-        head.hash, head.seq, entries.offsets, entries.times, entries.streams, entries.bodies, entries.flags,
-        head_tpl, source_tpl, seal_tpl, observed_time, correlator, correlator is not None, process_body, slow_entry)
-    if stats is not None:
-        stats.invalid_utf8 += bad_utf8
-        stats.processed += len(values)
-    return values, ChainHead(head.chain, seq, digest)
+    return _seal_native(head, entries, ctx, observed_time, process_body, stats, packed=False)
 
 
 def seal_entries_packed(head: ChainHead, entries: Entries, ctx: ChainContext, observed_time: str,
@@ -98,18 +90,25 @@ def seal_entries_packed(head: ChainHead, entries: Entries, ctx: ChainContext, ob
     if _native is None:
         values, head = seal_entries_py(head, entries, ctx, observed_time, process_body, stats)
         return b"".join(values), array("I", map(len, values)), head
-    head_tpl, source_tpl, seal_tpl = ctx.templates()
-    correlator = getattr(process_body, "native_correlator", None)
-    (blob, length_bytes), seq, digest, bad_utf8 = _native.seal_entries(
-        head.hash, head.seq, entries.offsets, entries.times, entries.streams, entries.bodies, entries.flags,
-        head_tpl, source_tpl, seal_tpl, observed_time, correlator, correlator is not None, process_body, slow_entry,
-        True)
+    (blob, length_bytes), new_head = _seal_native(head, entries, ctx, observed_time, process_body, stats, packed=True)
     lengths = array("I")
     lengths.frombytes(length_bytes)
+    return blob, lengths, new_head
+
+
+def _seal_native(head: ChainHead, entries: Entries, ctx: ChainContext, observed_time: str,
+                 process_body: BodyProcessor | None, stats: SealStats | None, packed: bool):
+    """_native.seal_entries: (values, or (blob, lengths as bytes) when packed; the new head)."""
+    head_tpl, source_tpl, seal_tpl = ctx.templates()
+    correlator = getattr(process_body, "native_correlator", None)
+    values, seq, digest, bad_utf8 = _native.seal_entries(
+        head.hash, head.seq, entries.offsets, entries.times, entries.streams, entries.bodies, entries.flags,
+        head_tpl, source_tpl, seal_tpl, observed_time, correlator, correlator is not None, process_body, slow_entry,
+        packed)
     if stats is not None:
         stats.invalid_utf8 += bad_utf8
-        stats.processed += len(lengths)
-    return blob, lengths, ChainHead(head.chain, seq, digest)
+        stats.processed += len(entries)
+    return values, ChainHead(head.chain, seq, digest)
 
 
 def slow_entry(body_b: bytes, process_body: BodyProcessor | None) -> tuple[bytes, str, str, str, bool]:
