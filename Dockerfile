@@ -1,8 +1,9 @@
 # syntax=docker/dockerfile:1
 # audit-shipper image: the package and its locked dependencies in a virtualenv on python:3.11-slim.
 # The builder compiles the native hot path (shipper._native: C, linked to OpenSSL's libcrypto, which
-# the slim image already has) into a wheel and installs it with constraints.txt (dependencies from binary
-# wheels only); the final stage holds the venv and nothing else: no compiler is shipped.
+# the slim image already has, and to libsnappy) into a wheel and installs it with constraints.txt
+# (dependencies from binary wheels only); the final stage holds the venv and libsnappy's runtime
+# package, nothing else: no compiler is shipped.
 #
 #   docker build -t audit-shipper:0.1.0 .
 #
@@ -26,7 +27,7 @@ RUN grep -v '^-e ' constraints.txt > /tmp/constraints.txt \
 RUN /opt/audit-shipper/bin/pip install --only-binary=:all: --constraint /tmp/constraints.txt \
         --requirement /tmp/requirements.txt
 RUN apt-get update \
- && apt-get install -y --no-install-recommends gcc libc6-dev libssl-dev \
+ && apt-get install -y --no-install-recommends gcc libc6-dev libssl-dev libsnappy-dev \
  && rm -rf /var/lib/apt/lists/*
 COPY setup.py ./
 COPY native ./native
@@ -44,6 +45,9 @@ LABEL org.opencontainers.image.title="audit-shipper" \
 ENV PATH=/opt/audit-shipper/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libsnappy1v5 \
+ && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 shipper \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin shipper

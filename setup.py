@@ -1,8 +1,8 @@
 """The native hot path (shipper._native) is a C extension; everything else is in pyproject.toml.
 
-OpenSSL's libcrypto supplies SHA-256 (SHA-NI where the CPU has it). If the extension cannot be
-built, installation stops: the pure-Python path exists for tests and for SHIPPER_NATIVE=0, not as a
-silent fallback that costs five times the CPU.
+OpenSSL's libcrypto supplies SHA-256 (SHA-NI where the CPU has it); libsnappy compresses Kafka batches
+without holding the GIL. If the extension cannot be built, installation stops: the pure-Python path
+exists for tests and for SHIPPER_NATIVE=0, not as a silent fallback that costs five times the CPU.
 """
 from setuptools import Extension, setup
 
@@ -12,7 +12,7 @@ setup(
             "shipper._native",
             sources=["native/module.c", "native/seal.c", "native/kafka.c", "native/parse.c", "native/correlate.c"],
             depends=["native/buf.h", "native/correlate.h", "native/seal.h", "native/kafka.h", "native/parse.h"],
-            libraries=["crypto"],
+            libraries=["crypto", "snappy"],
             extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter",
                                 "-Wno-deprecated-declarations"],
         )

@@ -4,6 +4,8 @@
  * delta its index in the batch. The batch header, CRC and compression stay with aiokafka's builder. */
 #include "kafka.h"
 
+#include <snappy-c.h>
+
 #include <stdint.h>
 
 static const char SCHEMA[] = "audit-shipper/v1";
@@ -197,7 +199,43 @@ done:
     return result;
 }
 
+/* snappy_block(buffer, start) -> bytes: buffer[start:] compressed as one raw snappy block, by libsnappy
+ * with the GIL released (cramjam holds it, and the batch compression is the sender's largest cost). The
+ * buffer is exported for the call, so a bytearray cannot be resized meanwhile. */
+static PyObject *snappy_block(PyObject *self, PyObject *args) {
+    Py_buffer view;
+    Py_ssize_t start;
+    if (!PyArg_ParseTuple(args, "y*n", &view, &start))
+        return NULL;
+    if (start < 0 || start > view.len) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_IndexError, "start outside the buffer");
+        return NULL;
+    }
+    size_t in_n = (size_t)(view.len - start);
+    size_t out_n = snappy_max_compressed_length(in_n);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)out_n);
+    if (out == NULL) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    snappy_status status;
+    Py_BEGIN_ALLOW_THREADS
+    status = snappy_compress((const char *)view.buf + start, in_n, PyBytes_AS_STRING(out), &out_n);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&view);
+    if (status != SNAPPY_OK) {
+        Py_DECREF(out);
+        PyErr_Format(PyExc_RuntimeError, "snappy_compress failed (status %d)", (int)status);
+        return NULL;
+    }
+    if (_PyBytes_Resize(&out, (Py_ssize_t)out_n) < 0)
+        return NULL;
+    return out;
+}
+
 static PyMethodDef KAFKA_METHODS[] = {
+    {"snappy_block", snappy_block, METH_VARARGS, "buffer[start:] as one raw snappy block (GIL released)."},
     {"kafka_records", kafka_records, METH_VARARGS, "Kafka v2 records for spans of sealed values (see kafka.py)."},
     {NULL, NULL, 0, NULL},
 };

@@ -14,6 +14,7 @@ import logging
 import sqlite3
 import random
 import ssl
+import struct
 import time
 from array import array
 from collections import deque
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Awaitable, Callable
 
+import crc32c
 import cramjam
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
@@ -52,6 +54,7 @@ log = logging.getLogger("shipper.kafka")
 _REJECTED = (MessageSizeTooLargeError, RecordTooLargeError, CorruptRecordException, InvalidTopicError)
 _RECORD_OVERHEAD = 512  # batch and record headers around a value, generously
 _BATCH_HEADER = _DefaultRecordBatchBuilderPy.HEADER_STRUCT.size
+_CRC = struct.Struct(">I")
 _CODECS = {"none": 0, "gzip": 1, "snappy": 2, "lz4": 3, "zstd": 4}
 # The xerial snappy stream header: marker -126, "SNAPPY\0", version 1, compatible version 1.
 _XERIAL_HEADER = b"\x82SNAPPY\x00" + (1).to_bytes(4, "big") + (1).to_bytes(4, "big")
@@ -165,6 +168,14 @@ def kafka_records_py(spans: list[Span], budget: int, limit: int, reserve: int = 
 _kafka_records = _native.kafka_records if _native is not None else kafka_records_py
 
 
+def _snappy_block_py(buffer: bytearray, start: int) -> bytes:
+    return bytes(cramjam.snappy.compress_raw(memoryview(buffer)[start:]))
+
+
+# libsnappy with the GIL released (the ingest thread seals meanwhile); cramjam holds the GIL.
+_snappy_block = _native.snappy_block if _native is not None else _snappy_block_py
+
+
 class _RecordsBuilder(_DefaultRecordBatchBuilderPy):
     """aiokafka's own v2 batch builder (header, CRC, compression, producer state) around records that
     kafka_records built in one call, instead of one `append` per record. It takes `records` (room for
@@ -178,13 +189,24 @@ class _RecordsBuilder(_DefaultRecordBatchBuilderPy):
         self._last_offset = count - 1
         self._num_records = count
 
+    def _write_header(self, use_compression_type: bool = True) -> None:
+        """The v2 batch header, its CRC-32C by the crc32c package (the CPU's instruction: aiokafka's
+        table-driven CRC cost 170 µs per 250 KB batch, the hardware one 20 µs)."""
+        self.HEADER_STRUCT.pack_into(
+            self._buffer, 0, 0, len(self._buffer) - self.AFTER_LEN_OFFSET, self.NO_PARTITION_LEADER_EPOCH,
+            self._magic, 0, self._get_attributes(use_compression_type), self._last_offset,
+            self._first_timestamp, self._max_timestamp, self._producer_id, self._producer_epoch,
+            self._base_sequence, self._num_records)
+        _CRC.pack_into(self._buffer, self.CRC_OFFSET,
+                       crc32c.crc32c(memoryview(self._buffer)[self.ATTRIBUTES_OFFSET:]))
+
     def _maybe_compress(self) -> bool:
         if self._compression_type != self.CODEC_SNAPPY:
             return super()._maybe_compress()
         # xerial-framed snappy as every Kafka client reads it, in one block rather than 32 KiB ones:
         # one compress call per batch (aiokafka's loop of small blocks costs 40 % more CPU).
         header = self.HEADER_STRUCT.size
-        block = cramjam.snappy.compress_raw(memoryview(self._buffer)[header:])
+        block = _snappy_block(self._buffer, header)
         if len(_XERIAL_HEADER) + 4 + len(block) >= len(self._buffer) - header:
             return False
         del self._buffer[header:]

@@ -3,6 +3,7 @@ byte for byte, and what either builds reads back with aiokafka's own batch reade
 values, headers). Real brokers taking these batches are the pipeline's integration tests."""
 from __future__ import annotations
 
+import cramjam
 import pytest
 from aiokafka.record.default_records import DefaultRecordBatch
 from hypothesis import given, settings
@@ -80,3 +81,37 @@ def test_runs_left_inside_their_wal_frame_build_the_same_records(spans, budget):
     builders = [kafka.kafka_records_py] + ([native.kafka_records] if native else [])
     for build in builders:
         assert build(packed, budget, 1 << 20) == kafka.kafka_records_py(spans, budget, 1 << 20)
+
+
+@pytest.mark.parametrize("codec", ["none", "snappy"])
+def test_the_batch_header_is_the_one_aiokafka_writes(codec):
+    """_RecordsBuilder writes the header and CRC itself (hardware CRC-32C): byte for byte aiokafka's."""
+    values = [b'{"n":%d}' % i for i in range(50)]
+    records, _, _ = kafka.kafka_records_py([(b"k", 1, values, 0, 50)], 1 << 20, 1 << 20, kafka._BATCH_HEADER)
+    ours = kafka._RecordsBuilder(kafka._CODECS[codec], bytearray(records), 50, 1_700_000_000_000)
+    ours.set_producer_state(7, 1, 99)
+    built = bytes(ours.build())
+    theirs = kafka._RecordsBuilder(kafka._CODECS[codec], bytearray(records), 50, 1_700_000_000_000)
+    theirs.set_producer_state(7, 1, 99)
+    theirs._buffer = bytearray(built)
+    kafka._DefaultRecordBatchBuilderPy._write_header(theirs, codec != "none")
+    assert theirs._buffer == built
+
+
+@pytest.mark.skipif(native is None, reason="shipper._native is not built")
+@settings(max_examples=300, deadline=None)
+@given(data=st.one_of(st.binary(max_size=3000), st.builds(lambda chunk, n: chunk * n, st.binary(min_size=1, max_size=40),
+                                                         st.integers(1, 3000))),
+       start=st.integers(0, 64))
+def test_native_snappy_blocks_read_back_with_the_reference_decoder(data, start):
+    """libsnappy (GIL released) against cramjam's decoder, which is the one aiokafka reads with."""
+    buffer = bytearray(b"h" * start) + data
+    assert bytes(cramjam.snappy.decompress_raw(native.snappy_block(buffer, start))) == data
+
+
+@pytest.mark.skipif(native is None, reason="shipper._native is not built")
+def test_native_snappy_refuses_a_start_outside_the_buffer():
+    with pytest.raises(IndexError):
+        native.snappy_block(bytearray(b"abc"), 4)
+    with pytest.raises(IndexError):
+        native.snappy_block(b"abc", -1)
