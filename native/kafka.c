@@ -31,6 +31,22 @@ static char *put_varint(char *p, int64_t value) {
     return p;
 }
 
+/* `out` writes into the memory of the bytearray `records` (the GIL is held throughout): grown by doubling
+ * through PyByteArray_Resize, cut to its length at the end. The bytearray is what the batch builder keeps,
+ * so the records are never copied out of a scratch buffer. */
+static int records_reserve(PyObject *records, buf_t *out, Py_ssize_t extra) {
+    if (out->len + extra <= out->cap)
+        return 0;
+    Py_ssize_t cap = out->cap > 256 ? out->cap : 256;
+    while (cap < out->len + extra)
+        cap *= 2;
+    if (PyByteArray_Resize(records, cap) < 0)
+        return -1;
+    out->data = PyByteArray_AS_STRING(records);
+    out->cap = cap;
+    return 0;
+}
+
 /* kafka_records(spans, budget, limit, reserve=0) -> (records, taken, value_bytes)
  * records: a bytearray of `reserve` zero bytes (room for the batch header) and then the records.
  * spans: [(key: bytes, first_seq: int, values, start: int, stop: int)], records values[start:stop] with
@@ -49,15 +65,18 @@ static PyObject *kafka_records(PyObject *self, PyObject *args) {
     }
     buf_t out;
     buf_init(&out);
-    PyObject *taken = PyList_New(0), *result = NULL;
-    if (taken == NULL)
+    PyObject *taken = PyList_New(0), *result = NULL, *records = PyByteArray_FromStringAndSize(NULL, 0);
+    if (taken == NULL || records == NULL) {
+        Py_XDECREF(taken);
+        Py_XDECREF(records);
         return NULL;
+    }
     long long offset_delta = 0, value_bytes = 0;
     int full = 0;
     Py_buffer ends_view, payload_view; /* a packed run's offsets and payload, held while it is read */
     int holding = 0, holding_payload = 0;
     /* The header's room, then the records; sized for a full batch at once (no regrowth copies). */
-    if (buf_reserve(&out, reserve + (budget < (1 << 26) ? budget + 4096 : 1 << 16)) < 0)
+    if (records_reserve(records, &out, reserve + (budget < (1 << 26) ? budget + 4096 : 1 << 16)) < 0)
         goto done;
     memset(out.data, 0, (size_t)reserve);
     out.len = reserve;
@@ -143,7 +162,7 @@ static PyObject *kafka_records(PyObject *self, PyObject *args) {
                 full = 1;
                 break;
             }
-            if (buf_reserve(&out, size) < 0)
+            if (records_reserve(records, &out, size) < 0)
                 goto done;
             char *p = out.data + out.len;
             p = put_varint(p, body);
@@ -184,18 +203,16 @@ static PyObject *kafka_records(PyObject *self, PyObject *args) {
         }
         Py_DECREF(n);
     }
-    /* `out` holds the header's room and the records: one copy into the bytearray the builder keeps. */
-    PyObject *records = PyByteArray_FromStringAndSize(out.data ? out.data : "", out.len);
-    if (records == NULL)
+    if (PyByteArray_Resize(records, out.len) < 0)
         goto done;
-    result = Py_BuildValue("(NOL)", records, taken, value_bytes);
+    result = Py_BuildValue("(OOL)", records, taken, value_bytes);
 done:
     if (holding)
         PyBuffer_Release(&ends_view);
     if (holding_payload)
         PyBuffer_Release(&payload_view);
     Py_DECREF(taken);
-    buf_free(&out);
+    Py_DECREF(records);
     return result;
 }
 

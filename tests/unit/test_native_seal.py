@@ -6,6 +6,7 @@ stage configuration, and the chain head it returns must be the same."""
 from __future__ import annotations
 
 import json
+from array import array
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -167,3 +168,17 @@ def test_the_prefilter_sees_a_secret_at_every_offset(secret):
         for after in (0, 3, 17, 30):
             body = "x" * before + "\"" + secret + "\"" + "y" * after
             assert records._native.default_candidate(body), (before, after)
+
+
+@pytest.mark.parametrize("which", ["none", "defaults"])
+def test_packed_records_longer_than_estimated_are_whole(which):
+    """Packed records are rendered into the returned bytes object sized from an estimate; a body that
+    escapes to six times its length (control characters) outgrows it mid-batch and must lose nothing."""
+    rows = [(0, b"", b"stdout", b"plain line", 0), (11, b"", b"stderr", b"\x01" * 5000, 0),
+            (5012, b"", b"stdout", b"after", 0)]
+    head = ChainHead.genesis(CTX.chain)
+    expected, expected_head = records.seal_entries_py(head, build(rows), CTX, OBSERVED, PROCESSORS[which])
+    blob, lengths, packed_head = records.seal_entries_packed(head, build(rows), CTX, OBSERVED, PROCESSORS[which])
+    assert len(expected[1]) > 30_000
+    assert (blob, list(lengths), packed_head) == (b"".join(expected), [len(v) for v in expected], expected_head)
+    assert records.seal_entries_packed(head, build([]), CTX, OBSERVED, PROCESSORS[which])[:2] == (b"", array("I"))
