@@ -5,7 +5,8 @@ with trace ids, ~2 % of entries split into P + F lines. The files are written fi
 `shipper run` (a separate process, default configuration apart from paths) tails them from the
 start into a real broker; the run ends when every entry is acknowledged.
 
-Prints: entries/s, MB/s, CPU-seconds per million lines (the shipper's user+sys), peak RSS,
+Prints: entries/s, MB/s, CPU-seconds per million lines (the shipper's user+sys; the broker's beside it,
+since both share the machine's cores), peak RSS,
 end-to-end lag p50/p99 (line read -> broker ack, from the shipper's histogram), and the share of
 CPU time per stage (from a profiled in-process run of the ingest stages over the same files).
 """
@@ -175,6 +176,8 @@ async def main() -> int:
                                         "-o", args.py_spy, "-p", str(shipper.pid)],
                                        stdout=subprocess.DEVNULL)
             begin = time.monotonic()
+            broker_pid = broker.process.pid
+            broker_cpu_begin = cpu_seconds(broker_pid)
             if args.rate:
                 write_at_rate(node, args.lines, args.rate, shipper)
                 entries = node.ledger.total()
@@ -198,6 +201,7 @@ async def main() -> int:
                     break
             elapsed = time.monotonic() - begin
             cpu = cpu_seconds(shipper.pid)
+            broker_cpu = cpu_seconds(broker_pid) - broker_cpu_begin
             rss = peak_rss(shipper.pid)
             metrics = scrape(shipper.metrics_port)
             if spy is not None:
@@ -212,6 +216,8 @@ async def main() -> int:
         print(f"MB/s:                 {size / elapsed / 1e6:,.1f}")
         print(f"CPU-s per 1M lines:   {cpu / physical * 1e6:.2f}  (user+sys {cpu:.1f}s for {physical:,.0f} lines)")
         print(f"peak RSS:             {rss / 2**20:.0f} MiB")
+        print(f"broker CPU-s per 1M:  {broker_cpu / physical * 1e6:.2f}  (the broker shares this machine's "
+              f"{os.cpu_count()} cores: {(cpu + broker_cpu) / elapsed:.2f} cores busy with both)")
         print(f"lag p50 / p99:        {histogram_quantile(metrics, 'audit_shipper_end_to_end_lag_seconds', 0.5)}s / "
               f"{histogram_quantile(metrics, 'audit_shipper_end_to_end_lag_seconds', 0.99)}s (bucket bounds)")
         if not args.no_profile:

@@ -188,6 +188,17 @@ class _RecordsBuilder(_DefaultRecordBatchBuilderPy):
         self._first_timestamp = self._max_timestamp = timestamp_ms
         self._last_offset = count - 1
         self._num_records = count
+        self._compressed: bool | None = None      # set by compress_now(): build() then only writes the header
+
+    def compress_now(self) -> None:
+        """Compress ahead of the send (in a worker thread, while the batch before is awaiting its ack);
+        the header and CRC, which hold the producer state, are still written when aiokafka drains it."""
+        self._compressed = self._compress()
+
+    def _maybe_compress(self) -> bool:
+        if self._compressed is None:
+            self._compressed = self._compress()
+        return self._compressed
 
     def _write_header(self, use_compression_type: bool = True) -> None:
         """The v2 batch header, its CRC-32C by the crc32c package (the CPU's instruction: aiokafka's
@@ -200,7 +211,7 @@ class _RecordsBuilder(_DefaultRecordBatchBuilderPy):
         _CRC.pack_into(self._buffer, self.CRC_OFFSET,
                        crc32c.crc32c(memoryview(self._buffer)[self.ATTRIBUTES_OFFSET:]))
 
-    def _maybe_compress(self) -> bool:
+    def _compress(self) -> bool:
         if self._compression_type != self.CODEC_SNAPPY:
             return super()._maybe_compress()
         # xerial-framed snappy as every Kafka client reads it, in one block rather than 32 KiB ones:
@@ -228,6 +239,9 @@ class _SpanBatch(BatchBuilder):
 
     def _set_producer_state(self, producer_id: int, producer_epoch: int, base_sequence: int) -> None:
         self._builder.set_producer_state(producer_id, producer_epoch, base_sequence)
+
+    def compress_now(self) -> None:
+        self._builder.compress_now()
 
 
 def backoff_delays(first_ms: int, max_ms: int):
@@ -533,39 +547,64 @@ class Sender:
         limit = self.sink.config.max_request_bytes - _RECORD_OVERHEAD
         budget = self.sink.config.batch_bytes - _BATCH_HEADER
         items = queue.items
-        while True:
-            if not items:
-                queue.ready.clear()
-                await queue.ready.wait()
-                continue
-            while self.sink.producer is None:
-                await asyncio.sleep(0.1)
-            head = items[0]
-            if len(head.values[head.start]) > limit:
-                refused = head.take(1)
-                if not head.count:
-                    items.popleft()
-                await self._refuse(refused, topic, f"record of {len(refused.values[refused.start])} bytes exceeds "
-                                                   f"kafka.max_request_bytes ({self.sink.config.max_request_bytes})")
-                continue
-            candidates = [items[i] for i in range(min(len(items), 64))]
-            records, taken, value_bytes = _kafka_records([run.span() for run in candidates], budget, limit,
-                                                         _BATCH_HEADER)
-            runs: list[_Run] = []
-            for run, count in zip(candidates, taken):
-                if count == run.count:
-                    items.popleft()
-                    runs.append(run)
-                elif count:
-                    runs.append(run.take(count))
-            await self._send_until_acked(topic, partition, runs, (records, sum(taken), value_bytes))
+        # One batch of a partition is in flight at a time (the order of its records is the order of
+        # the chain); the next one is built and compressed meanwhile, so the broker's turn and ours
+        # overlap instead of alternating.
+        in_flight: asyncio.Task | None = None
+        try:
+            while True:
+                if not items:
+                    if in_flight is not None:
+                        await in_flight
+                        in_flight = None
+                        continue
+                    queue.ready.clear()
+                    await queue.ready.wait()
+                    continue
+                while self.sink.producer is None:
+                    await asyncio.sleep(0.1)
+                head = items[0]
+                if len(head.values[head.start]) > limit:
+                    if in_flight is not None:     # its gap record comes after the records before it
+                        await in_flight
+                        in_flight = None
+                    refused = head.take(1)
+                    if not head.count:
+                        items.popleft()
+                    await self._refuse(refused, topic, f"record of {len(refused.values[refused.start])} bytes "
+                                                       f"exceeds kafka.max_request_bytes "
+                                                       f"({self.sink.config.max_request_bytes})")
+                    continue
+                runs, built = self._take_batch(items, budget, limit)
+                await asyncio.to_thread(built[0].compress_now)
+                if in_flight is not None:
+                    await in_flight
+                in_flight = asyncio.ensure_future(self._send_until_acked(topic, partition, runs, built))
+        finally:
+            if in_flight is not None and not in_flight.done():
+                in_flight.cancel()
+
+    def _take_batch(self, items: deque, budget: int, limit: int) -> tuple[list[_Run], tuple[_SpanBatch, int, int]]:
+        """The next batch from the head of a partition's queue: at most `budget` bytes of records, and
+        the runs it takes (the queue keeps the rest)."""
+        candidates = [items[i] for i in range(min(len(items), 64))]
+        records, taken, value_bytes = _kafka_records([run.span() for run in candidates], budget, limit, _BATCH_HEADER)
+        runs: list[_Run] = []
+        for run, count in zip(candidates, taken):
+            if count == run.count:
+                items.popleft()
+                runs.append(run)
+            elif count:
+                runs.append(run.take(count))
+        count = sum(taken)
+        return runs, (_SpanBatch(self.sink.codec, records, count), count, value_bytes)
 
     def _batch(self, runs: list[_Run]) -> tuple[bytearray, int, int]:
         records, taken, value_bytes = _kafka_records([run.span() for run in runs], 1 << 62, 1 << 62, _BATCH_HEADER)
         return records, sum(taken), value_bytes
 
     async def _send_until_acked(self, topic: str, partition: int, runs: list[_Run],
-                                built: tuple[bytearray | None, int, int] | None = None) -> None:
+                                built: tuple[_SpanBatch | None, int, int] | None = None) -> None:
         delays = backoff_delays(self.sink.config.retry_backoff_ms, self.sink.config.retry_backoff_max_ms)
         attempt = 0
         while True:
@@ -574,10 +613,11 @@ class Sender:
                 if producer is None:
                     raise KafkaConnectionError("producer is restarting")
                 if built is None or built[0] is None:
-                    built = self._batch(runs)
-                records, count, value_bytes = built
-                batch = _SpanBatch(self.sink.codec, records, count)
-                built = (None, count, value_bytes)    # the batch owns the records now: a retry rebuilds
+                    records, count, value_bytes = self._batch(runs)
+                    batch = _SpanBatch(self.sink.codec, records, count)
+                else:
+                    batch, count, value_bytes = built
+                built = (None, count, value_bytes)    # aiokafka owns the batch now: a retry rebuilds
                 future = await producer.send_batch(batch, topic, partition=partition)
                 await future
             except _REJECTED as exc:

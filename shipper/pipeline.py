@@ -46,6 +46,7 @@ class Pipeline:
         self.wal: Wal | None = None
         self.sender: Sender | None = None
         self.ingest: Ingest | None = None
+        self._ahead: asyncio.Future | None = None     # the next batch, being read while one is written
 
     # -- start-up --------------------------------------------------------------------------------
     def _open_state(self) -> tuple[Wal, StateStore, Ingest]:
@@ -120,24 +121,45 @@ class Pipeline:
         interval_sync = config.wal.fsync is FsyncMode.interval
         sync_every = config.wal.fsync_interval_ms / 1000
         last_sync = time.monotonic()
-        while not stopping.is_set():
-            self.status.last_tick = time.monotonic()
-            if not wal.has_room(room_needed) and wal.unacked_bytes > 0:
-                await self._pause_for_room(stopping, wal, sender, room_needed)
-                continue
-            collected = await asyncio.to_thread(_collect_encoded, ingest, commit_bytes)
-            if collected is None:
-                if interval_sync and wal.written > wal.durable:
+        # The next batch is read and sealed on one worker thread while the last one is written and
+        # fsynced on another: the write copies megabytes into the page cache and the fsync waits on
+        # the disk, and reading behind them left the ingest idle that long. Only this loop calls into
+        # the ingest, one call at a time; a batch read ahead is committed before stopping.
+        try:
+            while not stopping.is_set():
+                self.status.last_tick = time.monotonic()
+                if self._ahead is not None:
+                    collected, self._ahead = await self._ahead, None
+                elif not wal.has_room(room_needed) and wal.unacked_bytes > 0:
+                    await self._pause_for_room(stopping, wal, sender, room_needed)
+                    continue
+                else:
+                    collected = await asyncio.to_thread(_collect_encoded, ingest, commit_bytes)
+                if collected is None:
+                    if interval_sync and wal.written > wal.durable:
+                        await self._sync(wal, sender)
+                    await wait_event(stopping, poll)
+                    continue
+                payload, callbacks = collected
+                if wal.has_room(room_needed + len(payload)):
+                    self._ahead = asyncio.ensure_future(asyncio.to_thread(_collect_encoded, ingest, commit_bytes))
+                await self._commit(stopping, wal, sender, payload)
+                if not interval_sync or time.monotonic() - last_sync >= sync_every:
                     await self._sync(wal, sender)
-                await wait_event(stopping, poll)
-                continue
-            payload, callbacks = collected
-            await self._commit(stopping, wal, sender, payload)
-            if not interval_sync or time.monotonic() - last_sync >= sync_every:
-                await self._sync(wal, sender)
-                last_sync = time.monotonic()
-            for callback in callbacks:
-                callback()
+                    last_sync = time.monotonic()
+                for callback in callbacks:
+                    callback()
+            if self._ahead is not None:
+                collected, self._ahead = await self._ahead, None
+                if collected is not None:
+                    await self._commit(stopping, wal, sender, collected[0])
+                    await self._sync(wal, sender)
+                    for callback in collected[1]:
+                        callback()
+        finally:
+            if self._ahead is not None:   # failing or cancelled: let the worker thread finish first
+                await asyncio.wait({self._ahead})
+                self._ahead = None
 
     async def _pause_for_room(self, stopping: asyncio.Event, wal: Wal, sender: Sender, needed: int) -> None:
         if not self.status.backpressure:
@@ -155,7 +177,7 @@ class Pipeline:
             waiter.cancel()
             stop_waiter.cancel()
             self.status.last_tick = time.monotonic()
-            if self.ingest is not None:
+            if self.ingest is not None and self._ahead is None:   # never beside a batch being read
                 await asyncio.to_thread(self.ingest.watch_rotations)
         self.metrics.backpressure_seconds.inc(time.monotonic() - started)
         self.status.backpressure = False
