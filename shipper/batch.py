@@ -73,19 +73,22 @@ class Sealed(Sequence):
     """A run's values as the ingest builds them: blobs of consecutive records (one per sealing call, or
     one control record) and every record's length. Encoding a frame joins blobs, not records."""
 
-    __slots__ = ("parts", "lengths")
+    __slots__ = ("parts", "lengths", "counts")
 
     def __init__(self) -> None:
         self.parts: list[bytes] = []
         self.lengths = array("I")
+        self.counts: list[int] = []          # records in each part
 
     def append(self, value: bytes) -> None:
         self.parts.append(value)
         self.lengths.append(len(value))
+        self.counts.append(1)
 
     def add_packed(self, blob: bytes, lengths: array) -> None:
         self.parts.append(blob)
         self.lengths.extend(lengths)
+        self.counts.append(len(lengths))
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -105,8 +108,28 @@ class Sealed(Sequence):
     def __eq__(self, other) -> bool:
         return isinstance(other, Sequence) and list(self) == list(other)
 
+    def packed_parts(self):
+        """(index of its first value in the run, the blob as Packed) for each blob: the sender's view of
+        a run taken from memory, as decode_batch would give it from disk, one Packed per blob."""
+        index = 0
+        lengths = self.lengths
+        for part, count in zip(self.parts, self.counts):
+            yield index, Packed(part, array("q", accumulate(lengths[index:index + count], initial=0)))
+            index += count
 
-def encode_batch(batch: Batch) -> bytes:
+
+@dataclass(slots=True)
+class Frame:
+    """A batch encoded as a WAL frame payload, left in pieces: b"".join(parts) is encode_batch(batch).
+    The WAL writes the pieces with one writev and the sender takes `batch` itself from memory, so on
+    the hot path the payload is neither joined (megabytes copied) nor decoded."""
+
+    parts: list
+    nbytes: int
+    batch: Batch
+
+
+def encode_frame(batch: Batch) -> Frame:
     header = json.dumps({"runs": [[run.chain, run.topic, run.first_seq, len(run.values)] for run in batch.runs],
                          "sources": batch.sources, "chains": batch.chains, "t": batch.read_time},
                         separators=(",", ":")).encode()
@@ -124,7 +147,12 @@ def encode_batch(batch: Batch) -> bytes:
         raise RuntimeError("array('I') is not 32-bit here")
     if struct.pack("=I", 1) != struct.pack("<I", 1):  # pragma: no cover - big-endian hosts
         lengths.byteswap()
-    return b"".join([_U32.pack(len(header)), header, _U32.pack(len(lengths)), lengths.tobytes(), *bodies])
+    parts = [b"".join([_U32.pack(len(header)), header, _U32.pack(len(lengths)), lengths.tobytes()]), *bodies]
+    return Frame(parts, sum(map(len, parts)), batch)
+
+
+def encode_batch(batch: Batch) -> bytes:
+    return b"".join(encode_frame(batch).parts)
 
 
 def decode_header(payload: bytes) -> dict:

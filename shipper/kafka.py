@@ -39,7 +39,7 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
 from aiokafka.record.util import encode_varint_py
 
-from .batch import Packed, decode_batch
+from .batch import Frame, Packed, Sealed, decode_batch
 from .config import KafkaConfig, SecurityProtocol
 from .metrics import Metrics
 from .model import LossEvent, LossReason
@@ -410,6 +410,10 @@ class _PartitionQueue:
 GapWriter = Callable[[str, LossEvent, int, str], Awaitable[None]]
 
 
+def _frame_size(frame: "Frame | bytes") -> int:
+    return frame.nbytes if type(frame) is Frame else len(frame)
+
+
 class Sender:
     """Pumps durable WAL frames to Kafka and moves the ack cursor (and the state snapshot) behind them."""
 
@@ -442,24 +446,25 @@ class Sender:
         self.last_success = 0.0
 
     # -- interface for the pipeline --------------------------------------------------------------
-    def offer(self, start: WalPosition, end: WalPosition, payload: bytes) -> None:
-        """A frame the pipeline has just appended to the WAL (not yet durable: it is sent once visible)."""
-        if self._hot_bytes + len(payload) <= self.hot_limit_bytes:
-            self._hot.append((start, end, payload))
-            self._hot_bytes += len(payload)
+    def offer(self, start: WalPosition, end: WalPosition, frame: "Frame | bytes") -> None:
+        """A frame the pipeline has just appended to the WAL (not yet durable: it is sent once visible):
+        its batch.Frame (the batch itself, not to be decoded), or its payload."""
+        if self._hot_bytes + _frame_size(frame) <= self.hot_limit_bytes:
+            self._hot.append((start, end, frame))
+            self._hot_bytes += _frame_size(frame)
 
-    def _hot_frames(self, max_bytes: int) -> list[tuple[WalPosition, WalPosition, bytes]]:
+    def _hot_frames(self, max_bytes: int) -> list[tuple[WalPosition, WalPosition, "Frame | bytes"]]:
         """The frames next to send, from memory, if memory holds them (else [] and the WAL is read)."""
         hot = self._hot
         while hot and hot[0][1] <= self._read_position:
-            self._hot_bytes -= len(hot.popleft()[2])
-        frames: list[tuple[WalPosition, WalPosition, bytes]] = []
+            self._hot_bytes -= _frame_size(hot.popleft()[2])
+        frames: list[tuple[WalPosition, WalPosition, Frame | bytes]] = []
         expected = self.wal.frame_start(self._read_position)
         taken = 0
         while hot and hot[0][0] == expected and hot[0][1] <= self.visible and taken < max_bytes:
             frame = hot.popleft()
-            self._hot_bytes -= len(frame[2])
-            taken += len(frame[2])
+            self._hot_bytes -= _frame_size(frame[2])
+            taken += _frame_size(frame[2])
             frames.append(frame)
             expected = self.wal.frame_start(frame[1])
         return frames
@@ -507,11 +512,14 @@ class Sender:
                 await self._dispatch(end, payload)
                 self._read_position = end
 
-    async def _dispatch(self, end: WalPosition, payload: bytes) -> None:
-        batch = decode_batch(payload)
-        ticket = _FrameTicket(end, batch.sources, batch.chains, batch.read_time, batch.record_count, len(payload))
+    async def _dispatch(self, end: WalPosition, frame: "Frame | bytes") -> None:
+        if type(frame) is Frame:
+            batch, nbytes = frame.batch, frame.nbytes
+        else:
+            batch, nbytes = decode_batch(frame), len(frame)
+        ticket = _FrameTicket(end, batch.sources, batch.chains, batch.read_time, batch.record_count, nbytes)
         self._tickets.append(ticket)
-        self._in_flight_bytes += len(payload)
+        self._in_flight_bytes += nbytes
         self.metrics.wal_unacked_records.inc(ticket.pending)
         if ticket.pending == 0:
             self._complete(ticket)
@@ -522,7 +530,11 @@ class Sender:
             key = run.chain.encode()
             partitions = await self._partitions(run.topic)
             queue = self._queue(run.topic, partition_of(key, partitions))
-            queue.items.append(_Run(ticket, run.chain, key, run.first_seq, run.values, 0, len(run.values)))
+            if type(run.values) is Sealed:          # a batch from memory: one run per sealed blob
+                for index, packed in run.values.packed_parts():
+                    queue.items.append(_Run(ticket, run.chain, key, run.first_seq + index, packed, 0, len(packed)))
+            else:
+                queue.items.append(_Run(ticket, run.chain, key, run.first_seq, run.values, 0, len(run.values)))
             queue.ready.set()
 
     async def _partitions(self, topic: str) -> int:

@@ -12,7 +12,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from .batch import decode_header, encode_batch
+from .batch import Frame, decode_header, encode_batch, encode_frame
 from .enrich import build_provider
 from .config import FsyncMode, Settings
 from .ingest import Ingest, SigningKey
@@ -140,10 +140,10 @@ class Pipeline:
                         await self._sync(wal, sender)
                     await wait_event(stopping, poll)
                     continue
-                payload, callbacks = collected
-                if wal.has_room(room_needed + len(payload)):
+                frame, callbacks = collected
+                if wal.has_room(room_needed + frame.nbytes):
                     self._ahead = asyncio.ensure_future(asyncio.to_thread(_collect_encoded, ingest, commit_bytes))
-                await self._commit(stopping, wal, sender, payload)
+                await self._commit(stopping, wal, sender, frame)
                 if not interval_sync or time.monotonic() - last_sync >= sync_every:
                     await self._sync(wal, sender)
                     last_sync = time.monotonic()
@@ -184,24 +184,24 @@ class Pipeline:
         self.metrics.backpressure.set(0)
         log.info("WAL has room again: reading resumed")
 
-    async def _commit(self, stopping: asyncio.Event, wal: Wal, sender: Sender, payload: bytes) -> None:
+    async def _commit(self, stopping: asyncio.Event, wal: Wal, sender: Sender, frame: Frame) -> None:
         """Append the frame, retrying while the disk refuses (the batch waits in memory, reading
         stays paused meanwhile); never gives up on a sealed batch."""
         delay = 0.2
         while True:
-            if not wal.has_room(len(payload)) and wal.unacked_bytes > 0:
-                await self._pause_for_room(stopping, wal, sender, len(payload))
-                if stopping.is_set() and not wal.has_room(len(payload)) and wal.unacked_bytes > 0:
+            if not wal.has_room(frame.nbytes) and wal.unacked_bytes > 0:
+                await self._pause_for_room(stopping, wal, sender, frame.nbytes)
+                if stopping.is_set() and not wal.has_room(frame.nbytes) and wal.unacked_bytes > 0:
                     # Not written, not acknowledged: its lines are read again on the next start.
                     return
             try:
                 free = await asyncio.to_thread(wal.free_bytes)
-                if free < len(payload) + DISK_RESERVE_BYTES:
+                if free < frame.nbytes + DISK_RESERVE_BYTES:
                     # Never fill the disk to the last byte: acks (cursor, state) need room to free segments.
                     raise WalWriteError(f"No space left on device for the WAL: {free} bytes free, a commit needs "
-                                        f"{len(payload)} plus {DISK_RESERVE_BYTES} kept for acknowledgements",
+                                        f"{frame.nbytes} plus {DISK_RESERVE_BYTES} kept for acknowledgements",
                                         errno.ENOSPC)
-                end = await asyncio.to_thread(wal.append, [payload])
+                end = await asyncio.to_thread(wal.append, [frame.parts])
             except WalWriteError as exc:
                 self.metrics.wal_write_errors.labels(errno=str(exc.errno)).inc()
                 self.status.wal_error = str(exc)
@@ -217,7 +217,7 @@ class Pipeline:
                 self.status.wal_error = ""
                 self.status.backpressure = False
                 self.metrics.backpressure.set(0)
-            sender.offer(wal.last_start, end, payload)
+            sender.offer(wal.last_start, end, frame)
             self.metrics.wal_commits.inc()
             self.metrics.wal_bytes.set(wal.bytes_on_disk)
             self.metrics.wal_segments.set(wal.segment_count)
@@ -266,4 +266,4 @@ def _collect_encoded(ingest: Ingest, commit_bytes: int):
     if collected is None:
         return None
     batch, callbacks = collected
-    return encode_batch(batch), callbacks
+    return encode_frame(batch), callbacks

@@ -205,14 +205,19 @@ class Wal:
     def has_room(self, nbytes: int) -> bool:
         return self.bytes_on_disk + nbytes <= self.max_bytes
 
-    def append(self, payloads: list[bytes]) -> WalPosition:
-        """Append frames (not yet durable); returns the position after the last one.
+    def append(self, payloads: list) -> WalPosition:
+        """Append frames (not yet durable); returns the position after the last one. A payload is bytes,
+        or a list of the pieces of one payload (batch.Frame.parts), written as they are.
         On failure the segment is cut back to where it was: a half-written frame never stays."""
         # Frame headers and payloads go to one writev: a commit is megabytes, and joining them copied it twice.
         parts: list[bytes] = []
         for payload in payloads:
-            parts.append(_HEADER.pack(len(payload), crc32c.crc32c(payload)))
-            parts.append(payload)
+            pieces = payload if isinstance(payload, list) else [payload]
+            crc = 0
+            for piece in pieces:
+                crc = crc32c.crc32c(piece, crc)
+            parts.append(_HEADER.pack(sum(map(len, pieces)), crc))
+            parts.extend(pieces)
         total = sum(map(len, parts))
         size = self._segments[self._active]
         if size and size + total > self.segment_bytes:

@@ -9,7 +9,7 @@ import stat
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from shipper.batch import Batch, Run, Sealed, decode_batch, encode_batch
+from shipper.batch import Batch, Run, Sealed, decode_batch, encode_batch, encode_frame
 from shipper.wal import HEADER_SIZE, Wal, WalError, WalPosition, segment_name
 
 
@@ -168,3 +168,32 @@ def test_frames_kept_in_memory_are_the_frames_on_disk_across_segment_rolls(tmp_p
     assert [(start, end, bytes(payload)) for start, end, payload in taken] == \
         [(start, end, bytes(payload)) for start, end, payload in on_disk]
     assert sender._hot_bytes == 0
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.text(min_size=1, max_size=10), st.integers(1, 10**9),
+                          st.lists(st.lists(st.binary(max_size=40), min_size=1, max_size=4), min_size=1, max_size=4)),
+                max_size=5))
+def test_a_frame_written_in_pieces_is_the_frame_on_disk_and_its_runs_are_the_decoded_runs(tmp_path_factory, runs):
+    """The pipeline hands the WAL a frame's pieces (no join) and the sender the batch itself (no decode):
+    the WAL holds exactly encode_batch's payload, and the sender's per-blob runs from memory carry the
+    values and seqs that decoding the frame from disk gives."""
+    batch = Batch([], {"k": [1, 2, "fp", "/p", 9, "c"]}, {"c": [3, "00", False]}, 12.5)
+    for chain, seq, blobs in runs:
+        values = Sealed()
+        for blob in blobs:                      # one sealing call per blob, as the ingest does
+            values.add_packed(b"".join(blob), array("I", map(len, blob)))
+        batch.runs.append(Run(chain, "logs", seq, values))
+    frame = encode_frame(batch)
+    assert b"".join(frame.parts) == encode_batch(batch) and frame.nbytes == len(encode_batch(batch))
+
+    wal = open_wal(tmp_path_factory.mktemp("wal"), segment_bytes=1 << 20)
+    wal.append([frame.parts, b"after"])
+    assert frames(wal) == [encode_batch(batch), b"after"]
+
+    decoded = decode_batch(frames(wal)[0])
+    for run, from_disk in zip(batch.runs, decoded.runs):
+        in_memory = [(run.first_seq + index, list(packed)) for index, packed in run.values.packed_parts()]
+        seqs = [seq + i for seq, values in in_memory for i in range(len(values))]
+        assert [value for _, values in in_memory for value in values] == list(from_disk.values)
+        assert seqs == list(range(from_disk.first_seq, from_disk.first_seq + len(from_disk.values)))
