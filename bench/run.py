@@ -134,7 +134,7 @@ def profile_stages(settings_path: Path) -> list[tuple[str, float]]:
 
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--lines", type=int, default=500_000, help="entries to write (PEERS.md used 2,000,000)")
+    parser.add_argument("--lines", type=int, default=2_000_000, help="entries to write (PEERS.md's workload)")
     parser.add_argument("--files", type=int, default=10)
     parser.add_argument("--broker", choices=["kafka", "tansu"], default="kafka")
     parser.add_argument("--no-profile", action="store_true")

@@ -34,6 +34,52 @@ static int is_timestamp(const char *s, Py_ssize_t n) {
 
 static PyObject *STDOUT, *STDERR, *ZERO;
 
+/* One plain `<time> <stream> F <message>` line at data[pos:end] (end just past a newline): its parts as
+ * offsets into data, and its length without the newline; 0 when the line is anything else. */
+typedef struct {
+    Py_ssize_t len, time_n, body_pos, body_n;
+    int stderr_stream;
+} plain_line_t;
+
+static int plain_line(const char *data, Py_ssize_t pos, Py_ssize_t end, Py_ssize_t max_entry, plain_line_t *out) {
+    const char *line = data + pos;
+    const char *nl = memchr(line, '\n', (size_t)(end - pos));
+    if (nl == NULL)
+        return 0;
+    Py_ssize_t len = nl - line;
+    const char *sp1 = memchr(line, ' ', (size_t)len);
+    if (sp1 == NULL)
+        return 0;
+    const char *sp2 = memchr(sp1 + 1, ' ', (size_t)(nl - sp1 - 1));
+    if (sp2 == NULL || sp2 + 2 >= nl || sp2[1] != 'F' || sp2[2] != ' ')
+        return 0;                                   /* not `<a> <b> F <message>` */
+    Py_ssize_t stream_n = sp2 - sp1 - 1;
+    if (stream_n == 6 && memcmp(sp1 + 1, "stdout", 6) == 0)
+        out->stderr_stream = 0;
+    else if (stream_n == 6 && memcmp(sp1 + 1, "stderr", 6) == 0)
+        out->stderr_stream = 1;
+    else
+        return 0;
+    const char *message = sp2 + 3;
+    Py_ssize_t message_n = nl - message;
+    if (message_n > max_entry || !is_timestamp(line, sp1 - line))
+        return 0;
+    out->len = len;
+    out->time_n = sp1 - line;
+    out->body_pos = message - data;
+    out->body_n = message_n;
+    return 1;
+}
+
+static int positions_ok(Py_buffer *view, Py_ssize_t pos, Py_ssize_t end) {
+    if (pos < 0 || end > view->len || pos > end) {
+        PyBuffer_Release(view);
+        PyErr_SetString(PyExc_IndexError, "positions outside the data");
+        return 0;
+    }
+    return 1;
+}
+
 /* cri_lines(data, pos, end, line_offset, max_entry, offsets, times, streams, bodies, flags)
  *   -> (pos, line_offset, lines)
  * Parses the complete lines of data[pos:end] (end is just past a newline) while they are plain F
@@ -48,42 +94,18 @@ static PyObject *cri_lines(PyObject *self, PyObject *args) {
                           &lists[0], &PyList_Type, &lists[1], &PyList_Type, &lists[2], &PyList_Type, &lists[3],
                           &PyList_Type, &lists[4]))
         return NULL;
-    const char *data = view.buf;
-    if (pos < 0 || end > view.len || pos > end) {
-        PyBuffer_Release(&view);
-        PyErr_SetString(PyExc_IndexError, "positions outside the data");
+    if (!positions_ok(&view, pos, end))
         return NULL;
-    }
+    const char *data = view.buf;
     Py_ssize_t lines = 0;
-    while (pos < end) {
-        const char *line = data + pos;
-        const char *nl = memchr(line, '\n', (size_t)(end - pos));
-        if (nl == NULL)
-            break;
-        Py_ssize_t len = nl - line;
-        const char *sp1 = memchr(line, ' ', (size_t)len);
-        if (sp1 == NULL)
-            break;
-        const char *sp2 = memchr(sp1 + 1, ' ', (size_t)(nl - sp1 - 1));
-        if (sp2 == NULL || sp2 + 2 >= nl || sp2[1] != 'F' || sp2[2] != ' ')
-            break;                                  /* not `<a> <b> F <message>` */
-        PyObject *stream;
-        Py_ssize_t stream_n = sp2 - sp1 - 1;
-        if (stream_n == 6 && memcmp(sp1 + 1, "stdout", 6) == 0)
-            stream = STDOUT;
-        else if (stream_n == 6 && memcmp(sp1 + 1, "stderr", 6) == 0)
-            stream = STDERR;
-        else
-            break;
-        const char *message = sp2 + 3;
-        Py_ssize_t message_n = nl - message;
-        if (message_n > max_entry || !is_timestamp(line, sp1 - line))
-            break;
+    plain_line_t p;
+    while (pos < end && plain_line(data, pos, end, max_entry, &p)) {
         PyObject *offset = PyLong_FromLongLong(line_offset);
-        PyObject *time = PyBytes_FromStringAndSize(line, sp1 - line);
-        PyObject *body = PyBytes_FromStringAndSize(message, message_n);
+        PyObject *time = PyBytes_FromStringAndSize(data + pos, p.time_n);
+        PyObject *body = PyBytes_FromStringAndSize(data + p.body_pos, p.body_n);
         int failed = offset == NULL || time == NULL || body == NULL || PyList_Append(lists[0], offset) < 0
-                     || PyList_Append(lists[1], time) < 0 || PyList_Append(lists[2], stream) < 0
+                     || PyList_Append(lists[1], time) < 0
+                     || PyList_Append(lists[2], p.stderr_stream ? STDERR : STDOUT) < 0
                      || PyList_Append(lists[3], body) < 0 || PyList_Append(lists[4], ZERO) < 0;
         Py_XDECREF(offset);
         Py_XDECREF(time);
@@ -92,16 +114,63 @@ static PyObject *cri_lines(PyObject *self, PyObject *args) {
             PyBuffer_Release(&view);
             return NULL;
         }
-        line_offset += len + 1;
-        pos += len + 1;
+        line_offset += p.len + 1;
+        pos += p.len + 1;
         lines++;
     }
     PyBuffer_Release(&view);
     return Py_BuildValue("(nLn)", pos, line_offset, lines);
 }
 
+/* cri_rows(data, pos, end, line_offset, max_entry, rows, ordinal) -> (pos, line_offset, lines)
+ * cri_lines without a Python object per line: each plain F line appends one row of RAW_ROW_FIELDS
+ * int64 (native order) to the bytearray `rows`: its ordinal in the entries (`ordinal`, `ordinal` + 1,
+ * ...), file offset, time and body as offset and length into `data`, and the stream (0 stdout, 1
+ * stderr). The seal loop reads the rows and `data` directly (see seal.h). */
+static PyObject *cri_rows(PyObject *self, PyObject *args) {
+    Py_buffer view;
+    Py_ssize_t pos, end, max_entry;
+    long long line_offset, ordinal;
+    PyObject *rows;
+    if (!PyArg_ParseTuple(args, "y*nnLnO!L", &view, &pos, &end, &line_offset, &max_entry, &PyByteArray_Type,
+                          &rows, &ordinal))
+        return NULL;
+    if (!positions_ok(&view, pos, end))
+        return NULL;
+    const char *data = view.buf;
+    Py_ssize_t lines = 0, used = PyByteArray_GET_SIZE(rows), cap = used;
+    plain_line_t p;
+    while (pos < end && plain_line(data, pos, end, max_entry, &p)) {
+        if (used + (Py_ssize_t)sizeof(raw_row_t) > cap) {
+            /* Room for the rest of the data at one row per 64 bytes, at least: few resizes. */
+            cap = used + (Py_ssize_t)sizeof(raw_row_t) * ((end - pos) / 64 + 16);
+            if (PyByteArray_Resize(rows, cap) < 0) {
+                PyBuffer_Release(&view);
+                return NULL;            /* the bytearray is as it was */
+            }
+        }
+        raw_row_t *row = (raw_row_t *)(PyByteArray_AS_STRING(rows) + used);
+        row->ordinal = ordinal++;
+        row->offset = line_offset;
+        row->time_pos = pos;
+        row->time_n = p.time_n;
+        row->stream = p.stderr_stream;
+        row->body_pos = p.body_pos;
+        row->body_n = p.body_n;
+        used += (Py_ssize_t)sizeof(raw_row_t);
+        line_offset += p.len + 1;
+        pos += p.len + 1;
+        lines++;
+    }
+    PyBuffer_Release(&view);
+    if (PyByteArray_Resize(rows, used) < 0)
+        return NULL;
+    return Py_BuildValue("(nLn)", pos, line_offset, lines);
+}
+
 static PyMethodDef PARSE_METHODS[] = {
     {"cri_lines", cri_lines, METH_VARARGS, "Plain CRI F lines to entries (see parse.py)."},
+    {"cri_rows", cri_rows, METH_VARARGS, "Plain CRI F lines to raw rows into the data (see parse.py)."},
     {NULL, NULL, 0, NULL},
 };
 

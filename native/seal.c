@@ -8,6 +8,7 @@
  * and is then hashed and rendered here the same way. */
 #include "seal.h"
 #include "correlate.h"
+#include "parse.h"
 
 #include <openssl/sha.h>
 #include <stdint.h>
@@ -244,6 +245,7 @@ typedef struct {
     Py_ssize_t time_n, stream_n, body_n;
     long long offset;
     long flags;
+    Py_ssize_t py_index;    /* index in the caller's lists, or -1 for a raw row (parse.h) */
 } entry_t;
 
 typedef struct {
@@ -311,14 +313,79 @@ static int entry_at(PyObject *offsets, PyObject *times, PyObject *streams, PyObj
         return -1;
     e->offset = PyLong_AsLongLong(PyList_GET_ITEM(offsets, i));
     e->flags = PyLong_AsLong(PyList_GET_ITEM(flags, i));
+    e->py_index = i;
     return PyErr_Occurred() ? -1 : 0;
 }
 
+/* Raw rows (shipper.parse.Entries.raw: entries the native CRI loop left inside `data`) and the ordinals
+ * of the list entries: every entry goes to entries[its ordinal], each slot exactly once. */
+typedef struct {
+    Py_buffer data, rows, ordinals;
+    int held;
+} raw_t;
+
+static void raw_release(raw_t *raw) {
+    if (raw->held) {
+        PyBuffer_Release(&raw->data);
+        PyBuffer_Release(&raw->rows);
+        PyBuffer_Release(&raw->ordinals);
+        raw->held = 0;
+    }
+}
+
+static int place(entry_t *entries, char *filled, Py_ssize_t count, long long ordinal, const entry_t *e) {
+    if (ordinal < 0 || ordinal >= count || filled[ordinal]) {
+        PyErr_SetString(PyExc_ValueError, "entry ordinals are not 0..n-1 each once");
+        return -1;
+    }
+    filled[ordinal] = 1;
+    entries[ordinal] = *e;
+    return 0;
+}
+
+static int gather(PyObject *offsets, PyObject *times, PyObject *streams, PyObject *bodies, PyObject *flags,
+                  raw_t *raw, entry_t *entries, Py_ssize_t count) {
+    Py_ssize_t n_py = PyList_GET_SIZE(bodies);
+    char *filled = PyMem_RawCalloc((size_t)(count ? count : 1), 1);
+    if (filled == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    const int64_t *ordinals = raw->held ? raw->ordinals.buf : NULL;
+    int ok = 1;
+    for (Py_ssize_t i = 0; ok && i < n_py; i++) {
+        entry_t e;
+        ok = entry_at(offsets, times, streams, bodies, flags, i, &e) == 0
+             && place(entries, filled, count, ordinals ? ordinals[i] : i, &e) == 0;
+    }
+    if (ok && raw->held) {
+        const raw_row_t *rows = raw->rows.buf;
+        const char *data = raw->data.buf;
+        for (Py_ssize_t r = 0; ok && r < count - n_py; r++) {
+            const raw_row_t *row = &rows[r];
+            if (row->time_pos < 0 || row->time_n < 0 || row->time_pos + row->time_n > raw->data.len
+                || row->body_pos < 0 || row->body_n < 0 || row->body_pos + row->body_n > raw->data.len) {
+                PyErr_SetString(PyExc_ValueError, "a raw row points outside its data");
+                ok = 0;
+                break;
+            }
+            entry_t e = {data + row->time_pos, row->stream ? "stderr" : "stdout", data + row->body_pos,
+                         (Py_ssize_t)row->time_n, 6, (Py_ssize_t)row->body_n, (long long)row->offset, 0, -1};
+            ok = place(entries, filled, count, row->ordinal, &e) == 0;
+        }
+    }
+    PyMem_RawFree(filled);
+    return ok ? 0 : -1;
+}
+
 /* seal_entries(prev_hash, seq, offsets, times, streams, bodies, flags, head_tpl, source_tpl, seal_tpl,
- *              observed, correlator, native_body, process_body, slow_entry, packed)
+ *              observed, correlator, native_body, process_body, slow_entry, packed, raw_data, raw_rows,
+ *              ordinals)
  *   -> (values, last_seq, last_hash, invalid_utf8)
  * values: a list of bytes, one per record; with `packed`, (all records in one bytes, their lengths as
  * native uint32 in one bytes), which spares an allocation per record.
+ * raw_data, raw_rows, ordinals (optional): entries the native CRI loop left inside raw_data (parse.h rows,
+ * from cri_rows), and the int64 ordinal of each list entry: all are sealed in ordinal order.
  * correlator: a _native.Correlator or None; native_body: whether the fast path may run the body stage
  * (built-in redaction only, no JSON body fields); process_body: the Python body stage or None.
  *
@@ -329,12 +396,14 @@ static PyObject *seal_entries(PyObject *self, PyObject *args) {
     long long seq;
     PyObject *offsets, *times, *streams, *bodies, *flags;
     PyObject *head_o, *source_o, *seal_o, *observed_o, *correlator, *process_body, *slow_entry;
+    PyObject *raw_data = Py_None, *raw_rows = Py_None, *raw_ordinals = Py_None;
     int native_body, packed = 0;
-    if (!PyArg_ParseTuple(args, "y*LO!O!O!O!O!UUUUOpOO|p", &prev_view, &seq, &PyList_Type, &offsets,
+    if (!PyArg_ParseTuple(args, "y*LO!O!O!O!O!UUUUOpOO|pOOO", &prev_view, &seq, &PyList_Type, &offsets,
                           &PyList_Type, &times, &PyList_Type, &streams, &PyList_Type, &bodies, &PyList_Type,
                           &flags, &head_o, &source_o, &seal_o, &observed_o, &correlator, &native_body,
-                          &process_body, &slow_entry, &packed))
+                          &process_body, &slow_entry, &packed, &raw_data, &raw_rows, &raw_ordinals))
         return NULL;
+    raw_t raw = {.held = 0};
     PyObject *values = NULL, *result = NULL;
     buf_t out, quoted, top, attrs;
     buf_init(&out);
@@ -346,6 +415,26 @@ static PyObject *seal_entries(PyObject *self, PyObject *args) {
     chain_t chain;
     long long invalid_utf8 = 0;
     Py_ssize_t count = PyList_GET_SIZE(bodies);
+    if (raw_data != Py_None) {
+        /* Raw rows hold their place by ordinal; the list entries' ordinals come as int64s. */
+        if (PyObject_GetBuffer(raw_data, &raw.data, PyBUF_SIMPLE) < 0)
+            goto done;
+        if (PyObject_GetBuffer(raw_rows, &raw.rows, PyBUF_SIMPLE) < 0) {
+            PyBuffer_Release(&raw.data);
+            goto done;
+        }
+        if (PyObject_GetBuffer(raw_ordinals, &raw.ordinals, PyBUF_SIMPLE) < 0) {
+            PyBuffer_Release(&raw.data);
+            PyBuffer_Release(&raw.rows);
+            goto done;
+        }
+        raw.held = 1;
+        if (raw.rows.len % (Py_ssize_t)sizeof(raw_row_t) != 0 || raw.ordinals.len != count * 8) {
+            PyErr_SetString(PyExc_ValueError, "raw rows or ordinals of the wrong size");
+            goto done;
+        }
+        count += raw.rows.len / (Py_ssize_t)sizeof(raw_row_t);
+    }
 
     if (prev_view.len != 32) {
         PyErr_SetString(PyExc_ValueError, "prev hash is 32 bytes");
@@ -354,8 +443,9 @@ static PyObject *seal_entries(PyObject *self, PyObject *args) {
     memcpy(chain.prev, prev_view.buf, 32);
     hex32(chain.prev_hex, chain.prev);
     chain.seq = seq;
-    if (PyList_GET_SIZE(offsets) != count || PyList_GET_SIZE(times) != count || PyList_GET_SIZE(streams) != count
-        || PyList_GET_SIZE(flags) != count) {
+    Py_ssize_t n_py = PyList_GET_SIZE(bodies);
+    if (PyList_GET_SIZE(offsets) != n_py || PyList_GET_SIZE(times) != n_py || PyList_GET_SIZE(streams) != n_py
+        || PyList_GET_SIZE(flags) != n_py) {
         PyErr_SetString(PyExc_ValueError, "entries lists differ in length");
         goto done;
     }
@@ -368,14 +458,13 @@ static PyObject *seal_entries(PyObject *self, PyObject *args) {
         PyErr_NoMemory();
         goto done;
     }
+    if (gather(offsets, times, streams, bodies, flags, &raw, entries, count) < 0)
+        goto done;
     /* Room for the records up front (growing the buffer by doubling copied it about twice over): the
      * fixed parts, the body with some escaping, and ids; rare longer records still grow it. */
     Py_ssize_t estimate = 0;
-    for (Py_ssize_t i = 0; i < count; i++) {
-        if (entry_at(offsets, times, streams, bodies, flags, i, &entries[i]) < 0)
-            goto done;
+    for (Py_ssize_t i = 0; i < count; i++)
         estimate += entries[i].body_n + entries[i].body_n / 4 + entries[i].time_n + entries[i].stream_n + 400;
-    }
     estimate += count * (chain.head_n + chain.source_n + chain.seal_n + chain.observed_n);
     if (buf_reserve(&out, estimate) < 0)
         goto done;
@@ -412,7 +501,10 @@ static PyObject *seal_entries(PyObject *self, PyObject *args) {
             }
             top.len = attrs.len = 0;
             /* (body bytes, quoted body, top members, attribute members, invalid utf-8) */
-            PyObject *slow = PyObject_CallFunctionObjArgs(slow_entry, PyList_GET_ITEM(bodies, i), process_body, NULL);
+            PyObject *body_o = e->py_index >= 0 ? Py_NewRef(PyList_GET_ITEM(bodies, e->py_index))
+                                                : PyBytes_FromStringAndSize(e->body, e->body_n);
+            PyObject *slow = body_o ? PyObject_CallFunctionObjArgs(slow_entry, body_o, process_body, NULL) : NULL;
+            Py_XDECREF(body_o);
             if (slow == NULL || !PyTuple_Check(slow) || PyTuple_GET_SIZE(slow) != 5
                 || !PyBytes_Check(PyTuple_GET_ITEM(slow, 0))) {
                 if (slow != NULL)
@@ -482,6 +574,7 @@ done:
     buf_free(&top);
     buf_free(&attrs);
     PyBuffer_Release(&prev_view);
+    raw_release(&raw);
     return result;
 }
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import re
+import struct
+from array import array
 from dataclasses import dataclass, field
 
 from .native import module as _native
@@ -44,28 +46,75 @@ _EMPTY = b""
 _SLACK = 4096   # room for a header beyond max_entry before a physical line is cut
 
 
+# A raw row (native/parse.h raw_row_t): ordinal, offset, time position and length, stream (0 stdout,
+# 1 stderr), body position and length, as native int64s.
+_RAW_ROW = struct.Struct("=7q")
+
+
 @dataclass(slots=True)
 class Entries:
     """Parallel lists, one slot per entry: cheaper than an object per line on the hot path.
-    An empty time means "no runtime time": the record builder uses the observed time."""
+    An empty time means "no runtime time": the record builder uses the observed time.
+
+    With the native CRI loop, plain lines are not in the lists: they are raw rows (`raw`, filled by
+    _native.cri_rows) into `data`, the bytes they were parsed from, and the seal loop reads them
+    there. Each list entry then has its place among all entries in `ordinals`. `materialize()` turns
+    raw rows into list entries (the reference implementations and tests read the lists)."""
 
     offsets: list[int] = field(default_factory=list)
     times: list[bytes] = field(default_factory=list)
     streams: list[bytes] = field(default_factory=list)
     bodies: list[bytes] = field(default_factory=list)
     flags: list[int] = field(default_factory=list)
+    raw: bytearray = field(default_factory=bytearray)
+    data: bytes | None = None
+    ordinals: array = field(default_factory=lambda: array("q"))
 
     def __len__(self) -> int:
-        return len(self.bodies)
+        return len(self.bodies) + len(self.raw) // _RAW_ROW.size
 
     def add(self, offset: int, time: bytes, stream: bytes, body: bytes, flags: int) -> None:
+        if self.data is not None:
+            self.ordinals.append(len(self))
         self.offsets.append(offset)
         self.times.append(time)
         self.streams.append(stream)
         self.bodies.append(body)
         self.flags.append(flags)
 
+    def raw_rows_into(self, data: bytes) -> bytearray:
+        """The raw rows, for rows into `data` (rows into other data are made list entries first).
+        The list entries get their ordinals before the first raw row."""
+        if self.data is not None and self.data is not data:
+            self.materialize()
+        if self.data is None:
+            self.ordinals = array("q", range(len(self.bodies)))
+            self.data = data
+        return self.raw
+
+    def materialize(self) -> None:
+        """Raw rows become list entries, in entry order."""
+        data = self.data
+        if data is None:
+            return
+        if not self.raw:                     # the list entries are all there is, in order
+            self.data = None
+            self.ordinals = array("q")
+            return
+        listed = list(zip(self.offsets, self.times, self.streams, self.bodies, self.flags))
+        merged: list = [None] * len(self)
+        for ordinal, row in zip(self.ordinals, listed):
+            merged[ordinal] = row
+        for ordinal, offset, time_pos, time_n, stream, body_pos, body_n in _RAW_ROW.iter_unpack(self.raw):
+            merged[ordinal] = (offset, data[time_pos:time_pos + time_n], _STREAMS[stream],
+                               data[body_pos:body_pos + body_n], 0)
+        self.offsets, self.times, self.streams, self.bodies, self.flags = (list(column) for column in zip(*merged))
+        self.raw = bytearray()
+        self.data = None
+        self.ordinals = array("q")
+
     def rows(self) -> list[tuple[int, bytes, bytes, bytes, int]]:
+        self.materialize()
         return list(zip(self.offsets, self.times, self.streams, self.bodies, self.flags))
 
 
@@ -148,7 +197,12 @@ class StreamParser:
 
     # -- feeding -----------------------------------------------------------------------------
     def feed(self, data: bytes, offset: int, end_of_file: bool = False, out: Entries | None = None) -> Entries:
-        out = out if out is not None else Entries()
+        """The entries that `data` completes, appended to `out` (which may then hold raw rows, see
+        Entries); without `out`, a new Entries with everything in its lists."""
+        if out is None:
+            out = self.feed(data, offset, end_of_file, Entries())
+            out.materialize()
+            return out
         if self._carry:
             data = self._carry + data
             offset = self._carry_offset
@@ -226,16 +280,19 @@ class StreamParser:
         return line_offset
 
     def _add_cri_lines_native(self, data: bytes, end: int, line_offset: int, out: Entries) -> int:
-        """`_add_cri_lines_fast` over data[:end] with its loop in C (shipper._native.cri_lines), which
-        stops at the first line that needs this parser's state; that line is handled here."""
-        lists = (out.offsets, out.times, out.streams, out.bodies, out.flags)
-        cri_lines = _native.cri_lines
+        """`_add_cri_lines_fast` over data[:end] with its loop in C (shipper._native.cri_rows: raw rows
+        into `data`, no object per line), which stops at the first line that needs this parser's
+        state; that line is handled here."""
+        cri_rows = _native.cri_rows
         max_entry = self.max_entry
+        rows = None
         pos = 0
         lines = 0
         while pos < end:
             if not self._groups and self._cont is None:
-                pos, line_offset, taken = cri_lines(data, pos, end, line_offset, max_entry, *lists)
+                if rows is None:
+                    rows = out.raw_rows_into(data)
+                pos, line_offset, taken = cri_rows(data, pos, end, line_offset, max_entry, rows, len(out))
                 lines += taken
                 if pos >= end:
                     break

@@ -104,7 +104,7 @@ def _seal_native(head: ChainHead, entries: Entries, ctx: ChainContext, observed_
     values, seq, digest, bad_utf8 = _native.seal_entries(
         head.hash, head.seq, entries.offsets, entries.times, entries.streams, entries.bodies, entries.flags,
         head_tpl, source_tpl, seal_tpl, observed_time, correlator, correlator is not None, process_body, slow_entry,
-        packed)
+        packed, entries.data, entries.raw, entries.ordinals)
     if stats is not None:
         stats.invalid_utf8 += bad_utf8
         stats.processed += len(entries)
@@ -135,6 +135,7 @@ def slow_entry(body_b: bytes, process_body: BodyProcessor | None) -> tuple[bytes
 def seal_entries_py(head: ChainHead, entries: Entries, ctx: ChainContext, observed_time: str,
                     process_body: BodyProcessor | None, stats: SealStats | None = None) -> tuple[list[bytes], ChainHead]:
     """The reference implementation of seal_entries."""
+    entries.materialize()
     head_tpl, source_tpl, seal_tpl = ctx.templates()
     observed_b = observed_time.encode()
     prev = head.hash

@@ -16,7 +16,7 @@ from shipper import records
 from shipper.config import EnrichConfig, RedactionRule
 from shipper.enrich.body import make_body_processor
 from shipper.enrich.redact import default_candidate
-from shipper.parse import Entries
+from shipper.parse import Entries, StreamParser
 from shipper.seal import ChainHead
 from shipper.simnode import SimNode
 
@@ -182,3 +182,77 @@ def test_packed_records_longer_than_estimated_are_whole(which):
     assert len(expected[1]) > 30_000
     assert (blob, list(lengths), packed_head) == (b"".join(expected), [len(v) for v in expected], expected_head)
     assert records.seal_entries_packed(head, build([]), CTX, OBSERVED, PROCESSORS[which])[:2] == (b"", array("I"))
+
+
+TS = b"2026-11-28T18:00:00.123456789Z"
+cri_line = st.one_of(
+    bodies.map(lambda body: TS + b" stdout F " + body.replace(b"\n", b" ") + b"\n"),
+    bodies.map(lambda body: TS + b" stderr F " + body.replace(b"\n", b" ") + b"\n"),
+    bodies.map(lambda body: TS + b" stdout P " + body.replace(b"\n", b" ") + b"\n"),
+    bodies.map(lambda body: b"not-a-header " + body.replace(b"\n", b" ") + b"\n"),
+)
+
+
+def seal_chunks(lines: list[bytes], cuts: list[int], which: str, raw: bool):
+    """Parse the lines chunk by chunk as the ingest does (raw=True: entries stay raw rows in the data
+    read) and seal each chunk: natively with raw rows, or by the reference over list entries."""
+    data = b"".join(lines)
+    parser = StreamParser()
+    head = ChainHead.genesis(CTX.chain)
+    blobs, raw_rows = [], 0
+    position = 0
+    for cut in sorted(set(cuts)) + [len(data)]:
+        if cut <= position or cut > len(data):
+            continue
+        chunk = data[position:cut]
+        if raw:
+            entries = Entries()
+            parser.feed(chunk, position, cut == len(data), out=entries)
+            raw_rows += len(entries.raw) // 56
+            blob, _, head = records.seal_entries_packed(head, entries, CTX, OBSERVED, PROCESSORS[which])
+        else:
+            entries = parser.feed(chunk, position, cut == len(data))
+            values, head = records.seal_entries_py(head, entries, CTX, OBSERVED, PROCESSORS[which])
+            blob = b"".join(values)
+        blobs.append(blob)
+        position = cut
+    return b"".join(blobs), head, raw_rows
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lines=st.lists(cri_line, max_size=25), cuts=st.lists(st.integers(1, 3000), max_size=4),
+       which=st.sampled_from(sorted(PROCESSORS)))
+def test_entries_left_in_the_data_read_seal_like_the_reference(lines, cuts, which):
+    """Plain lines stay raw rows in the bytes read (no object per line) between list entries (partials,
+    malformed headers): sealed in their order, they give the reference's records and chain head."""
+    native_blob, native_head, _ = seal_chunks(lines, cuts, which, raw=True)
+    expected_blob, expected_head, _ = seal_chunks(lines, cuts, which, raw=False)
+    assert native_blob == expected_blob
+    assert native_head == expected_head
+
+
+def test_raw_rows_and_list_entries_interleave_in_file_order():
+    lines = [TS + b" stdout F first\n", TS + b" stdout P par", TS + b" stdout F tial\n",
+             TS + b" stdout F caf\xc3\xa9 (not ASCII: the Python body stage)\n", b"bad header line\n",
+             TS + b" stderr F Bearer abcdefghijklmnop\n", TS + b" stdout F last\n"]
+    lines[1] += b"\n"
+    native_blob, native_head, raw_rows = seal_chunks(lines, [], "defaults", raw=True)
+    expected_blob, expected_head, _ = seal_chunks(lines, [], "defaults", raw=False)
+    assert raw_rows == 4 and native_blob == expected_blob and native_head == expected_head
+    bodies = [json.loads(line)["body"] for line in native_blob.replace(b"}}{", b"}}\n{").split(b"\n")]
+    assert bodies == ["first", "partial", "caf\u00e9 (not ASCII: the Python body stage)", "bad header line",
+                      "Bearer [REDACTED]", "last"]
+
+
+def test_raw_rows_are_checked_before_they_are_read():
+    entries = Entries()
+    StreamParser().feed(TS + b" stdout F one\n" + TS + b" stdout F two\n", 0, out=entries)
+    assert len(entries.raw) == 2 * 56
+    head = ChainHead.genesis(CTX.chain)
+    entries.raw[2 * 8:3 * 8] = (10**6).to_bytes(8, "little")       # the first row's time, beyond the data
+    with pytest.raises(ValueError, match="outside its data"):
+        records.seal_entries_packed(head, entries, CTX, OBSERVED, None)
+    entries.raw[2 * 8:3 * 8] = (0).to_bytes(8, "little")
+    entries.raw[0:8] = (1).to_bytes(8, "little")                    # two entries claim ordinal 1
+    with pytest.raises(ValueError, match="ordinals"):
+        records.seal_entries_packed(head, entries, CTX, OBSERVED, None)
