@@ -44,7 +44,8 @@ class SourcesConfig(_Section):
     sidecar_format: Literal["cri", "docker", "raw"] = Field("raw", description="Sidecar mode: line format of the files.")
     discover_interval_s: float = Field(1.0, gt=0, le=60, description="How often new log files are looked for.")
     poll_interval_s: float = Field(0.1, gt=0, le=10, description="How often idle files are checked for new data.")
-    read_size: int = Field(1 * MiB, ge=4096, le=64 * MiB, description="Bytes read from one file per read call.")
+    read_size: int = Field(512 * 1024, ge=4096, le=64 * MiB, description="Bytes read from one file per read call (a "
+                           "read becomes about five times its size in records, held until acknowledged).")
     max_entry_bytes: int = Field(1 * MiB, ge=1024, le=64 * MiB, description="Longest entry (partial lines joined); "
                                  "longer entries are cut, marked truncated, the rest continues as the next entry.")
     multiline_start_pattern: str | None = Field(None, description="Regex matching the first line of a multi-line "
