@@ -191,7 +191,7 @@ class _RecordsBuilder(_DefaultRecordBatchBuilderPy):
         self._compressed: bool | None = None      # set by compress_now(): build() then only writes the header
 
     def compress_now(self) -> None:
-        """Compress ahead of the send (in a worker thread, while the batch before is awaiting its ack);
+        """Compress ahead of the send (on a worker thread, while the batch before is awaiting its ack);
         the header and CRC, which hold the producer state, are still written when aiokafka drains it."""
         self._compressed = self._compress()
 
@@ -588,6 +588,8 @@ class Sender:
                                                        f"({self.sink.config.max_request_bytes})")
                     continue
                 runs, built = self._take_batch(items, budget, limit)
+                # On a worker thread: the loop meanwhile gets the batch before on its way (libsnappy
+                # releases the GIL, so the ingest thread runs too).
                 await asyncio.to_thread(built[0].compress_now)
                 if in_flight is not None:
                     await in_flight

@@ -20,7 +20,7 @@ from .kafka import KafkaSink, Sender, wait_event
 from .metrics import Metrics
 from .model import LossEvent
 from .state import StateStore
-from .wal import Wal, WalWriteError
+from .wal import Wal, WalPosition, WalWriteError
 
 log = logging.getLogger("shipper.pipeline")
 
@@ -195,13 +195,7 @@ class Pipeline:
                     # Not written, not acknowledged: its lines are read again on the next start.
                     return
             try:
-                free = await asyncio.to_thread(wal.free_bytes)
-                if free < frame.nbytes + DISK_RESERVE_BYTES:
-                    # Never fill the disk to the last byte: acks (cursor, state) need room to free segments.
-                    raise WalWriteError(f"No space left on device for the WAL: {free} bytes free, a commit needs "
-                                        f"{frame.nbytes} plus {DISK_RESERVE_BYTES} kept for acknowledgements",
-                                        errno.ENOSPC)
-                end = await asyncio.to_thread(wal.append, [frame.parts])
+                end = await asyncio.to_thread(_append_with_reserve, wal, frame)
             except WalWriteError as exc:
                 self.metrics.wal_write_errors.labels(errno=str(exc.errno)).inc()
                 self.status.wal_error = str(exc)
@@ -259,6 +253,16 @@ class Pipeline:
         else:
             log.warning("grace period over with %d unacknowledged WAL bytes; they are sent on the next start",
                         wal.unacked_bytes)
+
+
+def _append_with_reserve(wal: Wal, frame: Frame) -> WalPosition:
+    """Append the frame unless the disk would keep less than DISK_RESERVE_BYTES free: acks (cursor,
+    state) need room to free segments. One worker-thread call for the check and the write."""
+    free = wal.free_bytes()
+    if free < frame.nbytes + DISK_RESERVE_BYTES:
+        raise WalWriteError(f"No space left on device for the WAL: {free} bytes free, a commit needs "
+                            f"{frame.nbytes} plus {DISK_RESERVE_BYTES} kept for acknowledgements", errno.ENOSPC)
+    return wal.append([frame.parts])
 
 
 def _collect_encoded(ingest: Ingest, commit_bytes: int):
