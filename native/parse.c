@@ -1,7 +1,8 @@
 /* The CRI parser's common case in C: well-formed `<time> <stream> F <message>` lines become entries,
- * exactly as StreamParser._add_cri_lines_fast does it in Python (the reference). The first line that
- * is anything else (a partial, a malformed header, an over-long message) stops the loop and goes to
- * the Python parser, which owns every state (open partial groups, cut lines). */
+ * exactly as StreamParser._add_cri_lines_fast does it in Python (the reference), left as rows into the
+ * bytes read (parse.h). The first line that is anything else (a partial, a malformed header, an
+ * over-long message) stops the loop and goes to the Python parser, which owns every state (open partial
+ * groups, cut lines). */
 #include "parse.h"
 
 static int digits(const char *s, int n) {
@@ -31,8 +32,6 @@ static int is_timestamp(const char *s, Py_ssize_t n) {
         return i + 6 == n && digits(s + i + 1, 2) && s[i + 3] == ':' && digits(s + i + 4, 2);
     return 0;
 }
-
-static PyObject *STDOUT, *STDERR, *ZERO;
 
 /* One plain `<time> <stream> F <message>` line at data[pos:end] (end just past a newline): its parts as
  * offsets into data, and its length without the newline; 0 when the line is anything else. */
@@ -71,62 +70,12 @@ static int plain_line(const char *data, Py_ssize_t pos, Py_ssize_t end, Py_ssize
     return 1;
 }
 
-static int positions_ok(Py_buffer *view, Py_ssize_t pos, Py_ssize_t end) {
-    if (pos < 0 || end > view->len || pos > end) {
-        PyBuffer_Release(view);
-        PyErr_SetString(PyExc_IndexError, "positions outside the data");
-        return 0;
-    }
-    return 1;
-}
-
-/* cri_lines(data, pos, end, line_offset, max_entry, offsets, times, streams, bodies, flags)
- *   -> (pos, line_offset, lines)
- * Parses the complete lines of data[pos:end] (end is just past a newline) while they are plain F
- * lines, appending an entry for each; returns where it stopped (== end when all were taken) and the
- * file offset of that line, and how many lines it took. */
-static PyObject *cri_lines(PyObject *self, PyObject *args) {
-    Py_buffer view;
-    Py_ssize_t pos, end, max_entry;
-    long long line_offset;
-    PyObject *lists[5];
-    if (!PyArg_ParseTuple(args, "y*nnLnO!O!O!O!O!", &view, &pos, &end, &line_offset, &max_entry, &PyList_Type,
-                          &lists[0], &PyList_Type, &lists[1], &PyList_Type, &lists[2], &PyList_Type, &lists[3],
-                          &PyList_Type, &lists[4]))
-        return NULL;
-    if (!positions_ok(&view, pos, end))
-        return NULL;
-    const char *data = view.buf;
-    Py_ssize_t lines = 0;
-    plain_line_t p;
-    while (pos < end && plain_line(data, pos, end, max_entry, &p)) {
-        PyObject *offset = PyLong_FromLongLong(line_offset);
-        PyObject *time = PyBytes_FromStringAndSize(data + pos, p.time_n);
-        PyObject *body = PyBytes_FromStringAndSize(data + p.body_pos, p.body_n);
-        int failed = offset == NULL || time == NULL || body == NULL || PyList_Append(lists[0], offset) < 0
-                     || PyList_Append(lists[1], time) < 0
-                     || PyList_Append(lists[2], p.stderr_stream ? STDERR : STDOUT) < 0
-                     || PyList_Append(lists[3], body) < 0 || PyList_Append(lists[4], ZERO) < 0;
-        Py_XDECREF(offset);
-        Py_XDECREF(time);
-        Py_XDECREF(body);
-        if (failed) {
-            PyBuffer_Release(&view);
-            return NULL;
-        }
-        line_offset += p.len + 1;
-        pos += p.len + 1;
-        lines++;
-    }
-    PyBuffer_Release(&view);
-    return Py_BuildValue("(nLn)", pos, line_offset, lines);
-}
-
 /* cri_rows(data, pos, end, line_offset, max_entry, rows, ordinal) -> (pos, line_offset, lines)
- * cri_lines without a Python object per line: each plain F line appends one row of RAW_ROW_FIELDS
- * int64 (native order) to the bytearray `rows`: its ordinal in the entries (`ordinal`, `ordinal` + 1,
- * ...), file offset, time and body as offset and length into `data`, and the stream (0 stdout, 1
- * stderr). The seal loop reads the rows and `data` directly (see seal.h). */
+ * Parses the complete lines of data[pos:end] (end is just past a newline) while they are plain F lines,
+ * without a Python object per line: each appends one raw_row_t (parse.h) to the bytearray `rows`: its
+ * ordinal in the entries (`ordinal`, `ordinal` + 1, ...), file offset, time and body as position and
+ * length in `data`, and the stream. Returns where it stopped (== end when all were taken), the file
+ * offset of that line, and how many lines it took. The seal loop reads the rows and `data` directly. */
 static PyObject *cri_rows(PyObject *self, PyObject *args) {
     Py_buffer view;
     Py_ssize_t pos, end, max_entry;
@@ -135,8 +84,11 @@ static PyObject *cri_rows(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "y*nnLnO!L", &view, &pos, &end, &line_offset, &max_entry, &PyByteArray_Type,
                           &rows, &ordinal))
         return NULL;
-    if (!positions_ok(&view, pos, end))
+    if (pos < 0 || end > view.len || pos > end) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_IndexError, "positions outside the data");
         return NULL;
+    }
     const char *data = view.buf;
     Py_ssize_t lines = 0, used = PyByteArray_GET_SIZE(rows), cap = used;
     plain_line_t p;
@@ -169,16 +121,8 @@ static PyObject *cri_rows(PyObject *self, PyObject *args) {
 }
 
 static PyMethodDef PARSE_METHODS[] = {
-    {"cri_lines", cri_lines, METH_VARARGS, "Plain CRI F lines to entries (see parse.py)."},
     {"cri_rows", cri_rows, METH_VARARGS, "Plain CRI F lines to raw rows into the data (see parse.py)."},
     {NULL, NULL, 0, NULL},
 };
 
-int parse_register(PyObject *module) {
-    STDOUT = PyBytes_FromString("stdout");
-    STDERR = PyBytes_FromString("stderr");
-    ZERO = PyLong_FromLong(0);
-    if (STDOUT == NULL || STDERR == NULL || ZERO == NULL)
-        return -1;
-    return PyModule_AddFunctions(module, PARSE_METHODS);
-}
+int parse_register(PyObject *module) { return PyModule_AddFunctions(module, PARSE_METHODS); }

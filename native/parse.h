@@ -12,6 +12,6 @@ typedef struct {
     int64_t body_pos, body_n;   /* the message, in data */
 } raw_row_t;
 
-/* Adds cri_lines and cri_rows to the module. */
+/* Adds cri_rows to the module. */
 int parse_register(PyObject *module);
 #endif
