@@ -610,12 +610,15 @@ class Sender:
                 runs.append(run)
             elif count:
                 runs.append(run.take(count))
-        count = sum(taken)
-        return runs, (_SpanBatch(self.sink.codec, records, count), count, value_bytes)
+        return runs, self._span_batch(records, taken, value_bytes)
 
-    def _batch(self, runs: list[_Run]) -> tuple[bytearray, int, int]:
-        records, taken, value_bytes = _kafka_records([run.span() for run in runs], 1 << 62, 1 << 62, _BATCH_HEADER)
-        return records, sum(taken), value_bytes
+    def _batch(self, runs: list[_Run]) -> tuple[_SpanBatch, int, int]:
+        """All of `runs` as one batch (a resend, or a part of a refused batch)."""
+        return self._span_batch(*_kafka_records([run.span() for run in runs], 1 << 62, 1 << 62, _BATCH_HEADER))
+
+    def _span_batch(self, records: bytearray, taken: list[int], value_bytes: int) -> tuple[_SpanBatch, int, int]:
+        count = sum(taken)
+        return _SpanBatch(self.sink.codec, records, count), count, value_bytes
 
     async def _send_until_acked(self, topic: str, partition: int, runs: list[_Run],
                                 built: tuple[_SpanBatch | None, int, int] | None = None) -> None:
@@ -627,10 +630,8 @@ class Sender:
                 if producer is None:
                     raise KafkaConnectionError("producer is restarting")
                 if built is None or built[0] is None:
-                    records, count, value_bytes = self._batch(runs)
-                    batch = _SpanBatch(self.sink.codec, records, count)
-                else:
-                    batch, count, value_bytes = built
+                    built = self._batch(runs)
+                batch, count, value_bytes = built
                 built = (None, count, value_bytes)    # aiokafka owns the batch now: a retry rebuilds
                 future = await producer.send_batch(batch, topic, partition=partition)
                 await future
