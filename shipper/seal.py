@@ -1,4 +1,5 @@
-"""The seal: per-chain hash chains and signed checkpoints. Pure: no I/O, no clocks.
+"""The seal: per-chain hash chains, and the signed-note format of checkpoints and node manifests (writing
+and parsing both). Pure: no I/O, no clocks.
 
 Invariants (each named by a test in tests/unit/test_seal.py):
 - CHAIN_PER_LINEAGE: one chain per container lineage, `chain = <pod_uid>/<container>`; `seq` runs on
@@ -210,3 +211,43 @@ def manifest_statement(node: str, time: str, heads: list[tuple[str, int, bytes]]
     lines = [MANIFEST_HEADER, f"node {node}", f"time {time}"]
     lines += [f"head {chain} {seq} {base64.b64encode(head).decode()}" for chain, seq, head in heads]
     return "\n".join(lines) + "\n"
+
+
+class BadManifest(ValueError):
+    """A manifest body that is not a well-formed statement."""
+
+
+@dataclass(slots=True, frozen=True)
+class ParsedManifest:
+    node: str
+    time: str
+    heads: tuple[tuple[str, int, bytes], ...]
+    statement: str
+    signatures: tuple[tuple[str, bytes], ...]
+
+
+def parse_manifest(body: str) -> ParsedManifest:
+    statement, signature_block = split_note(body)
+    if not statement.endswith("\n"):
+        raise BadManifest("statement does not end with a newline")
+    lines = statement[:-1].split("\n")
+    if len(lines) < 3 or lines[0] != MANIFEST_HEADER:
+        raise BadManifest("not an audit-shipper/manifest/v1 statement")
+    if not lines[1].startswith("node ") or not lines[2].startswith("time "):
+        raise BadManifest("manifest must name its node and time on lines 2 and 3")
+    heads = []
+    for line in lines[3:]:
+        name, _, rest = line.partition(" ")
+        parts = rest.rsplit(" ", 2)
+        if name != "head" or len(parts) != 3 or not parts[0]:
+            raise BadManifest(f"malformed manifest line {line!r}")
+        try:
+            seq = int(parts[1])
+            head = base64.b64decode(parts[2], validate=True)
+        except ValueError:
+            raise BadManifest(f"malformed manifest line {line!r}") from None
+        if seq < 0 or len(head) != 32 or not parts[1].isdigit():
+            raise BadManifest(f"malformed manifest line {line!r}")
+        heads.append((parts[0], seq, head))
+    return ParsedManifest(lines[1][5:], lines[2][5:], tuple(heads), statement,
+                          parse_signature_lines(signature_block, BadManifest))

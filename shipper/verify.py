@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import bisect
 import hashlib
 import json
@@ -44,9 +43,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from .seal import (MANIFEST_HEADER, SCHEMA, TYPE_CHECKPOINT, TYPE_CLOSE, TYPE_GAP, TYPE_MANIFEST, BadCheckpoint,
-                   genesis_hash, key_id_of, load_public_key, manifest_statement, parse_checkpoint, parse_signature_lines,
-                   signature_valid, split_note)
+from .seal import (SCHEMA, TYPE_CHECKPOINT, TYPE_CLOSE, TYPE_GAP, TYPE_MANIFEST, BadCheckpoint, BadManifest,
+                   ParsedManifest, genesis_hash, key_id_of, load_public_key, manifest_statement, parse_checkpoint,
+                   parse_manifest, signature_valid)
 
 __all__ = ["manifest_statement", "parse_manifest", "verify_topic", "verify_file", "load_public_keys", "cli_main",
            "Verifier", "Report"]
@@ -91,48 +90,6 @@ MULTIPLE_PARTITIONS = "multiple_partitions"
 KEY_ALIAS = "key_alias"
 CONTINUES_FROM_COPY = "continues_from_copy"
 _ROUTINE_FINDINGS = frozenset((UNATTESTED_TAIL, KEY_ALIAS, REPLAYED_LATE, GAP_RECORD_PRESENT))
-
-
-# -- manifests (pure: imported by the pipeline) ---------------------------------------------------------
-
-class BadManifest(ValueError):
-    """A manifest body that is not a well-formed statement."""
-
-
-@dataclass(slots=True, frozen=True)
-class ParsedManifest:
-    node: str
-    time: str
-    heads: tuple[tuple[str, int, bytes], ...]
-    statement: str
-    signatures: tuple[tuple[str, bytes], ...]
-
-
-def parse_manifest(body: str) -> ParsedManifest:
-    statement, signature_block = split_note(body)
-    if not statement.endswith("\n"):
-        raise BadManifest("statement does not end with a newline")
-    lines = statement[:-1].split("\n")
-    if len(lines) < 3 or lines[0] != MANIFEST_HEADER:
-        raise BadManifest("not an audit-shipper/manifest/v1 statement")
-    if not lines[1].startswith("node ") or not lines[2].startswith("time "):
-        raise BadManifest("manifest must name its node and time on lines 2 and 3")
-    heads = []
-    for line in lines[3:]:
-        name, _, rest = line.partition(" ")
-        parts = rest.rsplit(" ", 2)
-        if name != "head" or len(parts) != 3 or not parts[0]:
-            raise BadManifest(f"malformed manifest line {line!r}")
-        try:
-            seq = int(parts[1])
-            head = base64.b64decode(parts[2], validate=True)
-        except ValueError:
-            raise BadManifest(f"malformed manifest line {line!r}") from None
-        if seq < 0 or len(head) != 32 or not parts[1].isdigit():
-            raise BadManifest(f"malformed manifest line {line!r}")
-        heads.append((parts[0], seq, head))
-    return ParsedManifest(lines[1][5:], lines[2][5:], tuple(heads), statement,
-                          parse_signature_lines(signature_block, BadManifest))
 
 
 # -- the report -----------------------------------------------------------------------------------------
