@@ -94,7 +94,10 @@ class _Missing:
 _NO_PARTITION: tuple = ("", -1)
 
 
-class _Chain:
+class ChainState:
+    """What the verifier keeps of one chain between its records: head, counters, duplicate window, open
+    missing ranges, gap declarations, manifest claim and the issues kept so far."""
+
     __slots__ = ("name", "key", "partition", "partitions", "records", "log_records", "control", "first_seq", "head_seq",
                  "head_hash", "head_alternatives", "links", "dups_exact", "dups_conflicting", "gaps", "gap_bytes",
                  "gap_reasons", "checkpoints", "last_good_cp", "last_consistent_cp", "closed_at", "window", "ranges",
@@ -161,7 +164,7 @@ class Verifier:
         self.allow_absent_chains = allow_absent_chains
         self.max_open_ranges = max(1, max_open_ranges)
         self.max_declared = max_declared
-        self.chains: dict[str, _Chain] = {}
+        self.chains: dict[str, ChainState] = {}
         self.records = 0
         self.violations: list[Issue] = []
         self.violation_counts: Counter = Counter()
@@ -179,13 +182,13 @@ class Verifier:
         state = self.chains.get(chain)
         return len(state.ranges) if state else 0
 
-    def _state(self, name: str) -> _Chain:
+    def _state(self, name: str) -> ChainState:
         state = self.chains.get(name)
         if state is None:
-            state = self.chains[name] = _Chain(name, self.window)
+            state = self.chains[name] = ChainState(name, self.window)
         return state
 
-    def _violation(self, state: _Chain | None, kind: str, seq: int | None, detail: str, where: tuple | None = None,
+    def _violation(self, state: ChainState | None, kind: str, seq: int | None, detail: str, where: tuple | None = None,
                    seq_last: int | None = None) -> None:
         topic, partition, offset = where if where is not None else self._where
         issue = Issue(kind, state.name if state else None, seq, topic, partition, offset, detail, seq_last)
@@ -198,7 +201,7 @@ class Verifier:
         if len(state.violations) < ISSUES_KEPT_PER_CHAIN:
             state.violations.append(issue)
 
-    def _finding(self, state: _Chain, kind: str, seq: int | None, detail: str, where: tuple | None = None,
+    def _finding(self, state: ChainState, kind: str, seq: int | None, detail: str, where: tuple | None = None,
                  seq_last: int | None = None) -> None:
         topic, partition, offset = where if where is not None else self._where
         state.finding_counts[kind] += 1
@@ -253,7 +256,7 @@ class Verifier:
             return
         state = self.chains.get(name)
         if state is None:
-            state = self.chains[name] = _Chain(name, self.window)
+            state = self.chains[name] = ChainState(name, self.window)
         if state.partition != (topic, partition):
             self._note_partition(state, topic, partition)
         event_id = f"{name}:{seq}"
@@ -313,7 +316,7 @@ class Verifier:
         if seq == state.claim_seq:
             self._check_claim(state, seq, stated)
 
-    def _check_envelope(self, state: _Chain, record: dict, name: str, seq: int, key, headers) -> None:
+    def _check_envelope(self, state: ChainState, record: dict, name: str, seq: int, key, headers) -> None:
         """What sits outside the hash but consumers rely on: the schema, the dedupe id, the partition key."""
         event_id = f"{name}:{seq}"
         problems: list[str] = []
@@ -334,7 +337,7 @@ class Verifier:
         if problems:
             self._violation(state, ENVELOPE_MISMATCH, seq, "does not match the seal: " + ", ".join(problems))
 
-    def _note_partition(self, state: _Chain, topic: str | None, partition: int | None) -> None:
+    def _note_partition(self, state: ChainState, topic: str | None, partition: int | None) -> None:
         location = (topic, partition)
         if state.partition is not _NO_PARTITION and location not in state.partitions:
             self._finding(state, MULTIPLE_PARTITIONS, None,
@@ -345,7 +348,7 @@ class Verifier:
         state.partition = location
 
     # -- placing a record in its chain ---------------------------------------------------------------
-    def _place(self, state: _Chain, seq: int, prev: bytes, stated: bytes, where: tuple) -> int:
+    def _place(self, state: ChainState, seq: int, prev: bytes, stated: bytes, where: tuple) -> int:
         head = state.head_seq
         if seq == head + 1:
             if prev == state.head_hash:
@@ -398,21 +401,21 @@ class Verifier:
                                                        "or more to judge it")
         return _UNJUDGED
 
-    def _advance(self, state: _Chain, seq: int, stated: bytes, where: tuple) -> None:
+    def _advance(self, state: ChainState, seq: int, stated: bytes, where: tuple) -> None:
         state.head_seq = seq
         state.head_hash = stated
         if state.head_alternatives:
             state.head_alternatives = []
         state.window.put(seq, _prefix(stated), where[2] if where[2] is not None else -1)
 
-    def _open_range(self, state: _Chain, missing: _Missing) -> None:
+    def _open_range(self, state: ChainState, missing: _Missing) -> None:
         if missing.lo > missing.hi:
             return
         state.ranges.append(missing)
         if len(state.ranges) > self.max_open_ranges:
             self._close_range(state, state.ranges.pop(0), sorted(state.declared))
 
-    def _fill(self, state: _Chain, missing: _Missing, seq: int, prev: bytes, stated: bytes, where: tuple) -> int:
+    def _fill(self, state: ChainState, missing: _Missing, seq: int, prev: bytes, stated: bytes, where: tuple) -> int:
         """A record inside a missing range arrived late."""
         offset = where[2] if where[2] is not None else -1
         if seq == missing.lo:
@@ -446,7 +449,7 @@ class Verifier:
             self._range_filled(state, late, stated)
         return _FILL
 
-    def _range_filled(self, state: _Chain, missing: _Missing, last_hash: bytes) -> None:
+    def _range_filled(self, state: ChainState, missing: _Missing, last_hash: bytes) -> None:
         """The last seq of a range arrived: it must link forward, and the next record says whether this
         was a reorder or a crash replay."""
         if last_hash == missing.after_prev:
@@ -459,13 +462,13 @@ class Verifier:
             self._judge_fill(state, replayed=False)
         state.just_filled = missing
 
-    def _judge_fill(self, state: _Chain, replayed: bool) -> None:
+    def _judge_fill(self, state: ChainState, replayed: bool) -> None:
         missing = state.just_filled
         state.just_filled = None
         if missing is not None:
             self._report_fill(state, missing, replayed)
 
-    def _report_fill(self, state: _Chain, missing: _Missing, replayed: bool) -> None:
+    def _report_fill(self, state: ChainState, missing: _Missing, replayed: bool) -> None:
         last = missing.first_lo + missing.filled - 1
         seqs = f"seq {missing.first_lo}" if last == missing.first_lo else f"seqs {missing.first_lo}..{last}"
         after = f"seq {missing.after_seq} ({_where(*missing.after_where)})"
@@ -477,7 +480,7 @@ class Verifier:
                             "reordered in the topic", missing.fill_where, last)
 
     # -- control records -----------------------------------------------------------------------------
-    def _signatures(self, state: _Chain, seq: int, what: str, statement: str,
+    def _signatures(self, state: ChainState, seq: int, what: str, statement: str,
                     signatures: tuple[tuple[str, bytes], ...]) -> str:
         """good | unchecked (no keys given) | unsigned | bad_signature | unknown_key; the last three are
         violations when keys are given."""
@@ -512,7 +515,7 @@ class Verifier:
                                                  f"the {len(keys)} public keys given verifies it")
         return "unknown_key"
 
-    def _checkpoint(self, state: _Chain, seq: int, prev: bytes, body: str) -> None:
+    def _checkpoint(self, state: ChainState, seq: int, prev: bytes, body: str) -> None:
         try:
             parsed = parse_checkpoint(body)
         except BadCheckpoint as exc:
@@ -541,7 +544,7 @@ class Verifier:
         if not self.public_keys:
             state.last_consistent_cp = seq
 
-    def _gap(self, state: _Chain, seq: int, body: str) -> None:
+    def _gap(self, state: ChainState, seq: int, body: str) -> None:
         try:
             fields = json.loads(body)
             reason = str(fields["reason"])
@@ -584,7 +587,7 @@ class Verifier:
             return
         state.declared[missing_seq] = (missing_hash.lower(), seq, self._where)
 
-    def _manifest(self, state: _Chain, seq: int, body: str) -> None:
+    def _manifest(self, state: ChainState, seq: int, body: str) -> None:
         try:
             parsed = parse_manifest(body)
         except BadManifest as exc:
@@ -613,7 +616,7 @@ class Verifier:
                     self._violation(target, MANIFEST_MISMATCH, head_seq, f"the manifest at {_where(*where)} attests "
                                     f"another hash for seq {head_seq}", where)
 
-    def _check_claim(self, state: _Chain, seq: int, stated: bytes) -> None:
+    def _check_claim(self, state: ChainState, seq: int, stated: bytes) -> None:
         if state.claim_hash is not None and stated != state.claim_hash:
             self._violation(state, MANIFEST_MISMATCH, seq, f"the manifest at {_where(*state.claim_where)} attests "
                                                            f"another hash for seq {seq}")
@@ -642,7 +645,7 @@ class Verifier:
         self._finished = self._build_report()
         return self._finished
 
-    def _close_range(self, state: _Chain, missing: _Missing, declared_seqs: list[int]) -> None:
+    def _close_range(self, state: ChainState, missing: _Missing, declared_seqs: list[int]) -> None:
         if missing.filled:
             self._report_fill(state, missing, replayed=False)
         start = bisect.bisect_left(declared_seqs, missing.lo)
@@ -671,7 +674,7 @@ class Verifier:
             self._violation(state, MISSING, hole_start, f"not in the topic and no gap record explains it: deleted "
                             f"(noticed at seq {missing.after_seq}, the record after it)", missing.after_where, hole_end)
 
-    def _finish_claims(self, state: _Chain) -> None:
+    def _finish_claims(self, state: ChainState) -> None:
         if state.claim_seq <= state.head_seq:
             return
         where = state.claim_where
@@ -688,16 +691,16 @@ class Verifier:
                         f"{state.claim_seq}, the topic holds this chain only up to seq {state.head_seq}: seqs "
                         f"{state.head_seq + 1}..{state.claim_seq} were removed", where, state.claim_seq)
 
-    def _attested(self, state: _Chain) -> int | None:
+    def _attested(self, state: ChainState) -> int | None:
         return state.last_good_cp if self.public_keys else state.last_consistent_cp
 
-    def _unattested(self, state: _Chain) -> int:
+    def _unattested(self, state: ChainState) -> int:
         if not state.records or state.first_seq is None:
             return 0
         attested = self._attested(state)
         return max(0, state.head_seq - (attested if attested is not None else state.first_seq - 1))
 
-    def _finish_attestation(self, state: _Chain) -> None:
+    def _finish_attestation(self, state: ChainState) -> None:
         unattested = self._unattested(state)
         if not unattested:
             return
