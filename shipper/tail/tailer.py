@@ -27,14 +27,9 @@ A rotated (renamed or deleted) file is finished when, after a final drain, the n
 (the runtime has reopened its log, so nothing more lands in the old one), or `settle_s` after we
 noticed, or at once when the pod's log directory is gone.
 
-Restoring a position: the file at the path (dev, inode and fingerprint); else an uncompressed
-sibling with that inode, or with the same first bytes (a copy: copytruncate's); else a compressed
-sibling with those first bytes (its unread rest is counted from the gzip trailer); else a loss of
-unknown size, and reading starts after the lost file (by its rotation stamp when its name told it,
-else at the oldest sibling still on disk, kubelet deleting oldest first). `position_of()` never
-names an empty file (a later file may reuse its inode) but the end of the last file with content;
-a position with an empty fingerprint therefore means nothing with content was committed yet, and
-reading starts over as for a new source.
+Restoring a position is `restore.resume_point()`'s decision; the tailer opens the file it names.
+`position_of()` never names an empty file (a later file may reuse its inode) but the end of the
+last file with content.
 """
 from __future__ import annotations
 
@@ -49,11 +44,13 @@ from shipper.model import FINGERPRINT_BYTES, ContainerRef, FileId, LossEvent, Lo
 
 from .files import (_File, _NoFile, already_passed, anchor, gone_marker, is_same_file, lost_marker, placeholder,
                     starts_like)
-from .identity import _gzip_size, _read_gzip_head, _read_head, fingerprint_matches
+from .identity import _gzip_size, _read_head, fingerprint_matches
+from .restore import Lost, Reopen, resume_point
 from .siblings import _GONE, _NEWEST, GZIP_SUFFIX, _KUBELET_STAMP, _order_key, _Sibling, scan_siblings
 
 _KNOWN_FILES = 16                 # identities remembered for position_of after they were closed
 _MAX_STEPS = 1000                 # file switches and reads in one poll, at most
+_RESTORE_LOOKS = 3                # restore decisions tried while the chosen file keeps moving
 
 
 # -- what a poll returns -------------------------------------------------------------------------
@@ -621,64 +618,39 @@ class Tailer:
 
     # -- restore -----------------------------------------------------------------------------------
     def _restore(self, position: SourcePosition | None) -> None:
-        if position is None:
-            return                                    # _NoFile: every sibling, then the path
-        fid, offset = position.file_id, position.offset
-        lost_stamp = None
-        if position.path.startswith(self.path + "."):
-            lost_stamp = position.path[len(self.path) + 1:].removesuffix(GZIP_SUFFIX)
-        if not fid.fingerprint:
-            # position_of names an empty file only when nothing with content was ever committed
-            # (it names the last file with content otherwise), and an empty file proves nothing by
-            # its inode, which a later file may have: start over, as a new source does.
-            return
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            st = None
-        if st is not None and (st.st_dev, st.st_ino) == (fid.dev, fid.ino):
-            opened = self._file_of(os.open(self.path, os.O_RDONLY | os.O_CLOEXEC), self.path,
-                                   offset=offset, stamp=None)
-            if fingerprint_matches(fid.fingerprint, opened.head):
-                opened.older = frozenset(s.stamp for s in self._siblings())
-                opened.max_seen = offset         # a shorter file now means it was truncated
-                self._cur = opened
+        # The file resume_point chose may be rotated away between its look and our open: look again.
+        for _ in range(_RESTORE_LOOKS):
+            point = resume_point(self.path, position, self._siblings())
+            if point is None:
+                return                                    # _NoFile: every sibling, then the path
+            if isinstance(point, Lost):
+                if point.loss is not None:
+                    self._pending.append(point.loss)
+                self._prev = point.after
                 return
+            if self._reopen(point):
+                return
+        raise OSError(errno.EAGAIN, "changed on every look while its position was restored", self.path)
+
+    def _reopen(self, point: Reopen) -> bool:
+        """Make the file `point` names current; False when the path names another file by now."""
+        try:
+            fd = os.open(point.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        opened = self._file_of(fd, point.path, offset=point.offset, stamp=point.stamp)
+        same = (opened.dev, opened.ino) == (point.dev, point.ino)
+        if not (same and fingerprint_matches(point.fingerprint, opened.head)):
             self._discard(opened)
-        siblings = sorted(self._siblings(), key=lambda s: s.key)
-        plain = [s for s in siblings if not s.compressed]
-        # the same inode first; then a copy with the same first bytes (copytruncate's copy)
-        for want_inode in (True, False):
-            for sib in plain:
-                if ((sib.dev, sib.ino) == (fid.dev, fid.ino)) != want_inode:
-                    continue
-                try:
-                    fd = os.open(sib.path, os.O_RDONLY | os.O_CLOEXEC)
-                except FileNotFoundError:
-                    continue
-                opened = self._file_of(fd, sib.path, offset=offset, stamp=sib.stamp)
-                # a copy is recognised by content only, so an empty fingerprint cannot name one
-                if fingerprint_matches(fid.fingerprint, opened.head) and (want_inode or fid.fingerprint):
-                    opened.retired_at = self._clock()
-                    opened.final_hint = True
-                    opened.max_seen = offset
-                    self._cur = opened
-                    return
-                self._discard(opened)
-        for sib in siblings:
-            if sib.compressed and fid.fingerprint:
-                head = _read_gzip_head(sib.path)
-                if head and fingerprint_matches(fid.fingerprint, head):
-                    total = _gzip_size(sib.path)
-                    lost = total - offset if total >= 0 else -1
-                    if lost != 0:
-                        self._pending.append(LossEvent(sib.path, LossReason.ROTATED_UNREAD, lost, offset,
-                                                       "compressed before it was read to the end"))
-                    self._prev = placeholder(sib)
-                    return
-        self._pending.append(LossEvent(position.path, LossReason.ROTATED_UNREAD, -1, offset,
-                                       f"file {fid.key()} is gone; how much of it was unread is unknown"))
-        self._prev = _NoFile(lost_stamp)
+            return False
+        opened.max_seen = point.offset             # a shorter file now means it was truncated
+        if point.stamp is None:
+            opened.older = frozenset(s.stamp for s in self._siblings())
+        else:
+            opened.retired_at = self._clock()
+            opened.final_hint = True
+        self._cur = opened
+        return True
 
     def _discard(self, rec: _File) -> None:
         os.close(rec.fd)
