@@ -1,4 +1,5 @@
-"""Following one kubelet log path through its rotations, as raw bytes at file offsets.
+"""Following one kubelet log path through its rotations, as raw bytes at file offsets: `Tailer`,
+and the `Chunk`s and `TailBatch`es it returns.
 
 A `Tailer` owns one path (`.../<container>/0.log`) and the rotated copies next to it
 (`0.log.<stamp>`, `0.log.<stamp>.gz`; kubelet's stamps sort by time, other suffixes go by mtime).
@@ -19,79 +20,37 @@ Invariants (the tests are named after them):
 What was never visible is not counted: a file created and deleted between two looks of ours (two
 polls, or a restart) leaves nothing to count.
 
-Identity is (dev, ino, fingerprint of the first FINGERPRINT_BYTES bytes), see `fingerprint()`. A
-file shorter than that has the fingerprint of the bytes it has so far, tagged with their count
-(`"<n>:<sha256>"`, `""` when empty); it lengthens as the file grows, with no `end_of_file` between:
-chunks of one file may carry such a growing FileId, and `position_of()` answers with the longest.
-A position matches a file when dev and inode are equal and the file's first n bytes hash to the
-fingerprint. A truncated file whose first bytes changed is a new identity on the same inode.
+Identity is (dev, ino, fingerprint of the first bytes), see `identity`; chunks of one short file
+may carry a growing FileId, and `position_of()` answers with the longest.
 
 A rotated (renamed or deleted) file is finished when, after a final drain, the next file holds data
 (the runtime has reopened its log, so nothing more lands in the old one), or `settle_s` after we
 noticed, or at once when the pod's log directory is gone.
 
-Restoring a position: the file at the path (dev, inode and fingerprint); else an uncompressed
-sibling with that inode, or with the same first bytes (a copy: copytruncate's); else a compressed
-sibling with those first bytes (its unread rest is counted from the gzip trailer); else a loss of
-unknown size, and reading starts after the lost file (by its rotation stamp when its name told it,
-else at the oldest sibling still on disk, kubelet deleting oldest first). `position_of()` never
-names an empty file (a later file may reuse its inode) but the end of the last file with content;
-a position with an empty fingerprint therefore means nothing with content was committed yet, and
-reading starts over as for a new source.
+Restoring a position is `restore.resume_point()`'s decision; the tailer opens the file it names.
+`position_of()` never names an empty file (a later file may reuse its inode) but the end of the
+last file with content.
 """
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
-import re
 import time
-import zlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from shipper.model import FINGERPRINT_BYTES, ContainerRef, FileId, LossEvent, LossReason, SourcePosition
 
-GZIP_SUFFIX = ".gz"
-TMP_SUFFIX = ".tmp"
-# kubelet's rotation suffix (Go layout "20060102-150405"): sorts chronologically as text.
-_KUBELET_STAMP = re.compile(r"[0-9]{8}-[0-9]{6}")
-_GZIP_PROBE_LIMIT = 1 << 20       # compressed bytes read at most to recover a gzip file's first bytes
+from .files import (_File, _NoFile, already_passed, anchor, gone_marker, is_same_file, lost_marker, placeholder,
+                    starts_like)
+from .identity import _gzip_size, _read_head, fingerprint_matches
+from .restore import Lost, Reopen, resume_point
+from .siblings import _GONE, _NEWEST, GZIP_SUFFIX, _KUBELET_STAMP, _order_key, _Sibling, scan_siblings
+
 _KNOWN_FILES = 16                 # identities remembered for position_of after they were closed
 _MAX_STEPS = 1000                 # file switches and reads in one poll, at most
-
-
-# -- identity ------------------------------------------------------------------------------------
-
-def fingerprint(head: bytes) -> str:
-    """Fingerprint of a file whose first bytes are `head` (only the first FINGERPRINT_BYTES count).
-
-    Full: hex SHA-256 of FINGERPRINT_BYTES bytes. Short file: `"<n>:<hex SHA-256 of n bytes>"`, so a
-    later check knows how many bytes to compare. Empty file: `""` (matches any content)."""
-    n = len(head)
-    if n >= FINGERPRINT_BYTES:
-        return hashlib.sha256(head[:FINGERPRINT_BYTES]).hexdigest()
-    if n == 0:
-        return ""
-    return f"{n}:{hashlib.sha256(head).hexdigest()}"
-
-
-def fingerprint_length(fp: str) -> int:
-    """How many leading bytes `fp` covers."""
-    if not fp:
-        return 0
-    n, sep, _ = fp.partition(":")
-    return int(n) if sep and n.isdigit() else FINGERPRINT_BYTES
-
-
-def fingerprint_matches(fp: str, head: bytes) -> bool:
-    """Whether a file starting with `head` (at least FINGERPRINT_BYTES of it, or all of a shorter
-    file) can be the file that `fp` was taken of."""
-    n = fingerprint_length(fp)
-    if len(head) < n:
-        return False
-    return fingerprint(head[:n]) == fp
+_RESTORE_LOOKS = 3                # restore decisions tried while the chosen file keeps moving
 
 
 # -- what a poll returns -------------------------------------------------------------------------
@@ -113,123 +72,6 @@ class TailBatch:
     chunks: list[Chunk] = field(default_factory=list)
     losses: list[LossEvent] = field(default_factory=list)   # all of them precede all chunks
     finished: bool = False                                    # path gone for good, all drained
-
-
-# -- internals -----------------------------------------------------------------------------------
-
-def _order_key(stamp: str, mtime_ns: int) -> tuple[int, str, int, str]:
-    """Rotation order of a sibling: kubelet stamps by their text, anything else by mtime (the
-    stamp breaks ties, so distinct siblings never compare equal)."""
-    if _KUBELET_STAMP.fullmatch(stamp):
-        return (0, stamp, 0, stamp)
-    return (1, "", mtime_ns, stamp)
-
-
-@dataclass(slots=True)
-class _Sibling:
-    stamp: str
-    path: str
-    compressed: bool
-    dev: int
-    ino: int
-    mtime_ns: int
-    size: int
-
-    @property
-    def key(self) -> tuple[int, str, int, str]:
-        return _order_key(self.stamp, self.mtime_ns)
-
-
-class _File:
-    """One file identity this tailer reads or has read. `fd` is -1 once closed."""
-
-    __slots__ = ("fd", "dev", "ino", "path", "stamp", "older", "offset", "head", "fp", "max_seen",
-                 "last_size", "last_mtime", "retired_at", "final_hint", "successor", "before", "loss")
-
-    def __init__(self, fd: int, dev: int, ino: int, path: str, offset: int, head: bytes,
-                 stamp: str | None = None, older: frozenset[str] | None = None) -> None:
-        self.fd = fd
-        self.dev = dev
-        self.ino = ino
-        self.path = path
-        self.stamp = stamp                  # rotation suffix once known (None: still the live file)
-        self.older = older                  # stamps that existed when we opened it as the live file
-        self.offset = offset                # next byte to return
-        self.head = head                    # first bytes (<= FINGERPRINT_BYTES), identity evidence
-        self.fp = fingerprint(head)
-        self.max_seen = offset              # largest size we know the file had
-        self.last_size = -1                 # size and mtime at the last check (-1: check now)
-        self.last_mtime = -1
-        self.retired_at: float | None = None   # when we saw the path stop pointing at it
-        self.final_hint = False             # newer rotations exist: the runtime has left it
-        self.successor: _File | None = None    # the file read next, when nothing was lost between
-        self.before: _File | None = None       # the last file with content before this one
-        self.loss: LossEvent | None = None     # set on a marker: a sibling seen compressed, unread
-
-    @property
-    def file_id(self) -> FileId:
-        return FileId(self.dev, self.ino, self.fp)
-
-    def set_head(self, head: bytes) -> None:
-        self.head = head
-        self.fp = fingerprint(head)
-
-    def snapshot(self) -> _File:
-        """A closed copy standing for this identity after truncation reused the descriptor."""
-        copy = _File(-1, self.dev, self.ino, self.path, self.offset, self.head, self.stamp, self.older)
-        copy.max_seen = self.max_seen
-        return copy
-
-
-class _NoFile:
-    """Stands for 'before every sibling': a new source, or one whose file was lost without trace."""
-
-    __slots__ = ("lost_stamp",)
-
-    def __init__(self, lost_stamp: str | None = None) -> None:
-        self.lost_stamp = lost_stamp        # rotation stamp of the lost file, when its name told it
-
-
-def _read_head(path: str) -> bytes | None:
-    try:
-        with open(path, "rb") as f:
-            return f.read(FINGERPRINT_BYTES)
-    except OSError:
-        return None
-
-
-def _read_gzip_head(path: str, n: int = FINGERPRINT_BYTES) -> bytes | None:
-    try:
-        with open(path, "rb") as f:
-            inflater = zlib.decompressobj(wbits=31)
-            out = b""
-            consumed = 0
-            while len(out) < n and consumed < _GZIP_PROBE_LIMIT:
-                block = f.read(16384)
-                if not block:
-                    break
-                consumed += len(block)
-                out += inflater.decompress(block, n - len(out))
-                if inflater.eof:
-                    break
-            return out
-    except (OSError, zlib.error):
-        return None
-
-
-def _gzip_size(path: str) -> int:
-    """Uncompressed size from the gzip trailer (mod 2**32; rotated logs are far smaller), -1 unknown."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(-4, os.SEEK_END)
-            trailer = f.read(4)
-    except OSError:
-        return -1
-    return int.from_bytes(trailer, "little") if len(trailer) == 4 else -1
-
-
-_NEWEST = (9, "", 0, "")          # order key of the file still at the live path
-_GONE = (-1, "", 0, "")           # order key of a file gone from disk: kubelet deletes oldest first
 
 
 class Tailer:
@@ -367,7 +209,7 @@ class Tailer:
         if entry.fd >= 0:
             self._observe(entry)
         for sib in siblings:
-            if self._is_same_file(sib, entry):
+            if is_same_file(sib, entry):
                 entry.stamp, entry.path = sib.stamp, sib.path
                 if entry.fd < 0 and not sib.compressed:
                     entry.max_seen = max(entry.max_seen, sib.size)
@@ -382,24 +224,15 @@ class Tailer:
                 continue
             if entry.stamp is None and st_path is not None and (st_path.st_dev, st_path.st_ino) == (entry.dev, entry.ino):
                 continue                                # still the live file
-            found = next((sib for sib in siblings if self._is_same_file(sib, entry)), None)
+            found = next((sib for sib in siblings if is_same_file(sib, entry)), None)
             if found is not None and not found.compressed:
                 entry.stamp, entry.path = found.stamp, found.path
                 entry.max_seen = max(entry.max_seen, found.size)
                 entry.retired_at = entry.retired_at or self._clock()
             elif found is not None:
-                queue[index] = self._lost_marker(found)
+                queue[index] = lost_marker(found)
             else:
-                queue[index] = self._gone_marker(entry)
-
-    def _gone_marker(self, entry: _File) -> _File:
-        marker = self._placeholder(_Sibling(entry.stamp or "", entry.path, False, entry.dev, entry.ino,
-                                            entry.last_mtime, entry.max_seen))
-        # Once rotated its size is final, and we saw it after the rotation; still live, we cannot know.
-        size = entry.max_seen if entry.stamp is not None else -1
-        marker.loss = LossEvent(entry.path, LossReason.ROTATED_UNREAD, size, 0,
-                                f"deleted before it was read (last seen with {entry.max_seen} bytes)")
-        return marker
+                queue[index] = gone_marker(entry)
 
     def _open_count(self) -> int:
         return sum(1 for f in self._queue if f.fd >= 0)
@@ -443,7 +276,7 @@ class Tailer:
             except FileNotFoundError:
                 pass
         if fd < 0:
-            return self._lost_marker(sib)
+            return lost_marker(sib)
         if self._open_count() < self._max_held:
             opened = self._file_of(fd, sib.path, offset=0, stamp=sib.stamp)
         else:
@@ -463,16 +296,6 @@ class Tailer:
         entry.max_seen = st.st_size
         return entry
 
-    def _lost_marker(self, sib: _Sibling) -> _File:
-        path = sib.path if sib.compressed else sib.path + GZIP_SUFFIX
-        marker = self._placeholder(sib, path)
-        if os.path.exists(path):
-            marker.loss = LossEvent(path, LossReason.ROTATED_UNREAD, _gzip_size(path), 0,
-                                    "compressed before it was read")
-        else:
-            marker.loss = LossEvent(sib.path, LossReason.ROTATED_UNREAD, -1, 0, "deleted before it was read")
-        return marker
-
     def _promote(self) -> None:
         """Open tracked files while there is room again."""
         for index, entry in enumerate(self._queue):
@@ -484,19 +307,19 @@ class Tailer:
     def _resolve(self, entry: _File) -> _File:
         """Open a tracked file where it is now, or a marker saying how it was lost."""
         siblings = self._siblings()
-        candidates = [sib for sib in siblings if self._is_same_file(sib, entry)]
+        candidates = [sib for sib in siblings if is_same_file(sib, entry)]
         if entry.stamp is None:
             live = _Sibling("", self.path, False, -1, -1, 0, 0)
             try:
                 st = os.stat(self.path)
                 live.dev, live.ino, live.size = st.st_dev, st.st_ino, st.st_size
-                if self._is_same_file(live, entry):
+                if is_same_file(live, entry):
                     candidates.insert(0, live)
             except FileNotFoundError:
                 pass
         for sib in candidates:
             if sib.compressed:
-                return self._lost_marker(sib)
+                return lost_marker(sib)
             try:
                 fd = os.open(sib.path, os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
@@ -508,7 +331,7 @@ class Tailer:
             opened.older, opened.retired_at, opened.final_hint = entry.older, entry.retired_at, entry.final_hint
             opened.max_seen = max(opened.max_seen, entry.max_seen)
             return opened
-        return self._gone_marker(entry)
+        return gone_marker(entry)
 
     def position_of(self, file_id: FileId, offset: int) -> SourcePosition:
         """Where to resume once `offset` bytes of `file_id` are committed. Names the strongest
@@ -599,7 +422,7 @@ class Tailer:
             cur.max_seen = 0
             cur.last_size = cur.last_mtime = -1
             cur.set_head(b"")                  # the rewritten content is a new identity
-            cur.before = self._anchor(old) or cur.before
+            cur.before = anchor(old) or cur.before
             if cur.stamp is None:
                 # a copy made before the truncation (copytruncate's) is older, not a rotation to read
                 cur.older = frozenset(s.stamp for s in self._siblings())
@@ -652,7 +475,7 @@ class Tailer:
                 break
             if sib.compressed:
                 self._lose_whole(sib.path, "compressed before it was read")
-                self._set_prev(self._placeholder(sib))
+                self._set_prev(placeholder(sib))
                 return True
             try:
                 fd = os.open(sib.path, os.O_RDONLY | os.O_CLOEXEC)
@@ -663,7 +486,7 @@ class Tailer:
                 else:
                     self._pending.append(LossEvent(sib.path, LossReason.ROTATED_UNREAD, -1, 0,
                                                    "deleted before it was read"))
-                self._set_prev(self._placeholder(sib, gz))
+                self._set_prev(placeholder(sib, gz))
                 return True
             opened = self._file_of(fd, sib.path, offset=0, stamp=sib.stamp)
             opened.retired_at = self._clock()
@@ -674,7 +497,7 @@ class Tailer:
             nxt = self._queue.popleft()
             if nxt.fd < 0 and nxt.loss is None:
                 nxt = self._resolve(nxt)
-            if self._already_passed(prev, nxt):
+            if already_passed(prev, nxt):
                 if nxt.fd >= 0:
                     self._discard(nxt)
                 return True
@@ -704,16 +527,6 @@ class Tailer:
             return _GONE
         return _order_key(entry.stamp, entry.last_mtime)
 
-    @staticmethod
-    def _already_passed(prev: _File | _NoFile, entry: _File) -> bool:
-        """An entry taken ahead that the sibling scan has since read or counted (rotation order
-        never goes back)."""
-        if not isinstance(prev, _File) or prev.stamp is None or entry.stamp is None:
-            return False
-        if not (_KUBELET_STAMP.fullmatch(prev.stamp) and _KUBELET_STAMP.fullmatch(entry.stamp)):
-            return False
-        return entry.stamp <= prev.stamp
-
     def _make_current(self, prev: _File | _NoFile, opened: _File) -> None:
         self._cur = opened
         self._missing_since = None
@@ -721,21 +534,11 @@ class Tailer:
         # placeholder as `prev`, so position_of never jumps over a gap.
         if isinstance(prev, _File):
             prev.successor = opened
-        opened.before = self._anchor(prev)
-
-    @staticmethod
-    def _anchor(prev: _File | _NoFile) -> _File | None:
-        """The last finished file with content at or before `prev`."""
-        if not isinstance(prev, _File):
-            return None
-        if prev.head and prev.fd == -1 and prev.offset > 0:
-            prev.before = None               # only empty files need to look back: no chains
-            return prev
-        return prev.before
+        opened.before = anchor(prev)
 
     def _set_prev(self, prev: _File) -> None:
         """Move past a file we could not read, remembering what came before it."""
-        prev.before = self._anchor(self._prev)
+        prev.before = anchor(self._prev)
         self._prev = prev
 
     def _open_live(self, prev: _File | _NoFile) -> bool:
@@ -774,22 +577,6 @@ class Tailer:
         self._known.append(opened)
         return opened
 
-    @staticmethod
-    def _placeholder(sib: _Sibling, gz_path: str | None = None) -> _File:
-        """Stands for a sibling we could not read, so the next choice starts after it. A
-        compressed one keeps its first bytes and size: a position naming it as read to its end
-        lets a restart go on after it instead of counting it lost again."""
-        placeholder = _File(-1, sib.dev, sib.ino, sib.path, 0, b"", stamp=sib.stamp)
-        placeholder.last_mtime = sib.mtime_ns
-        gz_path = sib.path if sib.compressed else gz_path
-        if gz_path is not None:
-            head, size = _read_gzip_head(gz_path), _gzip_size(gz_path)
-            if head and size > 0:
-                placeholder.path = gz_path
-                placeholder.set_head(head)
-                placeholder.offset = placeholder.max_seen = size
-        return placeholder
-
     def _lose_whole(self, path: str, why: str) -> None:
         size = _gzip_size(path)
         if size != 0:                               # an empty file loses nothing
@@ -797,57 +584,7 @@ class Tailer:
 
     # -- siblings ----------------------------------------------------------------------------------
     def _siblings(self) -> list[_Sibling]:
-        """Rotated copies of the path, one per stamp (the uncompressed one when both exist)."""
-        by_stamp: dict[str, _Sibling] = {}
-        prefix = self._sibling_prefix
-        try:
-            entries = list(os.scandir(self._dir))
-        except FileNotFoundError:
-            return []
-        for entry in entries:
-            name = entry.name
-            if not name.startswith(prefix) or name.endswith(TMP_SUFFIX):
-                continue
-            rest = name[len(prefix):]
-            compressed = rest.endswith(GZIP_SUFFIX)
-            stamp = rest[:-len(GZIP_SUFFIX)] if compressed else rest
-            if not stamp:
-                continue
-            try:
-                if not entry.is_file(follow_symlinks=False):
-                    continue
-                st = entry.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                continue
-            known = by_stamp.get(stamp)
-            if known is not None and not known.compressed:
-                continue
-            by_stamp[stamp] = _Sibling(stamp, entry.path, compressed, st.st_dev, st.st_ino, st.st_mtime_ns,
-                                       st.st_size)
-        return list(by_stamp.values())
-
-    def _is_same_file(self, sib: _Sibling, rec: _File) -> bool:
-        """Whether sibling `sib` is the file `rec` stands for: by inode (and first bytes, unless we
-        hold it open), or for a compressed one by its first bytes and size."""
-        if sib.compressed:
-            if rec.fd >= 0:
-                # What we hold now, not what we read: a copy of older content may be around.
-                head, size = os.pread(rec.fd, FINGERPRINT_BYTES, 0), os.fstat(rec.fd).st_size
-            else:
-                head, size = rec.head, (-1 if rec.stamp is None else rec.max_seen)
-            if not head:
-                return False
-            gz_head = _read_gzip_head(sib.path)
-            if gz_head is None or gz_head[:len(head)] != head[:len(gz_head)]:
-                return False
-            # the size must agree too where we know it is final
-            return size < 0 or _gzip_size(sib.path) == size % (1 << 32)
-        if (sib.dev, sib.ino) != (rec.dev, rec.ino):
-            return False
-        if rec.fd >= 0:
-            return True                         # we hold it open: the inode cannot have been reused
-        head = _read_head(sib.path)
-        return head is not None and head[:len(rec.head)] == rec.head
+        return scan_siblings(self._dir, self._sibling_prefix)
 
     def _successors(self, prev: _File | _NoFile, siblings: list[_Sibling]) -> list[_Sibling]:
         """Siblings rotated after `prev` that we do not hold open already, oldest first."""
@@ -862,7 +599,7 @@ class Tailer:
             return sorted(siblings, key=lambda s: s.key)
         if prev.stamp is None:
             for sib in siblings:
-                if self._is_same_file(sib, prev):
+                if is_same_file(sib, prev):
                     prev.stamp, prev.path = sib.stamp, sib.path
                     break
         if prev.stamp is not None:
@@ -876,77 +613,44 @@ class Tailer:
             # (copytruncate's), which starts with the same bytes.
             older = prev.older
             newer = [s for s in siblings if s.stamp not in older and (s.compressed or s.mtime_ns >= prev.last_mtime)
-                     and not self._starts_like(s, prev.head)]
+                     and not starts_like(s, prev.head)]
         return sorted(newer, key=lambda s: s.key)
-
-    @staticmethod
-    def _starts_like(sib: _Sibling, head: bytes) -> bool:
-        if not head:
-            return False
-        other = (_read_gzip_head(sib.path) if sib.compressed else _read_head(sib.path)) or b""
-        n = min(len(other), len(head))
-        return n > 0 and other[:n] == head[:n]
 
     # -- restore -----------------------------------------------------------------------------------
     def _restore(self, position: SourcePosition | None) -> None:
-        if position is None:
-            return                                    # _NoFile: every sibling, then the path
-        fid, offset = position.file_id, position.offset
-        lost_stamp = None
-        if position.path.startswith(self.path + "."):
-            lost_stamp = position.path[len(self.path) + 1:].removesuffix(GZIP_SUFFIX)
-        if not fid.fingerprint:
-            # position_of names an empty file only when nothing with content was ever committed
-            # (it names the last file with content otherwise), and an empty file proves nothing by
-            # its inode, which a later file may have: start over, as a new source does.
-            return
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            st = None
-        if st is not None and (st.st_dev, st.st_ino) == (fid.dev, fid.ino):
-            opened = self._file_of(os.open(self.path, os.O_RDONLY | os.O_CLOEXEC), self.path,
-                                   offset=offset, stamp=None)
-            if fingerprint_matches(fid.fingerprint, opened.head):
-                opened.older = frozenset(s.stamp for s in self._siblings())
-                opened.max_seen = offset         # a shorter file now means it was truncated
-                self._cur = opened
+        # The file resume_point chose may be rotated away between its look and our open: look again.
+        for _ in range(_RESTORE_LOOKS):
+            point = resume_point(self.path, position, self._siblings())
+            if point is None:
+                return                                    # _NoFile: every sibling, then the path
+            if isinstance(point, Lost):
+                if point.loss is not None:
+                    self._pending.append(point.loss)
+                self._prev = point.after
                 return
+            if self._reopen(point):
+                return
+        raise OSError(errno.EAGAIN, "changed on every look while its position was restored", self.path)
+
+    def _reopen(self, point: Reopen) -> bool:
+        """Make the file `point` names current; False when the path names another file by now."""
+        try:
+            fd = os.open(point.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        opened = self._file_of(fd, point.path, offset=point.offset, stamp=point.stamp)
+        same = (opened.dev, opened.ino) == (point.dev, point.ino)
+        if not (same and fingerprint_matches(point.fingerprint, opened.head)):
             self._discard(opened)
-        siblings = sorted(self._siblings(), key=lambda s: s.key)
-        plain = [s for s in siblings if not s.compressed]
-        # the same inode first; then a copy with the same first bytes (copytruncate's copy)
-        for want_inode in (True, False):
-            for sib in plain:
-                if ((sib.dev, sib.ino) == (fid.dev, fid.ino)) != want_inode:
-                    continue
-                try:
-                    fd = os.open(sib.path, os.O_RDONLY | os.O_CLOEXEC)
-                except FileNotFoundError:
-                    continue
-                opened = self._file_of(fd, sib.path, offset=offset, stamp=sib.stamp)
-                # a copy is recognised by content only, so an empty fingerprint cannot name one
-                if fingerprint_matches(fid.fingerprint, opened.head) and (want_inode or fid.fingerprint):
-                    opened.retired_at = self._clock()
-                    opened.final_hint = True
-                    opened.max_seen = offset
-                    self._cur = opened
-                    return
-                self._discard(opened)
-        for sib in siblings:
-            if sib.compressed and fid.fingerprint:
-                head = _read_gzip_head(sib.path)
-                if head and fingerprint_matches(fid.fingerprint, head):
-                    total = _gzip_size(sib.path)
-                    lost = total - offset if total >= 0 else -1
-                    if lost != 0:
-                        self._pending.append(LossEvent(sib.path, LossReason.ROTATED_UNREAD, lost, offset,
-                                                       "compressed before it was read to the end"))
-                    self._prev = self._placeholder(sib)
-                    return
-        self._pending.append(LossEvent(position.path, LossReason.ROTATED_UNREAD, -1, offset,
-                                       f"file {fid.key()} is gone; how much of it was unread is unknown"))
-        self._prev = _NoFile(lost_stamp)
+            return False
+        opened.max_seen = point.offset             # a shorter file now means it was truncated
+        if point.stamp is None:
+            opened.older = frozenset(s.stamp for s in self._siblings())
+        else:
+            opened.retired_at = self._clock()
+            opened.final_hint = True
+        self._cur = opened
+        return True
 
     def _discard(self, rec: _File) -> None:
         os.close(rec.fd)
