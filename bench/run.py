@@ -120,7 +120,7 @@ def profile_stages(settings_path: Path) -> list[tuple[str, float]]:
     profiler.disable()
     stats = pstats.Stats(profiler)
     total = stats.total_tt
-    stages = {"tail (read)": ("tail.py", "poll"), "parse": ("parse.py", "feed"),
+    stages = {"tail (read)": ("tailer.py", "poll"), "parse": ("parse.py", "feed"),
               "seal + ids + redaction": ("records.py", "seal_entries_packed"),
               "  of which Python body stage": ("body.py", "process"),
               "WAL frame encode": ("batch.py", "encode_batch")}

@@ -14,7 +14,7 @@ class FileId:
 
     The fingerprint (hex SHA-256 of the first `FINGERPRINT_BYTES` bytes) tells a reused inode from the
     file that used to own it. While a file is shorter, it is `"<n>:<sha256 of the n bytes>"` (empty for
-    an empty file) and lengthens as the file grows; shipper.tail documents how such ids match.
+    an empty file) and lengthens as the file grows; shipper.tail.identity documents how such ids match.
     """
 
     dev: int
