@@ -381,9 +381,10 @@ static int gather(PyObject *offsets, PyObject *times, PyObject *streams, PyObjec
 /* seal_entries(prev_hash, seq, offsets, times, streams, bodies, flags, head_tpl, source_tpl, seal_tpl,
  *              observed, correlator, native_body, process_body, slow_entry, packed, raw_data, raw_rows,
  *              ordinals)
- *   -> (values, last_seq, last_hash, invalid_utf8)
+ *   -> (values, last_seq, last_hash, invalid_utf8, hashes)
  * values: a list of bytes, one per record; with `packed`, (all records in one bytes, their lengths as
- * native uint32 in one bytes), which spares an allocation per record.
+ * native uint32 in one bytes), which spares an allocation per record. hashes: every record's hash,
+ * 32 bytes each, in seq order (the leaves of the chain's Merkle tree, see shipper/merkle.py).
  * raw_data, raw_rows, ordinals (optional): entries the native CRI loop left inside raw_data (parse.h rows,
  * from cri_rows), and the int64 ordinal of each list entry: all are sealed in ordinal order.
  * correlator: a _native.Correlator or None; native_body: whether the fast path may run the body stage
@@ -412,6 +413,7 @@ static PyObject *seal_entries(PyObject *self, PyObject *args) {
     buf_init(&attrs);
     entry_t *entries = NULL;
     Py_ssize_t *ends = NULL;
+    PyObject *hashes = NULL;
     chain_t chain;
     long long invalid_utf8 = 0;
     Py_ssize_t count = PyList_GET_SIZE(bodies);
@@ -458,6 +460,10 @@ static PyObject *seal_entries(PyObject *self, PyObject *args) {
         PyErr_NoMemory();
         goto done;
     }
+    hashes = PyBytes_FromStringAndSize(NULL, 32 * count);
+    if (hashes == NULL)
+        goto done;
+    unsigned char *hash_out = (unsigned char *)PyBytes_AS_STRING(hashes);
     if (gather(offsets, times, streams, bodies, flags, &raw, entries, count) < 0)
         goto done;
     /* Room for the records up front (growing the buffer by doubling copied it about twice over): the
@@ -531,6 +537,7 @@ static PyObject *seal_entries(PyObject *self, PyObject *args) {
             released = PyEval_SaveThread();
         }
         ends[i] = out.len;
+        memcpy(hash_out + 32 * i, chain.prev, 32);
     }
     if (failed) {
         if (!PyErr_Occurred())
@@ -552,7 +559,8 @@ static PyObject *seal_entries(PyObject *self, PyObject *args) {
         values = Py_BuildValue("(NN)", blob, lengths);
         if (values == NULL)
             goto done;
-        result = Py_BuildValue("(OLy#L)", values, chain.seq, (const char *)chain.prev, (Py_ssize_t)32, invalid_utf8);
+        result = Py_BuildValue("(OLy#LO)", values, chain.seq, (const char *)chain.prev, (Py_ssize_t)32, invalid_utf8,
+                               hashes);
         goto done;
     }
     values = PyList_New(count);
@@ -564,9 +572,11 @@ static PyObject *seal_entries(PyObject *self, PyObject *args) {
             goto done;
         PyList_SET_ITEM(values, i, value);
     }
-    result = Py_BuildValue("(OLy#L)", values, chain.seq, (const char *)chain.prev, (Py_ssize_t)32, invalid_utf8);
+    result = Py_BuildValue("(OLy#LO)", values, chain.seq, (const char *)chain.prev, (Py_ssize_t)32, invalid_utf8,
+                           hashes);
 done:
     Py_XDECREF(values);
+    Py_XDECREF(hashes);
     PyMem_RawFree(entries);
     PyMem_RawFree(ends);
     buf_free(&out);

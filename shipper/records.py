@@ -101,14 +101,14 @@ def _seal_native(head: ChainHead, entries: Entries, ctx: ChainContext, observed_
     """_native.seal_entries: (values, or (blob, lengths as bytes) when packed; the new head)."""
     head_tpl, source_tpl, seal_tpl = ctx.templates()
     correlator = getattr(process_body, "native_correlator", None)
-    values, seq, digest, bad_utf8 = _native.seal_entries(
+    values, seq, digest, bad_utf8, hashes = _native.seal_entries(
         head.hash, head.seq, entries.offsets, entries.times, entries.streams, entries.bodies, entries.flags,
         head_tpl, source_tpl, seal_tpl, observed_time, correlator, correlator is not None, process_body, slow_entry,
         packed, entries.data, entries.raw, entries.ordinals)
     if stats is not None:
         stats.invalid_utf8 += bad_utf8
         stats.processed += len(entries)
-    return values, ChainHead(head.chain, seq, digest)
+    return values, ChainHead(head.chain, seq, digest, head.tree.extend_packed(hashes))
 
 
 def slow_entry(body_b: bytes, process_body: BodyProcessor | None) -> tuple[bytes, str, str, str, bool]:
@@ -143,6 +143,7 @@ def seal_entries_py(head: ChainHead, entries: Entries, ctx: ChainContext, observ
     seq = head.seq
     values: list[bytes] = []
     append = values.append
+    hashes: list[bytes] = []
     sha = _sha256
     bad_utf8 = 0
     for offset, time_b, stream_b, body_b, flags in zip(entries.offsets, entries.times, entries.streams,
@@ -167,12 +168,13 @@ def seal_entries_py(head: ChainHead, entries: Entries, ctx: ChainContext, observ
                 f'"stream":"{_STREAM_TEXT.get(stream_b) or stream_b.decode()}","body":{quoted}{extra},'
                 f'"attributes":{{{attributes}}}{source_tpl}{offset}{seal_tpl}{seq},"prev":"{prev_hex}",'
                 f'"hash":"{digest_hex}"}}}}').encode())
+        hashes.append(digest)
         prev = digest
         prev_hex = digest_hex
     if stats is not None:
         stats.invalid_utf8 += bad_utf8
         stats.processed += len(values)
-    return values, ChainHead(head.chain, seq, prev)
+    return values, ChainHead(head.chain, seq, prev, head.tree.extend_packed(b"".join(hashes)))
 
 
 def seal_control(head: ChainHead, type_: str, body: str, ctx: ChainContext, time: str,
@@ -191,4 +193,4 @@ def seal_control(head: ChainHead, type_: str, body: str, ctx: ChainContext, time
     value = (f'{head_tpl}{seq}","type":"{type_}","time":"{time}","observed_time":"{time}","stream":"",'
              f'"body":{encode_basestring(body)}{extra_members},"attributes":{{}}{source_tpl}0{seal_tpl}{seq},'
              f'"prev":"{head.hash.hex()}","hash":"{digest.hex()}"}}}}').encode()
-    return value, ChainHead(head.chain, seq, digest)
+    return value, ChainHead(head.chain, seq, digest, head.tree.extend_packed(digest))

@@ -9,7 +9,10 @@ Invariants (each named by a test in tests/unit/test_seal.py):
   netstring (`<decimal length>:<bytes>,`), so no two field tuples encode alike.
 - CONTEXT_OUTSIDE: enrichment (resource, attributes, observed_time, source) is outside the hash, so
   a label change between a crash and its replay cannot fork a chain.
-- DETERMINISTIC: the same head and the same entries give the same seq, prev and hash.
+- DETERMINISTIC: the same head and the same entries give the same seq, prev and hash (and tree).
+- TREE: every record hash is also a leaf of the chain's RFC 6962 Merkle tree (shipper/merkle.py),
+  whose frontier travels with the head; a checkpoint signs the tree's size and root, so one record can
+  be proven against it with an audit path alone.
 - CHECKPOINT: a checkpoint record at seq n attests the head (seq n-1, hash hn-1) with an Ed25519
   signature over a small line-based statement (after C2SP's signed-note idea); it is itself a link
   of the chain, so removing it breaks the chain too.
@@ -25,6 +28,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from .merkle import Frontier
+
 SCHEMA = "audit-shipper/v1"
 SCHEMA_BYTES = SCHEMA.encode()
 STATEMENT_HEADER = "audit-shipper/checkpoint/v1"
@@ -38,17 +43,28 @@ TYPE_MANIFEST = "manifest"
 _sha256 = hashlib.sha256
 
 
+_NO_TREE = Frontier()
+
+
 @dataclass(slots=True, frozen=True)
 class ChainHead:
-    """The last link of a chain: seq of the last record (0 before the first) and its hash."""
+    """The last link of a chain: seq of the last record (0 before the first) and its hash, and the
+    Merkle tree over the chain's record hashes (TREE): `tree.size` leaves, the last one the head's."""
 
     chain: str
     seq: int
     hash: bytes
+    tree: Frontier = _NO_TREE
 
     @classmethod
     def genesis(cls, chain: str) -> ChainHead:
         return cls(chain, 0, genesis_hash(chain))
+
+    @property
+    def tree_first_seq(self) -> int:
+        """Seq of the tree's first leaf: 1 for a chain sealed from its start; later for a chain whose
+        state came from a release that kept no tree (its tree starts at the first record after it)."""
+        return self.seq - self.tree.size + 1
 
 
 def genesis_hash(chain: str) -> bytes:

@@ -6,7 +6,8 @@ import json
 from hypothesis import given, strategies as st
 
 from shipper.parse import Entries
-from shipper.records import ChainContext, seal_control, seal_entries
+from shipper import merkle
+from shipper.records import ChainContext, seal_control, seal_entries, seal_entries_py
 from shipper.seal import (ChainHead, Signer, canon, checkpoint_body, gap_body, genesis_hash, link, parse_checkpoint,
                           signature_valid, statement_text)
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -97,3 +98,21 @@ def test_invalid_utf8_is_replaced_flagged_and_hashed_as_shipped():
     assert record["body"] == "ok \ufffd\ufffd bad"
     assert record["attributes"]["log.invalid_utf8"] is True
     assert record["seal"]["hash"] == link(genesis_hash("c/x"), 1, TS, b"stdout", record["body"].encode()).hex()
+
+
+def test_tree_the_head_carries_is_the_merkle_tree_of_the_record_hashes():
+    """TREE: native, reference and control sealing all extend the head's tree by each record's hash."""
+    ctx = ChainContext("uid-1/app", '{"k8s.pod.name":"p"}', "/var/log/pods/ns_p_uid-1/app/0.log")
+    entries = Entries()
+    for i in range(37):
+        entries.add(i * 10, b"2026-11-28T18:00:00.000000001Z", b"stdout", b"line %d" % i, 0)
+    values, head = seal_entries(ChainHead.genesis(ctx.chain), entries, ctx, "2026-11-28T18:00:01Z", None)
+    reference, reference_head = seal_entries_py(ChainHead.genesis(ctx.chain), entries, ctx,
+                                                        "2026-11-28T18:00:01Z", None)
+    assert head == reference_head
+    value, head = seal_control(head, "gap", '{"reason":"x"}', ctx, "2026-11-28T18:00:02Z")
+    leaves = [bytes.fromhex(json.loads(v)["seal"]["hash"]) for v in [*values, value]]
+    assert head.tree.size == head.seq == 38 and head.tree_first_seq == 1
+    assert head.tree.root() == merkle.root_of(leaves)
+    forged = [*leaves[:5], bytes(32), *leaves[6:]]
+    assert head.tree.root() != merkle.root_of(forged)
