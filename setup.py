@@ -10,8 +10,10 @@ setup(
     ext_modules=[
         Extension(
             "shipper._native",
-            sources=["native/module.c", "native/seal.c", "native/kafka.c", "native/parse.c", "native/correlate.c"],
-            depends=["native/buf.h", "native/correlate.h", "native/seal.h", "native/kafka.h", "native/parse.h"],
+            sources=["native/module.c", "native/seal.c", "native/kafka.c", "native/parse.c", "native/correlate.c",
+                     "native/merkle.c"],
+            depends=["native/buf.h", "native/correlate.h", "native/seal.h", "native/kafka.h", "native/parse.h",
+                     "native/merkle.h"],
             libraries=["crypto", "snappy"],
             extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter",
                                 "-Wno-deprecated-declarations"],

@@ -6,6 +6,7 @@
 
 #include "correlate.h"
 #include "kafka.h"
+#include "merkle.h"
 #include "parse.h"
 #include "seal.h"
 
@@ -18,7 +19,7 @@ PyMODINIT_FUNC PyInit__native(void) {
     if (module == NULL)
         return NULL;
     if (correlate_register(module) < 0 || seal_register(module) < 0 || kafka_register(module) < 0
-        || parse_register(module) < 0) {
+        || parse_register(module) < 0 || merkle_register(module) < 0) {
         Py_DECREF(module);
         return NULL;
     }

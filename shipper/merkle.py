@@ -96,8 +96,8 @@ class Frontier:
         if size >= 2**64:
             raise ValueError("a tree has fewer than 2**64 leaves")
         if _merkle_extend_native is not None:
-            return Frontier(size, _merkle_extend_native(self.nodes, self.size, leaves))
-        return Frontier(size, merkle_extend_py(self.nodes, self.size, leaves))
+            return _frontier(size, _merkle_extend_native(self.nodes, self.size, leaves))
+        return _frontier(size, merkle_extend_py(self.nodes, self.size, leaves))
 
     def root(self) -> bytes:
         """The tree's RFC 6962 Merkle Tree Hash."""
@@ -119,6 +119,20 @@ class Frontier:
         if len(raw) < 8:
             raise ValueError("a stored frontier starts with an 8-byte size")
         return cls(int.from_bytes(raw[:8], "big"), bytes(raw[8:]))
+
+
+_new = object.__new__
+_set_size = Frontier.__dict__["size"].__set__
+_set_nodes = Frontier.__dict__["nodes"].__set__
+
+
+def _frontier(size: int, nodes: bytes) -> Frontier:
+    """A Frontier whose nodes were just computed for its size: built without the checks of __init__,
+    which cost more than extending by one leaf (this runs once per batch on the hot path)."""
+    frontier = _new(Frontier)
+    _set_size(frontier, size)
+    _set_nodes(frontier, nodes)
+    return frontier
 
 
 def root_of(leaf_datas: Iterable[bytes]) -> bytes:
