@@ -21,6 +21,7 @@ $(VENV)/.native: $(VENV)/.installed setup.py $(wildcard native/*.c native/*.h)
 tools: setup
 	scripts/fetch-kafka
 	scripts/build-kube-tools
+	scripts/build-c2sp-tools
 
 demo: setup
 	$(VENV)/bin/shipper demo

@@ -16,18 +16,30 @@ Invariants (each named by a test in tests/unit/test_seal.py):
 - CHECKPOINT: a checkpoint record at seq n attests the head (seq n-1, hash hn-1) with an Ed25519
   signature over a small line-based statement (after C2SP's signed-note idea); it is itself a link
   of the chain, so removing it breaks the chain too.
+- NOTE_CHECKPOINT (SPEC-15): the statement is a C2SP signed note whose text is a tlog-checkpoint: origin
+  `audit-shipper.io/v1/chain/<chain>`, the RFC 6962 tree (size, root) of the chain's last records up to
+  the head, then seq, head, time and the chain's identity (node, namespace, pod, pod-uid, container).
+  A node manifest is the same for the node chain, plus one `chain <chain> <seq> <hash>` line per chain.
+- PERCENT: values in note lines are percent-encoded for bytes <= 0x20, 0x7f and '%' (and for the bytes
+  of a lone surrogate, which UTF-8 cannot carry), so any value fits on one line and decodes back exactly;
+  the parser accepts only the one canonical spelling.
+- STRICT: parse_checkpoint_note / parse_manifest_note raise only BadCheckpoint / BadManifest on any
+  malformed body, as the legacy parse_checkpoint / parse_manifest do (old topics must still verify).
 """
 from __future__ import annotations
 
 import base64
 import hashlib
 import json
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from . import note
 from .merkle import Frontier
 
 SCHEMA = "audit-shipper/v1"
@@ -181,6 +193,7 @@ class Signer:
     def __init__(self, private_key: Ed25519PrivateKey, key_id: str | None = None) -> None:
         self._key = private_key
         self.key_id = key_id or key_id_of(private_key.public_key())
+        self._note_signer: note.NoteSigner | None = None
 
     @classmethod
     def from_pem(cls, pem: bytes, key_id: str | None = None) -> Signer:
@@ -191,6 +204,19 @@ class Signer:
 
     def sign(self, statement: str) -> tuple[str, bytes]:
         return self.key_id, self._key.sign(statement.encode())
+
+    @property
+    def note_signer(self) -> note.NoteSigner:
+        """The same key as a C2SP note signer, named by this signer's key id; `note.BadNote` when the
+        key id is not a valid note key name (it holds a space or a plus)."""
+        if self._note_signer is None:
+            self._note_signer = note.NoteSigner(self.key_id, self._key)
+        return self._note_signer
+
+    @property
+    def verifier_key(self) -> str:
+        """The verifier key (`name+hash+base64`) auditors check this signer's notes with."""
+        return self.note_signer.verifier.text
 
 
 def load_public_key(pem: bytes) -> Ed25519PublicKey:
@@ -267,3 +293,269 @@ def parse_manifest(body: str) -> ParsedManifest:
         heads.append((parts[0], seq, head))
     return ParsedManifest(lines[1][5:], lines[2][5:], tuple(heads), statement,
                           parse_signature_lines(signature_block, BadManifest))
+
+
+# -- notes (SPEC-15): checkpoints and manifests as C2SP signed notes over tlog-checkpoint texts --------
+CHAIN_ORIGIN_PREFIX = "audit-shipper.io/v1/chain/"
+NODE_ORIGIN_PREFIX = "audit-shipper.io/v1/node/"
+NODE_CHAIN_PREFIX = "node/"
+
+_CHECKPOINT_EXTENSIONS = ("seq", "head", "time", "node", "namespace", "pod", "pod-uid", "container")
+_MANIFEST_EXTENSIONS = ("seq", "head", "time", "node")
+_DECIMAL = re.compile("0|[1-9][0-9]{0,18}")
+# A value needs escaping when it holds a byte <= 0x20, 0x7f, '%' or a lone surrogate.
+_NEEDS_ESCAPE = re.compile("[\x00-\x20\x7f%\ud800-\udfff]")
+
+
+def percent_encode(value: str) -> str:
+    """`value` as it is written in a note line (see PERCENT)."""
+    if not _NEEDS_ESCAPE.search(value):
+        return value
+    return _NEEDS_ESCAPE.sub(lambda match: "".join(
+        f"%{byte:02X}" for byte in match.group().encode("utf-8", "surrogatepass")), value)
+
+
+def percent_decode(text: str) -> str:
+    """The value `percent_encode` wrote as `text`; ValueError unless `text` is its canonical spelling."""
+    if "%" in text:
+        first, *escaped = text.split("%")
+        raw = bytearray(first.encode("utf-8", "surrogatepass"))
+        for part in escaped:
+            digits = part[:2]
+            if len(digits) != 2 or not all(c in "0123456789ABCDEF" for c in digits):
+                raise ValueError(f"bad percent escape in {text[:80]!r}")
+            raw.append(int(digits, 16))
+            raw += part[2:].encode("utf-8", "surrogatepass")
+        try:
+            value = raw.decode("utf-8", "surrogatepass")
+        except UnicodeDecodeError:
+            raise ValueError(f"percent escapes of {text[:80]!r} are not UTF-8") from None
+    else:
+        value = text
+    if percent_encode(value) != text:
+        raise ValueError(f"{text[:80]!r} is not written the canonical way")
+    return value
+
+
+_IDENTITY_RESOURCE_KEYS = ("k8s.namespace.name", "k8s.pod.name", "k8s.pod.uid", "k8s.container.name",
+                           "k8s.node.name")
+
+
+@dataclass(slots=True, frozen=True)
+class Identity:
+    """What a chain's records are attributed to: the facts that never change during a pod's life."""
+
+    namespace: str = ""
+    pod: str = ""
+    pod_uid: str = ""
+    container: str = ""
+    node: str = ""
+
+    @classmethod
+    def of_resource(cls, resource: object) -> Identity:
+        """The identity a record's `resource` states (`k8s.*` keys; a missing key is "")."""
+        return cls(*identity_values(resource))
+
+
+def identity_values(resource: object) -> tuple[str, str, str, str, str]:
+    """(namespace, pod, pod uid, container, node) of a record's `resource`, in Identity's field order.
+    A value that is not a string (only a rewritten record has one) is rendered as JSON."""
+    if not isinstance(resource, dict):
+        return ("", "", "", "", "")
+    values = []
+    for key in _IDENTITY_RESOURCE_KEYS:
+        value = resource.get(key)
+        values.append(value if type(value) is str else "" if value is None else json.dumps(value, sort_keys=True))
+    return tuple(values)  # type: ignore[return-value]
+
+
+def _b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode("ascii")
+
+
+def checkpoint_note_text(chain: str, tree: Frontier, head: ChainHead, time: str, identity: Identity) -> str:
+    """The text of a chain's checkpoint (SPEC-15), ready for `sign_statement` / `note.sign_note`: the tree
+    covers the chain's last `tree.size` records, seqs head.seq - tree.size + 1 .. head.seq."""
+    if head.chain != chain:
+        raise ValueError(f"the head is of chain {head.chain!r}, not {chain!r}")
+    if tree.size > head.seq:
+        raise ValueError(f"a tree of {tree.size} leaves cannot end at seq {head.seq}")
+    extensions = [f"seq {head.seq}", f"head {_b64(head.hash)}", f"time {percent_encode(time)}",
+                  f"node {percent_encode(identity.node)}", f"namespace {percent_encode(identity.namespace)}",
+                  f"pod {percent_encode(identity.pod)}", f"pod-uid {percent_encode(identity.pod_uid)}",
+                  f"container {percent_encode(identity.container)}"]
+    return note.checkpoint_text(CHAIN_ORIGIN_PREFIX + percent_encode(chain), tree.size, tree.root(), extensions)
+
+
+def manifest_note_text(node: str, tree: Frontier, head: ChainHead, time: str,
+                       heads: list[tuple[str, int, bytes]]) -> str:
+    """The text of a node manifest (SPEC-15): the checkpoint of the node chain `node/<node>` (`head`,
+    `tree`) and one line per chain head, sorted by chain name."""
+    if head.chain != NODE_CHAIN_PREFIX + node:
+        raise ValueError(f"the head is of chain {head.chain!r}, not {NODE_CHAIN_PREFIX + node!r}")
+    if tree.size > head.seq:
+        raise ValueError(f"a tree of {tree.size} leaves cannot end at seq {head.seq}")
+    extensions = [f"seq {head.seq}", f"head {_b64(head.hash)}", f"time {percent_encode(time)}",
+                  f"node {percent_encode(node)}"]
+    previous = None
+    for chain, seq, digest in sorted(heads):
+        if chain == previous:
+            raise ValueError(f"chain {chain!r} is listed twice")
+        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0 or len(digest) != 32:
+            raise ValueError(f"bad head for chain {chain!r}")
+        extensions.append(f"chain {percent_encode(chain)} {seq} {_b64(digest)}")
+        previous = chain
+    return note.checkpoint_text(NODE_ORIGIN_PREFIX + percent_encode(node), tree.size, tree.root(), extensions)
+
+
+def sign_statement(text: str, signers: Iterable[Signer | note.NoteSigner]) -> str:
+    """The body of a checkpoint or manifest record: the note signed by each signer (a seal.Signer signs
+    under its key id), or the text alone when there is none (an unsigned checkpoint still links)."""
+    note_signers = [signer.note_signer if isinstance(signer, Signer) else signer for signer in signers]
+    if not note_signers:
+        return text
+    return note.sign_note(text, note_signers)
+
+
+@dataclass(slots=True, frozen=True)
+class ParsedCheckpointNote:
+    """A checkpoint note (SPEC-15). `text` is what the signatures sign, `note` the whole body (check its
+    signatures with note.open_note), `signatures` the (key name, key hash) of each signature line."""
+
+    chain: str
+    tree_size: int
+    root: bytes
+    seq: int                 # the head attested: the seq before the checkpoint record
+    head_hash: bytes
+    time: str
+    node: str
+    identity: Identity
+    text: str
+    note: str
+    signatures: tuple[tuple[str, bytes], ...]
+
+    @property
+    def tree_start(self) -> int:
+        """The seq of the tree's first leaf (head seq + 1 when the tree is empty)."""
+        return self.seq - self.tree_size + 1
+
+
+@dataclass(slots=True, frozen=True)
+class ParsedManifestNote:
+    """A manifest note (SPEC-15): the checkpoint of the node chain and the heads of the node's chains."""
+
+    node: str
+    tree_size: int
+    root: bytes
+    seq: int
+    head_hash: bytes
+    time: str
+    heads: tuple[tuple[str, int, bytes], ...]
+    text: str
+    note: str
+    signatures: tuple[tuple[str, bytes], ...]
+
+    @property
+    def tree_start(self) -> int:
+        return self.seq - self.tree_size + 1
+
+
+def _open_body(body: object, error: type[ValueError]) -> tuple[str, note.TreeHead, tuple[tuple[str, bytes], ...]]:
+    """(text, tree head, signature identities) of a note body; an unsigned body is all text."""
+    if not isinstance(body, str):
+        raise error("a note body is a string")
+    try:
+        if "\n\n" in body:
+            opened = note.open_note(body, ())
+            text, signatures = opened.text, opened.unknown
+        else:
+            text, signatures = body, ()
+        return text, note.parse_checkpoint_text(text), signatures
+    except note.BadNote as exc:
+        raise error(str(exc)) from None
+
+
+def _extension_values(extensions: tuple[str, ...], names: tuple[str, ...], error: type[ValueError]) -> list[str]:
+    values = []
+    for line, name in zip(extensions, names):
+        if not line.startswith(name + " "):
+            raise error(f"expected a {name!r} line, not {line[:80]!r}")
+        values.append(line[len(name) + 1:])
+    return values
+
+
+def _decimal(text: str, what: str, error: type[ValueError]) -> int:
+    if not _DECIMAL.fullmatch(text):
+        raise error(f"the {what} is a decimal without leading zeros, not {text[:40]!r}")
+    return int(text)
+
+
+def _hash32(text: str, what: str, error: type[ValueError]) -> bytes:
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except ValueError:
+        raise error(f"the {what} is not base64") from None
+    if len(raw) != 32 or _b64(raw) != text:
+        raise error(f"the {what} is not the canonical base64 of 32 bytes")
+    return raw
+
+
+def _decoded(text: str, what: str, error: type[ValueError]) -> str:
+    try:
+        return percent_decode(text)
+    except ValueError as exc:
+        raise error(f"the {what}: {exc}") from None
+
+
+def parse_checkpoint_note(body: str) -> ParsedCheckpointNote:
+    """A checkpoint note's fields; BadCheckpoint unless it follows SPEC-15 exactly."""
+    text, tree, signatures = _open_body(body, BadCheckpoint)
+    if not tree.origin.startswith(CHAIN_ORIGIN_PREFIX):
+        raise BadCheckpoint(f"not an audit-shipper.io/v1 chain checkpoint (origin {tree.origin[:80]!r})")
+    chain = _decoded(tree.origin[len(CHAIN_ORIGIN_PREFIX):], "chain", BadCheckpoint)
+    if not chain:
+        raise BadCheckpoint("the origin names no chain")
+    if len(tree.extensions) != len(_CHECKPOINT_EXTENSIONS):
+        raise BadCheckpoint(f"a checkpoint has {len(_CHECKPOINT_EXTENSIONS)} extension lines, not "
+                            f"{len(tree.extensions)}")
+    seq_text, head_text, *rest = _extension_values(tree.extensions, _CHECKPOINT_EXTENSIONS, BadCheckpoint)
+    seq = _decimal(seq_text, "seq", BadCheckpoint)
+    if tree.size > seq:
+        raise BadCheckpoint(f"a tree of {tree.size} leaves cannot end at seq {seq}")
+    head = _hash32(head_text, "head", BadCheckpoint)
+    time, node, namespace, pod, pod_uid, container = (
+        _decoded(value, name, BadCheckpoint) for value, name in zip(rest, _CHECKPOINT_EXTENSIONS[2:]))
+    return ParsedCheckpointNote(chain, tree.size, tree.root, seq, head, time, node,
+                                Identity(namespace, pod, pod_uid, container, node), text, body, signatures)
+
+
+def parse_manifest_note(body: str) -> ParsedManifestNote:
+    """A manifest note's fields; BadManifest unless it follows SPEC-15 exactly (chains sorted, once each)."""
+    text, tree, signatures = _open_body(body, BadManifest)
+    if not tree.origin.startswith(NODE_ORIGIN_PREFIX):
+        raise BadManifest(f"not an audit-shipper.io/v1 node manifest (origin {tree.origin[:80]!r})")
+    node = _decoded(tree.origin[len(NODE_ORIGIN_PREFIX):], "node", BadManifest)
+    if not node:
+        raise BadManifest("the origin names no node")
+    if len(tree.extensions) < len(_MANIFEST_EXTENSIONS):
+        raise BadManifest("a manifest has seq, head, time and node lines")
+    seq_text, head_text, time_text, node_text = _extension_values(tree.extensions, _MANIFEST_EXTENSIONS, BadManifest)
+    seq = _decimal(seq_text, "seq", BadManifest)
+    if tree.size > seq:
+        raise BadManifest(f"a tree of {tree.size} leaves cannot end at seq {seq}")
+    head = _hash32(head_text, "head", BadManifest)
+    time = _decoded(time_text, "time", BadManifest)
+    if _decoded(node_text, "node", BadManifest) != node:
+        raise BadManifest("the node line names another node than the origin")
+    heads: list[tuple[str, int, bytes]] = []
+    for line in tree.extensions[len(_MANIFEST_EXTENSIONS):]:
+        parts = line.split(" ")
+        if len(parts) != 4 or parts[0] != "chain":
+            raise BadManifest(f"malformed manifest line {line[:80]!r}")
+        chain = _decoded(parts[1], "chain", BadManifest)
+        if not chain:
+            raise BadManifest("a manifest line names no chain")
+        if heads and chain <= heads[-1][0]:
+            raise BadManifest(f"chain {chain[:80]!r} is out of order or listed twice")
+        heads.append((chain, _decimal(parts[2], "seq", BadManifest), _hash32(parts[3], "head hash", BadManifest)))
+    return ParsedManifestNote(node, tree.size, tree.root, seq, head, time, tuple(heads), text, body, signatures)
