@@ -218,7 +218,12 @@ class SealConfig(_Section):
     checkpoint_every_s: float = Field(30, gt=0, description="... or every T seconds, whichever comes first.")
     signing_key_file: str | None = Field(None, description="Ed25519 private key (PEM, a mounted Secret); "
                                          "checkpoints are unsigned when unset.")
-    key_id: str | None = Field(None, description="Key name in checkpoints (default: derived from the public key).")
+    key_id: str | None = Field(None, pattern=r"^[^\s+]+$",
+                               description="Key name in checkpoint and manifest notes (no spaces, no `+`; default: "
+                                           "derived from the public key).")
+    manifest_every_s: float = Field(60, gt=0, description="A node manifest (the signed heads of all its open chains) "
+                                    "at least this often, even when nothing changed: lets verify tell a node that "
+                                    "went silent from a quiet one.")
 
 
 class MetricsConfig(_Section):

@@ -28,8 +28,8 @@ from .metrics import Metrics
 from .model import ContainerRef, FileId, LossEvent, SourcePosition
 from .parse import Entries, EntryFlag, StreamParser
 from .records import ChainContext, SealStats, seal_control, seal_entries_packed
-from .seal import (TYPE_CHECKPOINT, TYPE_CLOSE, TYPE_GAP, TYPE_MANIFEST, ChainHead, Signer, checkpoint_body,
-                   gap_body, manifest_statement, statement_text)
+from .seal import (TYPE_CHECKPOINT, TYPE_CLOSE, TYPE_GAP, TYPE_MANIFEST, ChainHead, Identity, Signer,
+                   checkpoint_note_text, gap_body, manifest_note_text, sign_statement)
 from .state import Snapshot
 from .tail import Tailer
 
@@ -383,34 +383,44 @@ class Ingest:
             if force or chain.since_checkpoint >= seal_config.checkpoint_every_records \
                     or now - chain.last_checkpoint >= seal_config.checkpoint_every_s:
                 emitted += self._checkpoint(chain, observed, runs)
-        if self._manifest_dirty and (force or now - self._last_manifest >= seal_config.checkpoint_every_s):
+        since_manifest = now - self._last_manifest
+        # A heartbeat manifest even when nothing changed, so that verify can tell a node that stopped
+        # writing (or whose manifests were cut off the topic) from a quiet one.
+        if (self._manifest_dirty and (force or since_manifest >= seal_config.checkpoint_every_s)) \
+                or since_manifest >= seal_config.manifest_every_s:
             emitted += self._manifest(observed, runs)
         return emitted
 
-    def _checkpoint(self, chain: _Chain, observed: str, runs: dict[str, Run]) -> int:
-        head = chain.head
-        statement = statement_text(head.chain, head.seq, head.hash, observed, self.node)
+    def _signed(self, text: str) -> str:
         signer = self.signing_key.signer
-        body = checkpoint_body(statement, [signer.sign(statement)] if signer else [])
+        return sign_statement(text, [signer] if signer else [])
+
+    def _checkpoint(self, chain: _Chain, observed: str, runs: dict[str, Run]) -> int:
+        """The chain's head and tree, attributed to the pod it belongs to, in a signed note."""
+        head = chain.head
+        ref = chain.ref
+        identity = Identity(ref.namespace, ref.pod, ref.pod_uid, ref.container, self.node)
+        body = self._signed(checkpoint_note_text(head.chain, head.tree, head, observed, identity))
+        self.metrics.checkpoints.labels(signed=str(self.signing_key.signer is not None).lower()).inc()
         chain.since_checkpoint = 0
         chain.last_checkpoint = time.monotonic()
-        self.metrics.checkpoints.labels(signed=str(signer is not None).lower()).inc()
         return self._control(chain, TYPE_CHECKPOINT, body, "", observed, runs)
 
     def _manifest(self, observed: str, runs: dict[str, Run]) -> int:
+        """The node chain's checkpoint, listing the head of every open chain and of every chain that
+        moved since the last manifest (so a close is listed once)."""
+        names = {name for name, chain in self._chains.items() if not chain.closed} | self._manifest_dirty
+        names.discard(self._manifest_chain)
         heads = [(name, self._chains[name].head.seq, self._chains[name].head.hash)
-                 for name in sorted(self._manifest_dirty) if name in self._chains and name != self._manifest_chain]
+                 for name in sorted(names) if name in self._chains]
         self._manifest_dirty.clear()
         self._last_manifest = time.monotonic()
-        if not heads:
-            return 0
-        statement = manifest_statement(self.node, observed, heads)
-        signer = self.signing_key.signer
-        body = checkpoint_body(statement, [signer.sign(statement)] if signer else [])
-        ref = ContainerRef(namespace="", pod=self.node, pod_uid="node", container=self.node, restart_count=0)
         chain = self._chains.get(self._manifest_chain)
         if chain is None:
+            ref = ContainerRef(namespace="", pod=self.node, pod_uid="node", container=self.node, restart_count=0)
             chain = self._chain_named(self._manifest_chain, ref)
+        head = chain.head
+        body = self._signed(manifest_note_text(self.node, head.tree, head, observed, heads))
         emitted = self._control(chain, TYPE_MANIFEST, body, "", observed, runs)
         self._manifest_dirty.discard(self._manifest_chain)
         return emitted
