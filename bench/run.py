@@ -29,8 +29,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from shipper.embedded import EmbeddedTansu, free_port  # noqa: E402
-from shipper.simnode import SimNode  # noqa: E402
+from shipper.demo.embedded import EmbeddedTansu  # noqa: E402
+from shipper.demo.simnode import SimNode  # noqa: E402
+from tests.harness.ports import free_port  # noqa: E402
 from tests.support import ShipperProcess, scrape, write_config  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
