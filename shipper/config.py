@@ -78,7 +78,6 @@ class WalConfig(_Section):
                              "`interval`: fsync at most every `fsync_interval_ms`.")
     fsync_interval_ms: int = Field(50, ge=1, le=10_000, description="Group-commit window for `fsync: interval`.")
     commit_bytes: int = Field(4 * MiB, ge=64 * 1024, description="A commit is written once this many bytes are waiting.")
-    commit_interval_ms: int = Field(100, ge=1, le=10_000, description="Longest a read line waits before its commit.")
 
     @model_validator(mode="after")
     def _segment_fits(self) -> WalConfig:
