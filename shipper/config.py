@@ -299,9 +299,9 @@ def describe_validation_error(exc: ValidationError) -> str:
 
 
 def masked_dump(settings: Settings) -> dict[str, Any]:
-    """The effective configuration as plain data; secret values (SecretStr) come out masked.
+    """The effective configuration as plain data, safe to print: no option holds a secret value.
 
-    Secrets themselves are never options: passwords and keys are read from the files named here."""
+    Passwords and keys are never options; they are read from the files the options name."""
     return settings.model_dump(mode="json")
 
 
