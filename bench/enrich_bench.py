@@ -1,11 +1,11 @@
 """Cost per line of the enrichment stage (not part of the tests): `python bench/enrich_bench.py`.
 
-Workload after PEERS.md: ~200-byte bodies, 70 % JSON with trace/span/request ids and a level, 30 % text
-with a level word and request_id=..., and a few lines with secrets (bearer token, card number, URL
-password, AWS key). Prints CPU microseconds per line (this thread's CPU time, so other load on the
-machine inflates it less than wall time would) for: the whole body stage, correlation alone, the
-redaction prefilter alone, the resource look-up the ingest stage makes per batch, and a call of an empty
-function as the floor every per-line call pays.
+Workload: bodies shaped like those of the end-to-end benchmark (bench/run.py), about 170 bytes each:
+70 % JSON with trace/span/request ids and a level, 30 % text with a level word and request_id=..., and
+a few lines with secrets (bearer token, card number, URL password, AWS key). Prints CPU microseconds
+per line (this thread's CPU time, so other load on the machine inflates it less than wall time would)
+for: the whole body stage, correlation alone, the redaction prefilter alone, the resource look-up the
+ingest stage makes per batch, and a call of an empty function as the floor every per-line call pays.
 """
 from __future__ import annotations
 

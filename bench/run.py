@@ -1,9 +1,12 @@
 """End-to-end throughput harness (not part of the tests): `make bench` or `python bench/run.py`.
 
-Workload after PEERS.md: CRI files in a /var/log/pods layout, ~205-byte lines, 70 % JSON bodies
-with trace ids, ~2 % of entries split into P + F lines. The files are written first, then
-`shipper run` (a separate process, default configuration apart from paths) tails them from the
-start into a real broker; the run ends when every entry is acknowledged.
+Workload (a `SimNode`, seed 7): `--files` CRI log files (10), one container per pod in the kubelet's
+/var/log/pods layout, never rotated; `--lines` entries (2,000,000) spread over them at random, about
+213 bytes an entry. 70 % of the bodies are JSON (level, message, trace_id, span_id, request_id), 30 %
+plain text (a level word, the message, request_id=...); 2 % of the entries are split into a P and an
+F line. The files are written first (or at `--rate` while the shipper runs), then `shipper run` (a
+separate process, default configuration apart from paths) tails them from the start into a real
+broker; the run ends when every entry is acknowledged.
 
 Prints: entries/s, MB/s, CPU-seconds per million lines (the shipper's user+sys; the broker's beside it,
 since both share the machine's cores), peak RSS,
@@ -29,8 +32,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from shipper.embedded import EmbeddedTansu, free_port  # noqa: E402
-from shipper.simnode import SimNode  # noqa: E402
+from shipper.demo.embedded import EmbeddedTansu  # noqa: E402
+from shipper.demo.simnode import SimNode  # noqa: E402
+from tests.harness.ports import free_port  # noqa: E402
 from tests.support import ShipperProcess, scrape, write_config  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -134,7 +138,7 @@ def profile_stages(settings_path: Path) -> list[tuple[str, float]]:
 
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--lines", type=int, default=2_000_000, help="entries to write (PEERS.md's workload)")
+    parser.add_argument("--lines", type=int, default=2_000_000, help="entries to write")
     parser.add_argument("--files", type=int, default=10)
     parser.add_argument("--broker", choices=["kafka", "tansu"], default="kafka")
     parser.add_argument("--no-profile", action="store_true")

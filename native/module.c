@@ -1,6 +1,9 @@
 /* shipper._native: the per-line hot path in C, behind the same batch APIs as the Python reference
- * implementations (records.seal_entries, enrich.correlation.Correlator.extract). The Python code stays
- * the specification: tests feed both the same inputs and require byte-identical output. */
+ * implementations: the CRI line loop (StreamParser's Python loop), the sealing loop
+ * (records.seal_entries_py) with the redaction prefilter (enrich.redact.default_candidate), correlation
+ * ids (enrich.correlation.Correlator.extract), and the Kafka record batch body and its snappy block
+ * (kafka_records_py, _snappy_block_py). The Python code stays the specification: tests feed both the
+ * same inputs and require byte-identical output. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "keygen":
         return _keygen(Path(args.out))
     if args.command == "demo":
-        from .demo import run_demo
+        from .demo.run import run_demo
 
         return asyncio.run(run_demo(seconds=args.seconds, pods=args.pods, rate=args.rate, keep=args.keep))
     return 2

@@ -78,7 +78,6 @@ class WalConfig(_Section):
                              "`interval`: fsync at most every `fsync_interval_ms`.")
     fsync_interval_ms: int = Field(50, ge=1, le=10_000, description="Group-commit window for `fsync: interval`.")
     commit_bytes: int = Field(4 * MiB, ge=64 * 1024, description="A commit is written once this many bytes are waiting.")
-    commit_interval_ms: int = Field(100, ge=1, le=10_000, description="Longest a read line waits before its commit.")
 
     @model_validator(mode="after")
     def _segment_fits(self) -> WalConfig:
@@ -305,9 +304,9 @@ def describe_validation_error(exc: ValidationError) -> str:
 
 
 def masked_dump(settings: Settings) -> dict[str, Any]:
-    """The effective configuration as plain data; secret values (SecretStr) come out masked.
+    """The effective configuration as plain data, safe to print: no option holds a secret value.
 
-    Secrets themselves are never options: passwords and keys are read from the files named here."""
+    Passwords and keys are never options; they are read from the files the options name."""
     return settings.model_dump(mode="json")
 
 

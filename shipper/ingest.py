@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -121,7 +120,6 @@ class Ingest:
         self._last_discovery = 0.0
         self._rejected_seen: set[str] = set()
         self._external_gaps: deque[_ExternalGap] = deque()
-        self._lock = threading.Lock()
         self._stats = SealStats()
         self._manifest_chain = f"node/{self.node}"
         self._manifest_dirty: set[str] = set()
@@ -182,8 +180,7 @@ class Ingest:
             dev, ino, fingerprint, path, offset, _chain_name = saved
             position = SourcePosition(FileId(dev, ino, fingerprint), path, offset)
         fmt = self.sources_config.sidecar_format if self.sources_config.mode is SourceMode.sidecar else None
-        parser = StreamParser(fmt=fmt if fmt != "raw" or self.sources_config.mode is SourceMode.sidecar else None,
-                              max_entry_bytes=self.sources_config.max_entry_bytes,
+        parser = StreamParser(fmt=fmt, max_entry_bytes=self.sources_config.max_entry_bytes,
                               multiline_start=self.sources_config.multiline_start_pattern,
                               multiline_max_lines=self.sources_config.multiline_max_lines)
         if position is not None:

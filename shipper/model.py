@@ -48,7 +48,6 @@ class ContainerRef:
 class LossReason(str, Enum):
     ROTATED_UNREAD = "rotated_unread"      # rotated away / deleted before we read it all
     TRUNCATED = "truncated"                # copytruncate or truncation under us
-    LINE_TOO_LONG = "line_too_long"        # entry cut at the size limit (the cut part is shipped)
     REJECTED_BY_BROKER = "rejected_by_broker"
     UNREADABLE = "unreadable"              # I/O error reading the file
 

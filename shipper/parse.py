@@ -25,7 +25,6 @@ from .native import module as _native
 class EntryFlag:
     """Bits of an entry's flags (plain ints: enum arithmetic costs a call per line)."""
 
-    NONE = 0
     JOINED = 1            # partial lines were joined
     TRUNCATED = 2         # cut at max_entry_bytes; the rest follows as the next entry
     CONTINUED = 4         # this entry is the rest of a cut one
@@ -38,7 +37,6 @@ class EntryFlag:
 
 FORMAT_CRI = "cri"
 FORMAT_DOCKER = "docker"
-FORMAT_RAW = "raw"
 
 _STREAMS = (b"stdout", b"stderr")
 _TAGS = (b"F", b"P")

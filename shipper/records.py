@@ -1,9 +1,10 @@
 """Entries to sealed `audit-shipper/v1` records: the per-line hot path, behind a batch API.
 
-`seal_entries` takes a whole batch of parsed entries of one chain and returns the JSON values with
-the chain's new head. Nothing here allocates an object per line beyond the strings it must
-produce; a native implementation can replace `seal_entries` without touching its callers.
-Control records (gap, checkpoint, close) are rare and built by `seal_control`.
+`seal_entries_packed` (what the ingest stage calls) takes a whole batch of parsed entries of one chain
+and returns the JSON values in one bytes object with their lengths, and the chain's new head;
+`seal_entries` returns them as a list. Both run in C (shipper._native) when it is built;
+`seal_entries_py` is the reference the native loop must match byte for byte. Control records (gap,
+checkpoint, close, manifest) are rare and built here in Python by `seal_control`.
 """
 from __future__ import annotations
 
@@ -179,7 +180,7 @@ def seal_entries_py(head: ChainHead, entries: Entries, ctx: ChainContext, observ
 
 def seal_control(head: ChainHead, type_: str, body: str, ctx: ChainContext, time: str,
                  extra_members: str = "") -> tuple[bytes, ChainHead]:
-    """One control record (gap, checkpoint, close) at head.seq + 1. `extra_members` adds structured
+    """One control record (gap, checkpoint, close, manifest) at head.seq + 1. `extra_members` adds structured
     copies of what the body says (outside the hash: the body is the evidence)."""
     assert type_ != TYPE_LOG
     head_tpl, source_tpl, seal_tpl = ctx.templates()

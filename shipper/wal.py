@@ -58,9 +58,6 @@ class WalPosition:
         return f"{self.segment}:{self.offset}"
 
 
-START = WalPosition(0, 0)
-
-
 def _write_all(fd: int, parts: list[bytes], total: int) -> int:
     """writev until everything is written or the kernel writes nothing more (a full disk); returns the
     bytes written. A short write (a signal, a quota) continues where it stopped."""

@@ -16,8 +16,8 @@ from typing import Callable
 
 import yaml
 
-from shipper.embedded import free_port
-from shipper.reconcile import Reconciliation, read_topic, reconcile
+from shipper.demo.reconcile import Reconciliation, read_topic, reconcile
+from tests.harness.ports import free_port
 
 
 def new_topic(broker, partitions: int = 3, prefix: str = "logs") -> str:

@@ -18,7 +18,6 @@ import yaml
 
 from shipper.metrics import Metrics
 from tests.chart.conftest import FULL_VALUES
-from tests.chart.manifests import MANIFEST, render_manifests
 from tests.harness.kube import (
     CHART_DIR,
     KUBE_VERSION,
@@ -27,12 +26,15 @@ from tests.harness.kube import (
     create_namespace,
     helm,
     render_chart,
+    tool_path,
 )
 
 pytestmark = pytest.mark.helm
 
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
 DEPLOY = REPO_ROOT / "deploy"
+MANIFEST = DEPLOY / "manifests" / "audit-shipper.yaml"
+RENDER_MANIFESTS = REPO_ROOT / "scripts" / "render-manifests"
 
 
 def by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
@@ -387,9 +389,12 @@ def test_grafana_dashboard_is_valid_and_names_real_metrics() -> None:
 # ------------------------------------------------------------------------------------------------ deploy/
 
 def test_plain_manifests_are_the_rendered_chart() -> None:
-    assert MANIFEST.exists(), "run: .venv/bin/python -m tests.chart.manifests"
-    assert MANIFEST.read_text() == render_manifests(), \
-        "deploy/manifests/audit-shipper.yaml is stale; run: .venv/bin/python -m tests.chart.manifests"
+    assert MANIFEST.exists(), "run: scripts/render-manifests"
+    result = subprocess.run([str(RENDER_MANIFESTS), "--stdout"], capture_output=True, text=True, timeout=120,
+                            env=os.environ | {"HELM": str(tool_path("helm")), "KUBE_VERSION": KUBE_VERSION})
+    assert result.returncode == 0, result.stderr
+    assert MANIFEST.read_text() == result.stdout, \
+        "deploy/manifests/audit-shipper.yaml is stale; run: scripts/render-manifests"
 
 
 def test_plain_manifests_are_valid_kubernetes_1_34() -> None:

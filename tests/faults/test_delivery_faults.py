@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from shipper.simnode import SimNode
+from shipper.demo.simnode import SimNode
 from shipper.wal import HEADER_SIZE, segment_name
 from tests.support import ShipperProcess, new_topic, settle, wait_until, write_config
 

@@ -22,6 +22,11 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
+def free_port() -> int:
+    """One free port on 127.0.0.1 (a shipper's metrics port, say)."""
+    return free_ports(1)[0]
+
+
 def accepts_connections(port: int, timeout: float = 0.5) -> bool:
     with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=timeout):
         return True

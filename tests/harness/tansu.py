@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from shipper.embedded import tansu_binary
+from shipper.demo.embedded import tansu_binary
 
 from .kafka import PLAINTEXT, BrokerProcess
 

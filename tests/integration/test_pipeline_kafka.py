@@ -11,9 +11,9 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from shipper.reconcile import read_topic
+from shipper.demo.reconcile import read_topic
+from shipper.demo.simnode import SimNode
 from shipper.seal import generate_key_pair
-from shipper.simnode import SimNode
 from tests.support import ShipperProcess, http_status, new_topic, settle, wait_until, write_config
 
 REPO = Path(__file__).resolve().parents[2]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from shipper.simnode import SimNode
+from shipper.demo.simnode import SimNode
 from tests.harness.certs import TlsMaterial, expired_server_identity, unrelated_ca, wrong_host_server_identity
 from tests.harness.kafka import KafkaBroker
 from tests.support import new_topic, ShipperProcess, account, wait_until, write_config
@@ -250,6 +250,6 @@ def test_symlink_escaping_the_log_roots_is_never_read_and_is_reported(tmp_path, 
         shipper.stop()
     values = asyncio.run(account(tansu_broker.bootstrap, topic, node, idle_s=1.0))
     assert values.total("unexpected") == 0
-    from shipper.reconcile import read_topic
+    from shipper.demo.reconcile import read_topic
     assert not any(b"supersecrethash" in value for value in asyncio.run(read_topic(tansu_broker.bootstrap, topic,
                                                                                      idle_s=1.0)))

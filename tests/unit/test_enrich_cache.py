@@ -274,7 +274,7 @@ def test_backoff_grows_with_jitter_and_is_capped():
 def test_ingest_ships_api_metadata_and_ids_and_skips_excluded_pods(tmp_path):
     """The provider through its real caller, Ingest, over a node's log directory (no API server)."""
     from shipper.ingest import Ingest
-    from shipper.simnode import SimNode
+    from shipper.demo.simnode import SimNode
     from shipper.state import Snapshot
 
     node = SimNode(tmp_path / "log", pods=3, containers_per_pod=1, rotate_every_bytes=None, seed=3)

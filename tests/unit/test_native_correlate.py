@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 
 from shipper import _native
 from shipper.config import EnrichConfig
+from shipper.demo.simnode import SimNode
 from shipper.enrich import correlation
 from shipper.enrich.correlation import Correlator
-from shipper.simnode import SimNode
 
 CONFIGS = {
     "default": list(EnrichConfig().correlation_fields),

@@ -14,11 +14,11 @@ from hypothesis import strategies as st
 
 from shipper import records
 from shipper.config import EnrichConfig, RedactionRule
+from shipper.demo.simnode import SimNode
 from shipper.enrich.body import make_body_processor
 from shipper.enrich.redact import default_candidate
 from shipper.parse import Entries, StreamParser
 from shipper.seal import ChainHead
-from shipper.simnode import SimNode
 
 pytestmark = pytest.mark.skipif(not records.NATIVE, reason="shipper._native is not built")
 

@@ -8,8 +8,8 @@ import asyncio
 from shipper import pipeline as pipeline_module
 from shipper.batch import decode_batch
 from shipper.config import load_settings
+from shipper.demo.simnode import SimNode
 from shipper.kafka import Sender
-from shipper.simnode import SimNode
 from tests.support import write_config
 
 

@@ -17,9 +17,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from shipper.demo.simnode import FileInstance, Ledger, SimContainer, SimNode
 from shipper.discover import discover
 from shipper.model import LossReason
-from shipper.simnode import FileInstance, Ledger, SimContainer, SimNode
 from shipper.tail import Chunk, Tailer
 
 

@@ -31,7 +31,7 @@ def tansu_binary() -> Path:
     return path
 
 
-def free_port() -> int:
+def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -39,7 +39,7 @@ def free_port() -> int:
 
 class EmbeddedTansu:
     def __init__(self, port: int | None = None, log_dir: str | None = None) -> None:
-        self.port = port or free_port()
+        self.port = port or _free_port()
         self.bootstrap = f"127.0.0.1:{self.port}"
         self.log_path = Path(log_dir or tempfile.mkdtemp(prefix="tansu-")) / "tansu.log"
         self.process: subprocess.Popen | None = None

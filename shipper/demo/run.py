@@ -9,12 +9,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from .config import load_settings
+from ..config import load_settings
+from ..logs import setup_logging
+from ..pipeline import Pipeline
+from ..seal import generate_key_pair
 from .embedded import EmbeddedTansu
-from .logs import setup_logging
-from .pipeline import Pipeline
 from .reconcile import read_topic, reconcile
-from .seal import generate_key_pair
 from .simnode import SimNode
 
 TOPIC = "logs"
@@ -114,7 +114,7 @@ async def _demo(workdir: Path, broker: EmbeddedTansu, seconds: float, pods: int,
 
 
 async def _verify(bootstrap: str, public_key: Path) -> bool:
-    from .verify import load_public_keys, verify_topic
+    from ..verify import load_public_keys, verify_topic
 
     report = await verify_topic(bootstrap, TOPIC, public_keys=load_public_keys([str(public_key)]), idle_timeout_s=2.0)
     for line in report.human().splitlines():
