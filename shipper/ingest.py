@@ -364,6 +364,7 @@ class Ingest:
             # The container's directory is gone and all its files are drained: the stream ended.
             emitted += self._control(chain, TYPE_CLOSE, "stream ended: files removed and drained", key, observed, runs)
             chain.closed = True
+            self.metrics.chains_closed.inc()
             emitted += self._checkpoint(chain, observed, runs)
         self.metrics.files_tracked.set(len(self._sources))
         return emitted

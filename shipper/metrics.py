@@ -32,6 +32,8 @@ class Metrics:
         self.gap_records = Counter(p + "gap_records_total", "Gap records written into chains", ["reason"], registry=r)
         self.checkpoints = Counter(p + "checkpoints_total", "Chain checkpoints written", ["signed"], registry=r)
         self.chains = Gauge(p + "chains", "Open hash chains", registry=r)
+        self.chains_closed = Counter(p + "chains_closed_total", "Chains ended by a close record (the pod's log "
+                                     "directory removed and its files drained)", registry=r)
         # WAL
         self.wal_bytes = Gauge(p + "wal_bytes", "Bytes in WAL segments on disk", registry=r)
         self.wal_limit_bytes = Gauge(p + "wal_limit_bytes", "Configured WAL size limit", registry=r)

@@ -76,14 +76,22 @@ async def _demo(workdir: Path, broker: EmbeddedTansu, seconds: float, pods: int,
     run = asyncio.create_task(pipeline.run(stopping))
     written = await node.run_async(rate, seconds)
     node.flush()
-    _say(f"  written            {written} entries in {node.rotations} rotations; waiting for the shipper to catch up")
+    # Half of the pods end: the kubelet removes their log directories; the shipper drains what it holds
+    # open and closes their chains, so verify can prove those chains complete.
+    deleted = pods // 2
+    for _ in range(deleted):
+        node.delete_pod(0)
+    _say(f"  written            {written} entries in {node.rotations} rotations; {deleted} pods deleted; "
+         "waiting for the shipper to catch up")
 
     expected = node.ledger.total()
     deadline = time.monotonic() + 120
     shipped = pipeline.metrics.records_shipped
     sealed = pipeline.metrics.entries
+    closed = pipeline.metrics.chains_closed
     while time.monotonic() < deadline and not run.done():
-        if sealed._value.get() >= expected and pipeline.sender is not None and pipeline.sender.drained:
+        if sealed._value.get() >= expected and closed._value.get() >= deleted and pipeline.sender is not None \
+                and pipeline.sender.drained:
             break
         await asyncio.sleep(0.2)
     elapsed = time.monotonic() - started
