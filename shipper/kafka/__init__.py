@@ -7,6 +7,7 @@ from .client import (
     KafkaSetupError,
     KafkaSink,
     backoff_delays,
+    kafka_client_options,
     producer_options,
     read_secret_file,
     ssl_context_for,
@@ -17,6 +18,6 @@ from .wire import Span, kafka_records_py, partition_of
 
 __all__ = [
     "GapWriter", "KafkaSetupError", "KafkaSink", "Sender", "Span", "backoff_delays",
-    "kafka_records_py", "partition_of", "producer_options", "read_secret_file",
+    "kafka_client_options", "kafka_records_py", "partition_of", "producer_options", "read_secret_file",
     "ssl_context_for", "wait_event",
 ]

@@ -1,6 +1,10 @@
 """The Kafka client: options for TLS and SASL, the producer and its life (start with backoff, restart
 when a Secret rotates or a refused batch spoils the idempotent sequence), and the small helpers the
 stage's retry loops share.
+
+Options come from the configuration (`producer_options`) or from plain arguments
+(`kafka_client_options`, what `shipper verify` has from its command line); both build the TLS context
+and read the password file the same way.
 """
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import logging
 import random
 import ssl
 from pathlib import Path
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, KafkaError, UnsupportedVersionError
@@ -31,19 +36,44 @@ def read_secret_file(path: str, what: str) -> str:
         raise KafkaSetupError(f"{what} file {path}: {exc.strerror}") from None
 
 
+def _tls_context(ca_file: str | None, cert_file: str | None, key_file: str | None, check_hostname: bool,
+                 what: str) -> ssl.SSLContext:
+    try:
+        context = ssl.create_default_context(cafile=ca_file) if ca_file else ssl.create_default_context()
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.check_hostname = check_hostname
+        if cert_file:
+            context.load_cert_chain(cert_file, key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise KafkaSetupError(f"{what}: cannot load certificates: {exc}") from None
+    return context
+
+
 def ssl_context_for(config: KafkaConfig) -> ssl.SSLContext | None:
     if config.security_protocol not in (SecurityProtocol.SSL, SecurityProtocol.SASL_SSL):
         return None
     tls = config.tls
-    try:
-        context = ssl.create_default_context(cafile=tls.ca_file) if tls.ca_file else ssl.create_default_context()
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.check_hostname = tls.check_hostname
-        if tls.cert_file:
-            context.load_cert_chain(tls.cert_file, tls.key_file)
-    except (OSError, ssl.SSLError) as exc:
-        raise KafkaSetupError(f"kafka.tls: cannot load certificates: {exc}") from None
-    return context
+    return _tls_context(tls.ca_file, tls.cert_file, tls.key_file, tls.check_hostname, "kafka.tls")
+
+
+def kafka_client_options(*, tls: bool = False, ca_file: str | None = None, cert_file: str | None = None,
+                         key_file: str | None = None, check_hostname: bool = True, sasl_mechanism: str | None = None,
+                         sasl_username: str | None = None, sasl_password_file: str | None = None) -> dict[str, Any]:
+    """aiokafka client options for TLS and SASL, from the command line's terms (a CA or client
+    certificate implies TLS). Raises KafkaSetupError, its message fit for the command line."""
+    use_tls = tls or bool(ca_file or cert_file)
+    options: dict[str, Any] = {}
+    if use_tls:
+        options["ssl_context"] = _tls_context(ca_file, cert_file, key_file, check_hostname, "TLS")
+    if sasl_mechanism:
+        if not sasl_username or not sasl_password_file:
+            raise KafkaSetupError("--sasl-mechanism needs --sasl-username and --sasl-password-file")
+        options.update(sasl_mechanism=sasl_mechanism, sasl_plain_username=sasl_username,
+                       sasl_plain_password=read_secret_file(sasl_password_file, "SASL password"))
+        options["security_protocol"] = "SASL_SSL" if use_tls else "SASL_PLAINTEXT"
+    elif use_tls:
+        options["security_protocol"] = "SSL"
+    return options
 
 
 def producer_options(config: KafkaConfig, *, idempotent: bool) -> dict:
