@@ -1,7 +1,8 @@
 """Wires the stages: discover -> tail -> parse -> enrich -> seal (Ingest) -> WAL -> Kafka (Sender).
 
 Owns no logic of a stage, only the order of things: a batch is committed to the WAL before the
-sender may see it; the state snapshot moves with the acks; SIGTERM stops reading, attests every
+sender may see it; the frames the sender finishes go to the acknowledgements, which this flushes
+every ACK_INTERVAL_S (the state snapshot moves with the acks); SIGTERM stops reading, attests every
 chain, waits for acks up to the grace period and closes cleanly.
 """
 from __future__ import annotations
@@ -19,12 +20,13 @@ from .ingest import Ingest, SigningKey
 from .kafka import KafkaSink, Sender, wait_event
 from .metrics import Metrics
 from .model import LossEvent
-from .state import StateStore
+from .state import Acknowledgements, StateStore
 from .wal import Wal, WalPosition, WalWriteError
 
 log = logging.getLogger("shipper.pipeline")
 
 DISK_RESERVE_BYTES = 1 << 20
+ACK_INTERVAL_S = 0.2
 
 
 @dataclass(slots=True)
@@ -45,6 +47,7 @@ class Pipeline:
         self._provider = provider if provider is not None else build_provider(settings, self.metrics)
         self.wal: Wal | None = None
         self.sender: Sender | None = None
+        self.acks: Acknowledgements | None = None
         self.ingest: Ingest | None = None
         self._ahead: asyncio.Future | None = None     # the next batch, being read while one is written
 
@@ -85,7 +88,8 @@ class Pipeline:
             ingest.add_external_gap(chain, loss, seq, record_hash, lambda: done.done() or done.set_result(None))
             await done
 
-        sender = self.sender = Sender(wal, state, self._snapshot, sink, self.metrics, write_gap,
+        acks = self.acks = Acknowledgements(state, self._snapshot, wal, self.metrics)
+        sender = self.sender = Sender(wal, acks, sink, self.metrics, write_gap,
                                       hot_limit_bytes=2 * self.settings.wal.commit_bytes)
         sender.make_visible(wal.written)
         self.status.running = True
@@ -93,11 +97,13 @@ class Pipeline:
         try:
             async with asyncio.TaskGroup() as group:
                 send_task = group.create_task(sender.run(stopping), name="sender")
+                flush_task = group.create_task(_flush_every(acks, ACK_INTERVAL_S), name="ack-flusher")
                 provider_task = group.create_task(self._provider.run(), name="metadata")
                 await self._ingest_until(stopping, wal, ingest, sender)
                 self.status.draining = True
                 await self._drain(wal, ingest, sender)
                 send_task.cancel()
+                flush_task.cancel()
                 provider_task.cancel()
         finally:
             self.status.running = False
@@ -131,7 +137,7 @@ class Pipeline:
                 if self._ahead is not None:
                     collected, self._ahead = await self._ahead, None
                 elif not wal.has_room(room_needed) and wal.unacked_bytes > 0:
-                    await self._pause_for_room(stopping, wal, sender, room_needed)
+                    await self._pause_for_room(stopping, wal, room_needed)
                     continue
                 else:
                     collected = await asyncio.to_thread(_collect_encoded, ingest, commit_bytes)
@@ -161,7 +167,7 @@ class Pipeline:
                 await asyncio.wait({self._ahead})
                 self._ahead = None
 
-    async def _pause_for_room(self, stopping: asyncio.Event, wal: Wal, sender: Sender, needed: int) -> None:
+    async def _pause_for_room(self, stopping: asyncio.Event, wal: Wal, needed: int) -> None:
         if not self.status.backpressure:
             log.warning("WAL full (%d of %d bytes): reading paused until Kafka acknowledges records",
                         wal.bytes_on_disk, wal.max_bytes)
@@ -171,7 +177,7 @@ class Pipeline:
         # Acks free space; with nothing unacknowledged there is nothing to wait for, and a frame
         # larger than the whole limit is written anyway rather than never.
         while not wal.has_room(needed) and wal.unacked_bytes > 0 and not stopping.is_set():
-            waiter = asyncio.ensure_future(sender.wait_progress())
+            waiter = asyncio.ensure_future(self.acks.wait_progress())
             stop_waiter = asyncio.ensure_future(stopping.wait())
             await asyncio.wait({waiter, stop_waiter}, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
             waiter.cancel()
@@ -190,7 +196,7 @@ class Pipeline:
         delay = 0.2
         while True:
             if not wal.has_room(frame.nbytes) and wal.unacked_bytes > 0:
-                await self._pause_for_room(stopping, wal, sender, frame.nbytes)
+                await self._pause_for_room(stopping, wal, frame.nbytes)
                 if stopping.is_set() and not wal.has_room(frame.nbytes) and wal.unacked_bytes > 0:
                     # Not written, not acknowledged: its lines are read again on the next start.
                     return
@@ -244,15 +250,22 @@ class Pipeline:
                     log.error("final checkpoints not written: %s", exc)
         while not sender.drained and time.monotonic() < deadline:
             try:
-                await asyncio.wait_for(sender.wait_progress(), timeout=max(0.05, min(1.0, deadline - time.monotonic())))
+                await asyncio.wait_for(self.acks.wait_progress(),
+                                       timeout=max(0.05, min(1.0, deadline - time.monotonic())))
             except asyncio.TimeoutError:
                 pass
-        await sender.flush_acks()
+        await self.acks.flush()
         if sender.drained:
             log.info("drained: every record is acknowledged by Kafka")
         else:
             log.warning("grace period over with %d unacknowledged WAL bytes; they are sent on the next start",
                         wal.unacked_bytes)
+
+
+async def _flush_every(acks: Acknowledgements, seconds: float) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        await acks.flush()
 
 
 def _append_with_reserve(wal: Wal, frame: Frame) -> WalPosition:

@@ -1,4 +1,4 @@
-"""The Kafka stage: WAL frames out, acknowledgements back (see sender.py).
+"""The Kafka stage: WAL frames out, finished frames back (see sender.py).
 
 client.py: TLS/SASL options, the producer and its life; wire.py: record batches and partitioning
 (the only aiokafka internals); sender.py: the Sender. This face only re-exports.
@@ -13,11 +13,11 @@ from .client import (
     ssl_context_for,
     wait_event,
 )
-from .sender import GapWriter, Sender
+from .sender import FinishedFrames, GapWriter, Sender
 from .wire import Span, kafka_records_py, partition_of
 
 __all__ = [
-    "GapWriter", "KafkaSetupError", "KafkaSink", "Sender", "Span", "backoff_delays",
+    "FinishedFrames", "GapWriter", "KafkaSetupError", "KafkaSink", "Sender", "Span", "backoff_delays",
     "kafka_client_options", "kafka_records_py", "partition_of", "producer_options", "read_secret_file",
     "ssl_context_for", "wait_event",
 ]

@@ -1,21 +1,22 @@
-"""The Kafka stage: WAL frames out, acknowledgements back.
+"""The Kafka stage: WAL frames out, finished frames back.
 
 Records leave the WAL in order; each partition has one worker with at most one batch in flight,
 so a chain (one key, one partition) reaches Kafka in seq order. A frame's WAL position travels with
-its records and comes back as the ack: the ack cursor moves past a frame only when every record in
-it is acknowledged (or turned into a gap record, for one the broker refused for good). A failed
-batch is sent again from memory, with backoff, forever: an outage is normal, the WAL is the buffer.
+its records and comes back as the ack: a frame is finished only when every record in it is
+acknowledged (or turned into a gap record, for one the broker refused for good), and finished frames
+are handed on in WAL order to the acknowledgements the sender was given (state.Acknowledgements
+persists them and moves the WAL's ack cursor). A failed batch is sent again from memory, with
+backoff, forever: an outage is normal, the WAL is the buffer.
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-import sqlite3
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Protocol
 
 from aiokafka.errors import (
     CorruptRecordException,
@@ -29,8 +30,7 @@ from aiokafka.errors import (
 from ..batch import Frame, Packed, Sealed, decode_batch
 from ..metrics import Metrics
 from ..model import LossEvent, LossReason
-from ..state import Snapshot, StateStore
-from ..wal import Wal, WalPosition, WalWriteError
+from ..wal import Wal, WalPosition
 from .client import KafkaSink, _describe, backoff_delays
 from .wire import _BATCH_HEADER, _RECORD_OVERHEAD, Span, _kafka_records, _SpanBatch, partition_of
 
@@ -38,6 +38,13 @@ log = logging.getLogger("shipper.kafka")
 
 # Errors after which sending the same record again cannot succeed.
 _REJECTED = (MessageSizeTooLargeError, RecordTooLargeError, CorruptRecordException, InvalidTopicError)
+
+
+class FinishedFrames(Protocol):
+    """What the sender hands finished frames to (state.Acknowledgements): each frame once, in WAL
+    order, with the source positions and chain heads its header carries."""
+
+    def frame_acknowledged(self, end: WalPosition, sources: dict, chains: dict) -> None: ...
 
 
 @dataclass(slots=True)
@@ -102,17 +109,15 @@ def _frame_size(frame: "Frame | bytes") -> int:
 
 
 class Sender:
-    """Pumps durable WAL frames to Kafka and moves the ack cursor (and the state snapshot) behind them."""
+    """Pumps durable WAL frames to Kafka and hands each finished frame to `acks`."""
 
-    def __init__(self, wal: Wal, state: StateStore, snapshot: Snapshot, sink: KafkaSink, metrics: Metrics,
-                 write_gap: GapWriter, *, ack_interval_s: float = 0.2, hot_limit_bytes: int = 8 << 20) -> None:
+    def __init__(self, wal: Wal, acks: FinishedFrames, sink: KafkaSink, metrics: Metrics, write_gap: GapWriter,
+                 *, hot_limit_bytes: int = 8 << 20) -> None:
         self.wal = wal
-        self.state = state
-        self.snapshot = snapshot
+        self.acks = acks
         self.sink = sink
         self.metrics = metrics
         self.write_gap = write_gap
-        self.ack_interval_s = ack_interval_s
         self.visible = wal.acked             # frames before this are durable and may be sent
         self._visible_changed = asyncio.Event()
         self._read_position = wal.acked
@@ -124,10 +129,8 @@ class Sender:
         self._tickets: deque[_FrameTicket] = deque()
         self._in_flight_bytes = 0
         self._room = asyncio.Event()
-        self._acked_pending: tuple[dict, dict, WalPosition] | None = None
         self._queues: dict[tuple[str, int], _PartitionQueue] = {}
         self._workers: asyncio.TaskGroup | None = None
-        self._progress = asyncio.Event()
         self._stopping = asyncio.Event()
         self._restarting = False
         self.last_success = 0.0
@@ -165,19 +168,14 @@ class Sender:
     def drained(self) -> bool:
         return self.wal.acked >= self.visible and not self._tickets
 
-    async def wait_progress(self) -> None:
-        self._progress.clear()
-        await self._progress.wait()
-
     # -- tasks -----------------------------------------------------------------------------------
     async def run(self, stopping: asyncio.Event) -> None:
-        """Runs until cancelled: reading frames, partition workers, the ack flusher."""
+        """Runs until cancelled: reading frames, partition workers."""
         self._stopping = stopping
         if not await self.sink.start(stopping):
             return
         async with asyncio.TaskGroup() as group:
             self._workers = group
-            group.create_task(self._flush_acks_forever(), name="ack-flusher")
             await self._read_frames_forever()
 
     async def _read_frames_forever(self) -> None:
@@ -401,7 +399,7 @@ class Sender:
             self._complete(ticket)
 
     def _complete(self, _ticket: _FrameTicket) -> None:
-        # Frames complete out of order across partitions; the cursor moves over the completed prefix.
+        # Frames complete out of order across partitions; only the completed prefix is finished.
         tickets = self._tickets
         now = time.time()
         while tickets and tickets[0].pending == 0:
@@ -409,41 +407,5 @@ class Sender:
             self._in_flight_bytes -= done.nbytes
             if done.read_time:
                 self.metrics.lag.observe(max(0.0, now - done.read_time))
-            if self._acked_pending is None:
-                self._acked_pending = ({}, {}, done.end)
-            sources, chains, _ = self._acked_pending
-            sources.update(done.sources)
-            chains.update(done.chains)
-            self._acked_pending = (sources, chains, done.end)
+            self.acks.frame_acknowledged(done.end, done.sources, done.chains)
         self._room.set()
-
-    async def _flush_acks_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.ack_interval_s)
-            await self.flush_acks()
-
-    async def flush_acks(self) -> None:
-        pending, self._acked_pending = self._acked_pending, None
-        if pending is None:
-            return
-        sources, chains, position = pending
-        try:
-            # The snapshot moves first: segments are deleted only behind a snapshot that covers them.
-            if position > self.snapshot.position:
-                await asyncio.to_thread(self.state.save, sources, chains, position)
-                self.snapshot.apply(sources, chains, position)
-            await asyncio.to_thread(self.wal.ack, position)
-        except (WalWriteError, sqlite3.Error, OSError) as exc:
-            # A full disk, say: keep what is acknowledged and try again on the next tick.
-            self.metrics.wal_write_errors.labels(errno=str(getattr(exc, "errno", "") or "")).inc()
-            log.error("cannot persist acknowledgements yet (%s); retrying", exc)
-            if self._acked_pending is not None:
-                later_sources, later_chains, later_position = self._acked_pending
-                sources.update(later_sources)
-                chains.update(later_chains)
-                position = later_position
-            self._acked_pending = (sources, chains, position)
-            return
-        self.metrics.wal_bytes.set(self.wal.bytes_on_disk)
-        self.metrics.wal_segments.set(self.wal.segment_count)
-        self._progress.set()
