@@ -8,24 +8,22 @@ chain, waits for acks up to the grace period and closes cleanly.
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import time
 from dataclasses import dataclass
 
-from .batch import Frame, decode_header, encode_batch, encode_frame
+from .batch import Frame, encode_batch, encode_frame
 from .enrich import build_provider
 from .config import FsyncMode, Settings
 from .ingest import Ingest, SigningKey
 from .kafka import KafkaSink, Sender, wait_event
 from .metrics import Metrics
 from .model import LossEvent
-from .state import Acknowledgements, StateStore
-from .wal import Wal, WalPosition, WalWriteError
+from .state import Acknowledgements, StateStore, append_keeping_reserve, roll_forward
+from .wal import Wal, WalWriteError
 
 log = logging.getLogger("shipper.pipeline")
 
-DISK_RESERVE_BYTES = 1 << 20
 ACK_INTERVAL_S = 0.2
 
 
@@ -60,12 +58,7 @@ class Pipeline:
                         wal.recovery.truncated_bytes, wal.recovery.truncated_at, wal.recovery.reason)
         state = StateStore(settings.state.dir)
         snapshot = state.load()
-        rolled = 0
-        for _start, end, payload in wal.scan_unacked():
-            if end > snapshot.position:
-                header = decode_header(payload)
-                snapshot.apply(header["sources"], header["chains"], snapshot.position)
-                rolled += 1
+        rolled = roll_forward(snapshot, wal)
         if rolled:
             log.info("rolled source positions forward through %d unacknowledged WAL frames", rolled)
         ingest = Ingest(settings, snapshot, self.metrics, self._provider,
@@ -201,7 +194,7 @@ class Pipeline:
                     # Not written, not acknowledged: its lines are read again on the next start.
                     return
             try:
-                end = await asyncio.to_thread(_append_with_reserve, wal, frame)
+                end = await asyncio.to_thread(append_keeping_reserve, wal, frame)
             except WalWriteError as exc:
                 self.metrics.wal_write_errors.labels(errno=str(exc.errno)).inc()
                 self.status.wal_error = str(exc)
@@ -266,16 +259,6 @@ async def _flush_every(acks: Acknowledgements, seconds: float) -> None:
     while True:
         await asyncio.sleep(seconds)
         await acks.flush()
-
-
-def _append_with_reserve(wal: Wal, frame: Frame) -> WalPosition:
-    """Append the frame unless the disk would keep less than DISK_RESERVE_BYTES free: acks (cursor,
-    state) need room to free segments. One worker-thread call for the check and the write."""
-    free = wal.free_bytes()
-    if free < frame.nbytes + DISK_RESERVE_BYTES:
-        raise WalWriteError(f"No space left on device for the WAL: {free} bytes free, a commit needs "
-                            f"{frame.nbytes} plus {DISK_RESERVE_BYTES} kept for acknowledgements", errno.ENOSPC)
-    return wal.append([frame.parts])
 
 
 def _collect_encoded(ingest: Ingest, commit_bytes: int):

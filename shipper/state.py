@@ -3,22 +3,28 @@ acknowledgements that move it.
 
 The snapshot is written when the ack cursor moves (Acknowledgements applies the headers of the frames
 the sender finished); frames after the snapshot's position stay in the WAL and recovery rolls the
-snapshot forward through them. So the snapshot never runs ahead of what the WAL holds,
+snapshot forward through them (roll_forward). So the snapshot never runs ahead of what the WAL holds,
 and a WAL frame cut off at recovery simply never reaches it.
 """
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .batch import Frame, decode_header
 from .metrics import Metrics
 from .wal import Wal, WalPosition, WalWriteError
 
 log = logging.getLogger("shipper.state")
+
+# Free disk a WAL commit must leave: saving the snapshot and moving the ack cursor, which free
+# segments, need room of their own.
+DISK_RESERVE_BYTES = 1 << 20
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sources (key TEXT PRIMARY KEY, dev INTEGER, ino INTEGER, fingerprint TEXT,
@@ -91,6 +97,29 @@ class StateStore:
 
     def close(self) -> None:
         self._db.close()
+
+
+def roll_forward(snapshot: Snapshot, wal: Wal) -> int:
+    """Recovery: apply the headers of the WAL frames past the snapshot's position (written, not yet
+    acknowledged) to the snapshot, so that sources resume after what the WAL holds and chains go on
+    from its heads; the position stays, those frames are sent again. Returns how many were applied."""
+    rolled = 0
+    for _start, end, payload in wal.scan_unacked():
+        if end > snapshot.position:
+            header = decode_header(payload)
+            snapshot.apply(header["sources"], header["chains"], snapshot.position)
+            rolled += 1
+    return rolled
+
+
+def append_keeping_reserve(wal: Wal, frame: Frame) -> WalPosition:
+    """Append the frame unless the disk would keep less than DISK_RESERVE_BYTES free. One call (for a
+    worker thread) for the check and the write."""
+    free = wal.free_bytes()
+    if free < frame.nbytes + DISK_RESERVE_BYTES:
+        raise WalWriteError(f"No space left on device for the WAL: {free} bytes free, a commit needs "
+                            f"{frame.nbytes} plus {DISK_RESERVE_BYTES} kept for acknowledgements", errno.ENOSPC)
+    return wal.append([frame.parts])
 
 
 class Acknowledgements:
