@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from typing import Awaitable, Callable, TypeVar
 
 from .batch import Frame, encode_batch, encode_frame
 from .enrich import build_provider
@@ -25,6 +26,8 @@ from .wal import Wal, WalWriteError
 log = logging.getLogger("shipper.pipeline")
 
 ACK_INTERVAL_S = 0.2
+
+_T = TypeVar("_T")
 
 
 @dataclass(slots=True)
@@ -183,50 +186,53 @@ class Pipeline:
         self.metrics.backpressure.set(0)
         log.info("WAL has room again: reading resumed")
 
+    async def _until_written(self, attempt: Callable[[], Awaitable[_T]], *, reading_paused: bool) -> _T:
+        """`attempt()` again and again while the disk refuses it, with backoff; never gives up (what
+        waits is a sealed batch, or the fsync that makes it visible). With `reading_paused` (a commit),
+        health shows the error and the ingest loop counts as alive meanwhile."""
+        delay = 0.2
+        while True:
+            try:
+                return await attempt()
+            except WalWriteError as exc:
+                self.metrics.wal_write_errors.labels(errno=str(exc.errno)).inc()
+                if reading_paused:
+                    self.status.wal_error = str(exc)
+                    self.status.backpressure = True
+                    self.metrics.backpressure.set(1)
+                log.error("%s; %sretrying in %.1fs", exc, "reading paused, " if reading_paused else "", delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                if reading_paused:
+                    self.status.last_tick = time.monotonic()
+
     async def _commit(self, stopping: asyncio.Event, wal: Wal, sender: Sender, frame: Frame) -> None:
         """Append the frame, retrying while the disk refuses (the batch waits in memory, reading
         stays paused meanwhile); never gives up on a sealed batch."""
-        delay = 0.2
-        while True:
+
+        async def append():
             if not wal.has_room(frame.nbytes) and wal.unacked_bytes > 0:
                 await self._pause_for_room(stopping, wal, frame.nbytes)
                 if stopping.is_set() and not wal.has_room(frame.nbytes) and wal.unacked_bytes > 0:
                     # Not written, not acknowledged: its lines are read again on the next start.
-                    return
-            try:
-                end = await asyncio.to_thread(append_keeping_reserve, wal, frame)
-            except WalWriteError as exc:
-                self.metrics.wal_write_errors.labels(errno=str(exc.errno)).inc()
-                self.status.wal_error = str(exc)
-                self.status.backpressure = True
-                self.metrics.backpressure.set(1)
-                log.error("%s; reading paused, retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                self.status.last_tick = time.monotonic()
-                continue
-            if self.status.wal_error:
-                log.info("WAL writes succeed again")
-                self.status.wal_error = ""
-                self.status.backpressure = False
-                self.metrics.backpressure.set(0)
-            sender.offer(wal.last_start, end, frame)
-            self.metrics.wal_commits.inc()
-            self.metrics.wal_bytes.set(wal.bytes_on_disk)
-            self.metrics.wal_segments.set(wal.segment_count)
+                    return None
+            return await asyncio.to_thread(append_keeping_reserve, wal, frame)
+
+        end = await self._until_written(append, reading_paused=True)
+        if end is None:
             return
+        if self.status.wal_error:
+            log.info("WAL writes succeed again")
+            self.status.wal_error = ""
+            self.status.backpressure = False
+            self.metrics.backpressure.set(0)
+        sender.offer(wal.last_start, end, frame)
+        self.metrics.wal_commits.inc()
+        self.metrics.wal_bytes.set(wal.bytes_on_disk)
+        self.metrics.wal_segments.set(wal.segment_count)
 
     async def _sync(self, wal: Wal, sender: Sender) -> None:
-        delay = 0.2
-        while True:
-            try:
-                durable = await asyncio.to_thread(wal.sync)
-                break
-            except WalWriteError as exc:
-                self.metrics.wal_write_errors.labels(errno=str(exc.errno)).inc()
-                log.error("%s; retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        durable = await self._until_written(lambda: asyncio.to_thread(wal.sync), reading_paused=False)
         sender.make_visible(durable)
 
     # -- shutdown --------------------------------------------------------------------------------
