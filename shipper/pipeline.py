@@ -1,30 +1,33 @@
 """Wires the stages: discover -> tail -> parse -> enrich -> seal (Ingest) -> WAL -> Kafka (Sender).
 
 Owns no logic of a stage, only the order of things: a batch is committed to the WAL before the
-sender may see it; the state snapshot moves with the acks; SIGTERM stops reading, attests every
+sender may see it; the frames the sender finishes go to the acknowledgements, which this flushes
+every ACK_INTERVAL_S (the state snapshot moves with the acks); SIGTERM stops reading, attests every
 chain, waits for acks up to the grace period and closes cleanly.
 """
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import time
 from dataclasses import dataclass
+from typing import Awaitable, Callable, TypeVar
 
-from .batch import Frame, decode_header, encode_batch, encode_frame
+from .batch import Frame, encode_batch, encode_frame
 from .enrich import build_provider
 from .config import FsyncMode, Settings
 from .ingest import Ingest, SigningKey
 from .kafka import KafkaSink, Sender, wait_event
 from .metrics import Metrics
 from .model import LossEvent
-from .state import StateStore
-from .wal import Wal, WalPosition, WalWriteError
+from .state import Acknowledgements, StateStore, append_keeping_reserve, roll_forward
+from .wal import Wal, WalWriteError
 
 log = logging.getLogger("shipper.pipeline")
 
-DISK_RESERVE_BYTES = 1 << 20
+ACK_INTERVAL_S = 0.2
+
+_T = TypeVar("_T")
 
 
 @dataclass(slots=True)
@@ -45,6 +48,7 @@ class Pipeline:
         self._provider = provider if provider is not None else build_provider(settings, self.metrics)
         self.wal: Wal | None = None
         self.sender: Sender | None = None
+        self.acks: Acknowledgements | None = None
         self.ingest: Ingest | None = None
         self._ahead: asyncio.Future | None = None     # the next batch, being read while one is written
 
@@ -57,12 +61,7 @@ class Pipeline:
                         wal.recovery.truncated_bytes, wal.recovery.truncated_at, wal.recovery.reason)
         state = StateStore(settings.state.dir)
         snapshot = state.load()
-        rolled = 0
-        for _start, end, payload in wal.scan_unacked():
-            if end > snapshot.position:
-                header = decode_header(payload)
-                snapshot.apply(header["sources"], header["chains"], snapshot.position)
-                rolled += 1
+        rolled = roll_forward(snapshot, wal)
         if rolled:
             log.info("rolled source positions forward through %d unacknowledged WAL frames", rolled)
         ingest = Ingest(settings, snapshot, self.metrics, self._provider,
@@ -85,7 +84,8 @@ class Pipeline:
             ingest.add_external_gap(chain, loss, seq, record_hash, lambda: done.done() or done.set_result(None))
             await done
 
-        sender = self.sender = Sender(wal, state, self._snapshot, sink, self.metrics, write_gap,
+        acks = self.acks = Acknowledgements(state, self._snapshot, wal, self.metrics)
+        sender = self.sender = Sender(wal, acks, sink, self.metrics, write_gap,
                                       hot_limit_bytes=2 * self.settings.wal.commit_bytes)
         sender.make_visible(wal.written)
         self.status.running = True
@@ -93,11 +93,13 @@ class Pipeline:
         try:
             async with asyncio.TaskGroup() as group:
                 send_task = group.create_task(sender.run(stopping), name="sender")
+                flush_task = group.create_task(_flush_every(acks, ACK_INTERVAL_S), name="ack-flusher")
                 provider_task = group.create_task(self._provider.run(), name="metadata")
                 await self._ingest_until(stopping, wal, ingest, sender)
                 self.status.draining = True
                 await self._drain(wal, ingest, sender)
                 send_task.cancel()
+                flush_task.cancel()
                 provider_task.cancel()
         finally:
             self.status.running = False
@@ -131,7 +133,7 @@ class Pipeline:
                 if self._ahead is not None:
                     collected, self._ahead = await self._ahead, None
                 elif not wal.has_room(room_needed) and wal.unacked_bytes > 0:
-                    await self._pause_for_room(stopping, wal, sender, room_needed)
+                    await self._pause_for_room(stopping, wal, room_needed)
                     continue
                 else:
                     collected = await asyncio.to_thread(_collect_encoded, ingest, commit_bytes)
@@ -161,7 +163,7 @@ class Pipeline:
                 await asyncio.wait({self._ahead})
                 self._ahead = None
 
-    async def _pause_for_room(self, stopping: asyncio.Event, wal: Wal, sender: Sender, needed: int) -> None:
+    async def _pause_for_room(self, stopping: asyncio.Event, wal: Wal, needed: int) -> None:
         if not self.status.backpressure:
             log.warning("WAL full (%d of %d bytes): reading paused until Kafka acknowledges records",
                         wal.bytes_on_disk, wal.max_bytes)
@@ -171,7 +173,7 @@ class Pipeline:
         # Acks free space; with nothing unacknowledged there is nothing to wait for, and a frame
         # larger than the whole limit is written anyway rather than never.
         while not wal.has_room(needed) and wal.unacked_bytes > 0 and not stopping.is_set():
-            waiter = asyncio.ensure_future(sender.wait_progress())
+            waiter = asyncio.ensure_future(self.acks.wait_progress())
             stop_waiter = asyncio.ensure_future(stopping.wait())
             await asyncio.wait({waiter, stop_waiter}, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
             waiter.cancel()
@@ -184,50 +186,53 @@ class Pipeline:
         self.metrics.backpressure.set(0)
         log.info("WAL has room again: reading resumed")
 
+    async def _until_written(self, attempt: Callable[[], Awaitable[_T]], *, reading_paused: bool) -> _T:
+        """`attempt()` again and again while the disk refuses it, with backoff; never gives up (what
+        waits is a sealed batch, or the fsync that makes it visible). With `reading_paused` (a commit),
+        health shows the error and the ingest loop counts as alive meanwhile."""
+        delay = 0.2
+        while True:
+            try:
+                return await attempt()
+            except WalWriteError as exc:
+                self.metrics.wal_write_errors.labels(errno=str(exc.errno)).inc()
+                if reading_paused:
+                    self.status.wal_error = str(exc)
+                    self.status.backpressure = True
+                    self.metrics.backpressure.set(1)
+                log.error("%s; %sretrying in %.1fs", exc, "reading paused, " if reading_paused else "", delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                if reading_paused:
+                    self.status.last_tick = time.monotonic()
+
     async def _commit(self, stopping: asyncio.Event, wal: Wal, sender: Sender, frame: Frame) -> None:
         """Append the frame, retrying while the disk refuses (the batch waits in memory, reading
         stays paused meanwhile); never gives up on a sealed batch."""
-        delay = 0.2
-        while True:
+
+        async def append():
             if not wal.has_room(frame.nbytes) and wal.unacked_bytes > 0:
-                await self._pause_for_room(stopping, wal, sender, frame.nbytes)
+                await self._pause_for_room(stopping, wal, frame.nbytes)
                 if stopping.is_set() and not wal.has_room(frame.nbytes) and wal.unacked_bytes > 0:
                     # Not written, not acknowledged: its lines are read again on the next start.
-                    return
-            try:
-                end = await asyncio.to_thread(_append_with_reserve, wal, frame)
-            except WalWriteError as exc:
-                self.metrics.wal_write_errors.labels(errno=str(exc.errno)).inc()
-                self.status.wal_error = str(exc)
-                self.status.backpressure = True
-                self.metrics.backpressure.set(1)
-                log.error("%s; reading paused, retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                self.status.last_tick = time.monotonic()
-                continue
-            if self.status.wal_error:
-                log.info("WAL writes succeed again")
-                self.status.wal_error = ""
-                self.status.backpressure = False
-                self.metrics.backpressure.set(0)
-            sender.offer(wal.last_start, end, frame)
-            self.metrics.wal_commits.inc()
-            self.metrics.wal_bytes.set(wal.bytes_on_disk)
-            self.metrics.wal_segments.set(wal.segment_count)
+                    return None
+            return await asyncio.to_thread(append_keeping_reserve, wal, frame)
+
+        end = await self._until_written(append, reading_paused=True)
+        if end is None:
             return
+        if self.status.wal_error:
+            log.info("WAL writes succeed again")
+            self.status.wal_error = ""
+            self.status.backpressure = False
+            self.metrics.backpressure.set(0)
+        sender.offer(wal.last_start, end, frame)
+        self.metrics.wal_commits.inc()
+        self.metrics.wal_bytes.set(wal.bytes_on_disk)
+        self.metrics.wal_segments.set(wal.segment_count)
 
     async def _sync(self, wal: Wal, sender: Sender) -> None:
-        delay = 0.2
-        while True:
-            try:
-                durable = await asyncio.to_thread(wal.sync)
-                break
-            except WalWriteError as exc:
-                self.metrics.wal_write_errors.labels(errno=str(exc.errno)).inc()
-                log.error("%s; retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        durable = await self._until_written(lambda: asyncio.to_thread(wal.sync), reading_paused=False)
         sender.make_visible(durable)
 
     # -- shutdown --------------------------------------------------------------------------------
@@ -244,10 +249,11 @@ class Pipeline:
                     log.error("final checkpoints not written: %s", exc)
         while not sender.drained and time.monotonic() < deadline:
             try:
-                await asyncio.wait_for(sender.wait_progress(), timeout=max(0.05, min(1.0, deadline - time.monotonic())))
+                await asyncio.wait_for(self.acks.wait_progress(),
+                                       timeout=max(0.05, min(1.0, deadline - time.monotonic())))
             except asyncio.TimeoutError:
                 pass
-        await sender.flush_acks()
+        await self.acks.flush()
         if sender.drained:
             log.info("drained: every record is acknowledged by Kafka")
         else:
@@ -255,14 +261,10 @@ class Pipeline:
                         wal.unacked_bytes)
 
 
-def _append_with_reserve(wal: Wal, frame: Frame) -> WalPosition:
-    """Append the frame unless the disk would keep less than DISK_RESERVE_BYTES free: acks (cursor,
-    state) need room to free segments. One worker-thread call for the check and the write."""
-    free = wal.free_bytes()
-    if free < frame.nbytes + DISK_RESERVE_BYTES:
-        raise WalWriteError(f"No space left on device for the WAL: {free} bytes free, a commit needs "
-                            f"{frame.nbytes} plus {DISK_RESERVE_BYTES} kept for acknowledgements", errno.ENOSPC)
-    return wal.append([frame.parts])
+async def _flush_every(acks: Acknowledgements, seconds: float) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        await acks.flush()
 
 
 def _collect_encoded(ingest: Ingest, commit_bytes: int):

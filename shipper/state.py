@@ -1,18 +1,30 @@
-"""`state.db`: where each source stands and each chain's head, as of a WAL position.
+"""`state.db`: where each source stands and each chain's head, as of a WAL position; and the
+acknowledgements that move it.
 
-The snapshot is written when the ack cursor moves (the sender applies the headers of acknowledged
-frames); frames after the snapshot's position stay in the WAL and recovery rolls the snapshot
-forward through them. So the snapshot never runs ahead of what the WAL holds, and a WAL frame cut
-off at recovery simply never reaches it.
+The snapshot is written when the ack cursor moves (Acknowledgements applies the headers of the frames
+the sender finished); frames after the snapshot's position stay in the WAL and recovery rolls the
+snapshot forward through them (roll_forward). So the snapshot never runs ahead of what the WAL holds,
+and a WAL frame cut off at recovery simply never reaches it.
 """
 from __future__ import annotations
 
+import asyncio
+import errno
+import logging
 import os
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .wal import WalPosition
+from .batch import Frame, decode_header
+from .metrics import Metrics
+from .wal import Wal, WalPosition, WalWriteError
+
+log = logging.getLogger("shipper.state")
+
+# Free disk a WAL commit must leave: saving the snapshot and moving the ack cursor, which free
+# segments, need room of their own.
+DISK_RESERVE_BYTES = 1 << 20
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sources (key TEXT PRIMARY KEY, dev INTEGER, ino INTEGER, fingerprint TEXT,
@@ -85,3 +97,78 @@ class StateStore:
 
     def close(self) -> None:
         self._db.close()
+
+
+def roll_forward(snapshot: Snapshot, wal: Wal) -> int:
+    """Recovery: apply the headers of the WAL frames past the snapshot's position (written, not yet
+    acknowledged) to the snapshot, so that sources resume after what the WAL holds and chains go on
+    from its heads; the position stays, those frames are sent again. Returns how many were applied."""
+    rolled = 0
+    for _start, end, payload in wal.scan_unacked():
+        if end > snapshot.position:
+            header = decode_header(payload)
+            snapshot.apply(header["sources"], header["chains"], snapshot.position)
+            rolled += 1
+    return rolled
+
+
+def append_keeping_reserve(wal: Wal, frame: Frame) -> WalPosition:
+    """Append the frame unless the disk would keep less than DISK_RESERVE_BYTES free. One call (for a
+    worker thread) for the check and the write."""
+    free = wal.free_bytes()
+    if free < frame.nbytes + DISK_RESERVE_BYTES:
+        raise WalWriteError(f"No space left on device for the WAL: {free} bytes free, a commit needs "
+                            f"{frame.nbytes} plus {DISK_RESERVE_BYTES} kept for acknowledgements", errno.ENOSPC)
+    return wal.append([frame.parts])
+
+
+class Acknowledgements:
+    """The frames the sender finished, merged (later source positions and chain heads win) until a
+    flush persists them: the snapshot first, then the WAL's ack cursor, which deletes segments only
+    behind a snapshot that covers them."""
+
+    def __init__(self, state: StateStore, snapshot: Snapshot, wal: Wal, metrics: Metrics) -> None:
+        self.state = state
+        self.snapshot = snapshot
+        self.wal = wal
+        self.metrics = metrics
+        self._pending: tuple[dict, dict, WalPosition] | None = None
+        self._progress = asyncio.Event()
+
+    def frame_acknowledged(self, end: WalPosition, sources: dict, chains: dict) -> None:
+        if self._pending is None:
+            self._pending = ({}, {}, end)
+        pending_sources, pending_chains, _ = self._pending
+        pending_sources.update(sources)
+        pending_chains.update(chains)
+        self._pending = (pending_sources, pending_chains, end)
+
+    async def wait_progress(self) -> None:
+        """Until a flush has moved the ack cursor (and freed what it could)."""
+        self._progress.clear()
+        await self._progress.wait()
+
+    async def flush(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        sources, chains, position = pending
+        try:
+            if position > self.snapshot.position:
+                await asyncio.to_thread(self.state.save, sources, chains, position)
+                self.snapshot.apply(sources, chains, position)
+            await asyncio.to_thread(self.wal.ack, position)
+        except (WalWriteError, sqlite3.Error, OSError) as exc:
+            # A full disk, say: keep what is acknowledged and try again on the next flush.
+            self.metrics.wal_write_errors.labels(errno=str(getattr(exc, "errno", "") or "")).inc()
+            log.error("cannot persist acknowledgements yet (%s); retrying", exc)
+            if self._pending is not None:
+                later_sources, later_chains, later_position = self._pending
+                sources.update(later_sources)
+                chains.update(later_chains)
+                position = later_position
+            self._pending = (sources, chains, position)
+            return
+        self.metrics.wal_bytes.set(self.wal.bytes_on_disk)
+        self.metrics.wal_segments.set(self.wal.segment_count)
+        self._progress.set()

@@ -9,7 +9,7 @@ from aiokafka.record.default_records import DefaultRecordBatch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shipper import kafka
+from shipper.kafka import wire as kafka
 from shipper.batch import Batch, Run, decode_batch, encode_batch
 from shipper.native import module as native
 

@@ -22,7 +22,7 @@ def test_a_batch_read_ahead_when_the_stop_comes_is_committed(tmp_path, monkeypat
     pipeline = pipeline_module.Pipeline(load_settings(str(config)))
     wal, state, ingest = pipeline._open_state()
     # The sender is only handed frames here (offer, make_visible): nothing is sent, no broker is needed.
-    sender = Sender(wal, state, pipeline._snapshot, sink=None, metrics=pipeline.metrics, write_gap=None)
+    sender = Sender(wal, acks=None, sink=None, metrics=pipeline.metrics, write_gap=None)
     real_collect = pipeline_module._collect_encoded
     calls = []
 

@@ -147,7 +147,7 @@ def test_frames_kept_in_memory_are_the_frames_on_disk_across_segment_rolls(tmp_p
     from shipper.metrics import Metrics
 
     wal = open_wal(tmp_path / "wal", segment_bytes=300)
-    sender = Sender(wal, state=None, snapshot=None, sink=None, metrics=Metrics(), write_gap=None,
+    sender = Sender(wal, acks=None, sink=None, metrics=Metrics(), write_gap=None,
                     hot_limit_bytes=1 << 20)
     for i in range(12):                       # 100-byte payloads: a roll every few frames
         payload = bytes([i]) * 100

@@ -1,30 +1,23 @@
-"""The Kafka stage: WAL frames out, acknowledgements back.
+"""The Kafka stage: WAL frames out, finished frames back.
 
 Records leave the WAL in order; each partition has one worker with at most one batch in flight,
 so a chain (one key, one partition) reaches Kafka in seq order. A frame's WAL position travels with
-its records and comes back as the ack: the ack cursor moves past a frame only when every record in
-it is acknowledged (or turned into a gap record, for one the broker refused for good). A failed
-batch is sent again from memory, with backoff, forever: an outage is normal, the WAL is the buffer.
+its records and comes back as the ack: a frame is finished only when every record in it is
+acknowledged (or turned into a gap record, for one the broker refused for good), and finished frames
+are handed on in WAL order to the acknowledgements the sender was given (state.Acknowledgements
+persists them and moves the WAL's ack cursor). A failed batch is sent again from memory, with
+backoff, forever: an outage is normal, the WAL is the buffer.
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-import sqlite3
-import random
-import ssl
-import struct
 import time
-from array import array
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Protocol
 
-import crc32c
-import cramjam
-from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
     CorruptRecordException,
     InvalidTopicError,
@@ -32,325 +25,26 @@ from aiokafka.errors import (
     KafkaError,
     MessageSizeTooLargeError,
     RecordTooLargeError,
-    UnsupportedVersionError,
 )
-from aiokafka.partitioner import murmur2
-from aiokafka.producer.message_accumulator import BatchBuilder
-from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
-from aiokafka.record.util import encode_varint_py
 
-from .batch import Frame, Packed, Sealed, decode_batch
-from .config import KafkaConfig, SecurityProtocol
-from .metrics import Metrics
-from .model import LossEvent, LossReason
-from .native import module as _native
-from .seal import SCHEMA_BYTES
-from .state import Snapshot, StateStore
-from .wal import Wal, WalPosition, WalWriteError
+from ..batch import Frame, Packed, Sealed, decode_batch
+from ..metrics import Metrics
+from ..model import LossEvent, LossReason
+from ..wal import Wal, WalPosition
+from .client import KafkaSink, _describe, backoff_delays
+from .wire import _BATCH_HEADER, _RECORD_OVERHEAD, Span, _kafka_records, _SpanBatch, partition_of
 
 log = logging.getLogger("shipper.kafka")
 
 # Errors after which sending the same record again cannot succeed.
 _REJECTED = (MessageSizeTooLargeError, RecordTooLargeError, CorruptRecordException, InvalidTopicError)
-_RECORD_OVERHEAD = 512  # batch and record headers around a value, generously
-_BATCH_HEADER = _DefaultRecordBatchBuilderPy.HEADER_STRUCT.size
-_CRC = struct.Struct(">I")
-_CODECS = {"none": 0, "gzip": 1, "snappy": 2, "lz4": 3, "zstd": 4}
-# The xerial snappy stream header: marker -126, "SNAPPY\0", version 1, compatible version 1.
-_XERIAL_HEADER = b"\x82SNAPPY\x00" + (1).to_bytes(4, "big") + (1).to_bytes(4, "big")
 
 
-class KafkaSetupError(Exception):
-    """The Kafka client cannot be configured (e.g. an unreadable CA or password file)."""
+class FinishedFrames(Protocol):
+    """What the sender hands finished frames to (state.Acknowledgements): each frame once, in WAL
+    order, with the source positions and chain heads its header carries."""
 
-
-def read_secret_file(path: str, what: str) -> str:
-    try:
-        return Path(path).read_text().strip()
-    except OSError as exc:
-        raise KafkaSetupError(f"{what} file {path}: {exc.strerror}") from None
-
-
-def ssl_context_for(config: KafkaConfig) -> ssl.SSLContext | None:
-    if config.security_protocol not in (SecurityProtocol.SSL, SecurityProtocol.SASL_SSL):
-        return None
-    tls = config.tls
-    try:
-        context = ssl.create_default_context(cafile=tls.ca_file) if tls.ca_file else ssl.create_default_context()
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.check_hostname = tls.check_hostname
-        if tls.cert_file:
-            context.load_cert_chain(tls.cert_file, tls.key_file)
-    except (OSError, ssl.SSLError) as exc:
-        raise KafkaSetupError(f"kafka.tls: cannot load certificates: {exc}") from None
-    return context
-
-
-def producer_options(config: KafkaConfig, *, idempotent: bool) -> dict:
-    options = dict(
-        bootstrap_servers=config.bootstrap_servers,
-        client_id=config.client_id,
-        acks="all",
-        enable_idempotence=idempotent,
-        compression_type=None if config.compression.value == "none" else config.compression.value,
-        max_batch_size=config.batch_bytes,
-        max_request_size=config.max_request_bytes,
-        linger_ms=config.linger_ms,
-        request_timeout_ms=config.request_timeout_ms,
-        retry_backoff_ms=config.retry_backoff_ms,
-        security_protocol=config.security_protocol.value,
-        ssl_context=ssl_context_for(config),
-    )
-    if config.security_protocol in (SecurityProtocol.SASL_SSL, SecurityProtocol.SASL_PLAINTEXT):
-        options.update(sasl_mechanism=config.sasl.mechanism.value, sasl_plain_username=config.sasl.username,
-                       sasl_plain_password=read_secret_file(config.sasl.password_file, "kafka.sasl.password_file"))
-    return options
-
-
-def partition_of(key: bytes, partitions: int) -> int:
-    """Kafka's Java default partitioner for keyed records: murmur2, sign bit cleared, modulo."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
-
-
-# (key, first_seq, values, start, stop): records values[start:stop]; values is a list of bytes or, for a
-# run decoded from a WAL frame, (payload, ends) as in batch.Packed.
-Span = tuple[bytes, int, "list[bytes] | tuple[bytes, array]", int, int]
-
-
-def kafka_records_py(spans: list[Span], budget: int, limit: int, reserve: int = 0) -> tuple[bytearray, list[int], int]:
-    """The records of a v2 record batch for spans of sealed values: (records, taken per span, value bytes),
-    records after `reserve` zero bytes (room for the batch header).
-
-    Each record: key = the chain, headers `schema` and `event_id` (`<chain>:<seq>`), timestamp delta 0,
-    offset delta = its index. Records are taken in order while the section stays within `budget` bytes
-    (the first always) and stop before a value longer than `limit`. The reference for the native
-    `_native.kafka_records`, which builds the same bytes."""
-    out = bytearray()
-    taken: list[int] = []
-    offset = value_bytes = 0
-    for key, first_seq, values, start, stop in spans:
-        if isinstance(values, tuple):
-            values = Packed(*values)
-        count = 0
-        full = False
-        for index in range(start, stop):
-            value = values[index]
-            if len(value) > limit:
-                full = True
-                break
-            record = bytearray(b"\x00\x00")                      # attributes, timestamp delta
-            encode_varint_py(offset, record.append)
-            for part in (key, value):
-                encode_varint_py(len(part), record.append)
-                record += part
-            encode_varint_py(2, record.append)
-            for name, text in ((b"schema", SCHEMA_BYTES), (b"event_id", b"%s:%d" % (key, first_seq + index - start))):
-                encode_varint_py(len(name), record.append)
-                record += name
-                encode_varint_py(len(text), record.append)
-                record += text
-            framed = bytearray()
-            encode_varint_py(len(record), framed.append)
-            framed += record
-            if offset and len(out) + len(framed) > budget:
-                full = True
-                break
-            out += framed
-            offset += 1
-            count += 1
-            value_bytes += len(value)
-        taken.append(count)
-        if full:
-            break
-    return bytearray(reserve) + out, taken, value_bytes
-
-
-_kafka_records = _native.kafka_records if _native is not None else kafka_records_py
-
-
-def _snappy_block_py(buffer: bytearray, start: int) -> bytes:
-    return bytes(cramjam.snappy.compress_raw(memoryview(buffer)[start:]))
-
-
-# libsnappy with the GIL released (the ingest thread seals meanwhile); cramjam holds the GIL.
-_snappy_block = _native.snappy_block if _native is not None else _snappy_block_py
-
-
-class _RecordsBuilder(_DefaultRecordBatchBuilderPy):
-    """aiokafka's own v2 batch builder (header, CRC, compression, producer state) around records that
-    kafka_records built in one call, instead of one `append` per record. It takes `records` (room for
-    the header first, then the records) as its buffer: no copy, and the buffer is the builder's now."""
-
-    def __init__(self, codec: int, records: bytearray, count: int, timestamp_ms: int) -> None:
-        super().__init__(2, codec, is_transactional=0, producer_id=-1, producer_epoch=-1, base_sequence=0,
-                         batch_size=len(records))
-        self._buffer = records
-        self._first_timestamp = self._max_timestamp = timestamp_ms
-        self._last_offset = count - 1
-        self._num_records = count
-        self._compressed: bool | None = None      # set by compress_now(): build() then only writes the header
-
-    def compress_now(self) -> None:
-        """Compress ahead of the send (on a worker thread, while the batch before is awaiting its ack);
-        the header and CRC, which hold the producer state, are still written when aiokafka drains it."""
-        self._compressed = self._compress()
-
-    def _maybe_compress(self) -> bool:
-        if self._compressed is None:
-            self._compressed = self._compress()
-        return self._compressed
-
-    def _write_header(self, use_compression_type: bool = True) -> None:
-        """The v2 batch header, its CRC-32C by the crc32c package (the CPU's instruction: aiokafka's
-        table-driven CRC cost 170 µs per 250 KB batch, the hardware one 20 µs)."""
-        self.HEADER_STRUCT.pack_into(
-            self._buffer, 0, 0, len(self._buffer) - self.AFTER_LEN_OFFSET, self.NO_PARTITION_LEADER_EPOCH,
-            self._magic, 0, self._get_attributes(use_compression_type), self._last_offset,
-            self._first_timestamp, self._max_timestamp, self._producer_id, self._producer_epoch,
-            self._base_sequence, self._num_records)
-        _CRC.pack_into(self._buffer, self.CRC_OFFSET,
-                       crc32c.crc32c(memoryview(self._buffer)[self.ATTRIBUTES_OFFSET:]))
-
-    def _compress(self) -> bool:
-        if self._compression_type != self.CODEC_SNAPPY:
-            return super()._maybe_compress()
-        # xerial-framed snappy as every Kafka client reads it, in one block rather than 32 KiB ones:
-        # one compress call per batch (aiokafka's loop of small blocks costs 40 % more CPU).
-        header = self.HEADER_STRUCT.size
-        block = _snappy_block(self._buffer, header)
-        if len(_XERIAL_HEADER) + 4 + len(block) >= len(self._buffer) - header:
-            return False
-        del self._buffer[header:]
-        self._buffer += _XERIAL_HEADER
-        self._buffer += len(block).to_bytes(4, "big")
-        self._buffer += block
-        return True
-
-
-class _SpanBatch(BatchBuilder):
-    """A closed aiokafka BatchBuilder holding a prebuilt batch (what `producer.send_batch` takes)."""
-
-    def __init__(self, codec: int, records: bytearray, count: int) -> None:   # noqa: super() builds per record
-        self._builder = _RecordsBuilder(codec, records, count, int(time.time() * 1000))
-        self._relative_offset = count
-        self._buffer = None
-        self._closed = True
-        self._key_serializer = self._value_serializer = None
-
-    def _set_producer_state(self, producer_id: int, producer_epoch: int, base_sequence: int) -> None:
-        self._builder.set_producer_state(producer_id, producer_epoch, base_sequence)
-
-    def compress_now(self) -> None:
-        self._builder.compress_now()
-
-
-def backoff_delays(first_ms: int, max_ms: int):
-    delay = first_ms / 1000
-    while True:
-        yield delay * (0.8 + 0.4 * random.random())
-        delay = min(delay * 2, max_ms / 1000)
-
-
-class KafkaSink:
-    """The producer, created and re-created as the broker and configuration allow."""
-
-    def __init__(self, config: KafkaConfig, metrics: Metrics) -> None:
-        self.config = config
-        self.metrics = metrics
-        self.producer: AIOKafkaProducer | None = None
-        self.idempotent = config.idempotence != "off"
-        self.codec = _CODECS[config.compression.value]
-        self._partitions: dict[str, int] = {}
-        self._secret_mtime: float | None = None
-
-    async def start(self, stopping: asyncio.Event) -> bool:
-        """Connect, retrying forever with backoff; False when stopping was requested first."""
-        delays = backoff_delays(self.config.retry_backoff_ms, self.config.retry_backoff_max_ms)
-        while not stopping.is_set():
-            producer = AIOKafkaProducer(**producer_options(self.config, idempotent=self.idempotent))
-            try:
-                await producer.start()
-            except (UnsupportedVersionError, KafkaError) as exc:
-                await _quietly_stop(producer)
-                if self._idempotence_unsupported(exc):
-                    continue
-                self.metrics.send_errors.labels(reason=type(exc).__name__).inc()
-                log.warning("kafka not reachable yet: %s", _describe(exc))
-                await wait_event(stopping, next(delays))
-                continue
-            self.producer = producer
-            self._remember_secret_mtime()
-            log.info("kafka producer started", extra={"bootstrap": self.config.bootstrap_servers,
-                                                       "idempotent": self.idempotent})
-            return True
-        return False
-
-    def _idempotence_unsupported(self, exc: Exception) -> bool:
-        if not self.idempotent or self.config.idempotence != "auto" or isinstance(exc, KafkaConnectionError):
-            return False
-        # Brokers without InitProducerId support (Tansu) answer with an error at start: fall back to
-        # acks=all without idempotence; duplicates stay exact and recognisable by event_id.
-        log.warning("broker refused the idempotent producer (%s); continuing with acks=all without idempotence",
-                    _describe(exc))
-        self.idempotent = False
-        return True
-
-    def _remember_secret_mtime(self) -> None:
-        path = self.config.sasl.password_file
-        if path:
-            try:
-                self._secret_mtime = Path(path).stat().st_mtime
-            except OSError:
-                self._secret_mtime = None
-
-    def secret_changed(self) -> bool:
-        path = self.config.sasl.password_file
-        if not path:
-            return False
-        try:
-            return Path(path).stat().st_mtime != self._secret_mtime
-        except OSError:
-            return False
-
-    async def restart(self, stopping: asyncio.Event) -> bool:
-        if self.producer is not None:
-            await _quietly_stop(self.producer)
-            self.producer = None
-        self._partitions.clear()
-        return await self.start(stopping)
-
-    async def partitions(self, topic: str) -> int:
-        count = self._partitions.get(topic)
-        if count is None:
-            assert self.producer is not None
-            found = await self.producer.partitions_for(topic)
-            count = self._partitions[topic] = len(found)
-        return count
-
-    async def stop(self) -> None:
-        if self.producer is not None:
-            await _quietly_stop(self.producer)
-            self.producer = None
-
-
-async def _quietly_stop(producer: AIOKafkaProducer) -> None:
-    try:
-        await asyncio.wait_for(producer.stop(), timeout=5)
-    except Exception:  # noqa: BLE001 - a producer that cannot stop cleanly is dropped either way
-        pass
-
-
-async def wait_event(event: asyncio.Event, seconds: float) -> None:
-    """Wait for `event`, at most `seconds`."""
-    try:
-        await asyncio.wait_for(event.wait(), timeout=seconds)
-    except asyncio.TimeoutError:
-        pass
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}" if type(exc).__name__ not in text else text
+    def frame_acknowledged(self, end: WalPosition, sources: dict, chains: dict) -> None: ...
 
 
 @dataclass(slots=True)
@@ -415,17 +109,15 @@ def _frame_size(frame: "Frame | bytes") -> int:
 
 
 class Sender:
-    """Pumps durable WAL frames to Kafka and moves the ack cursor (and the state snapshot) behind them."""
+    """Pumps durable WAL frames to Kafka and hands each finished frame to `acks`."""
 
-    def __init__(self, wal: Wal, state: StateStore, snapshot: Snapshot, sink: KafkaSink, metrics: Metrics,
-                 write_gap: GapWriter, *, ack_interval_s: float = 0.2, hot_limit_bytes: int = 8 << 20) -> None:
+    def __init__(self, wal: Wal, acks: FinishedFrames, sink: KafkaSink, metrics: Metrics, write_gap: GapWriter,
+                 *, hot_limit_bytes: int = 8 << 20) -> None:
         self.wal = wal
-        self.state = state
-        self.snapshot = snapshot
+        self.acks = acks
         self.sink = sink
         self.metrics = metrics
         self.write_gap = write_gap
-        self.ack_interval_s = ack_interval_s
         self.visible = wal.acked             # frames before this are durable and may be sent
         self._visible_changed = asyncio.Event()
         self._read_position = wal.acked
@@ -437,10 +129,8 @@ class Sender:
         self._tickets: deque[_FrameTicket] = deque()
         self._in_flight_bytes = 0
         self._room = asyncio.Event()
-        self._acked_pending: tuple[dict, dict, WalPosition] | None = None
         self._queues: dict[tuple[str, int], _PartitionQueue] = {}
         self._workers: asyncio.TaskGroup | None = None
-        self._progress = asyncio.Event()
         self._stopping = asyncio.Event()
         self._restarting = False
         self.last_success = 0.0
@@ -478,19 +168,14 @@ class Sender:
     def drained(self) -> bool:
         return self.wal.acked >= self.visible and not self._tickets
 
-    async def wait_progress(self) -> None:
-        self._progress.clear()
-        await self._progress.wait()
-
     # -- tasks -----------------------------------------------------------------------------------
     async def run(self, stopping: asyncio.Event) -> None:
-        """Runs until cancelled: reading frames, partition workers, the ack flusher."""
+        """Runs until cancelled: reading frames, partition workers."""
         self._stopping = stopping
         if not await self.sink.start(stopping):
             return
         async with asyncio.TaskGroup() as group:
             self._workers = group
-            group.create_task(self._flush_acks_forever(), name="ack-flusher")
             await self._read_frames_forever()
 
     async def _read_frames_forever(self) -> None:
@@ -714,7 +399,7 @@ class Sender:
             self._complete(ticket)
 
     def _complete(self, _ticket: _FrameTicket) -> None:
-        # Frames complete out of order across partitions; the cursor moves over the completed prefix.
+        # Frames complete out of order across partitions; only the completed prefix is finished.
         tickets = self._tickets
         now = time.time()
         while tickets and tickets[0].pending == 0:
@@ -722,41 +407,5 @@ class Sender:
             self._in_flight_bytes -= done.nbytes
             if done.read_time:
                 self.metrics.lag.observe(max(0.0, now - done.read_time))
-            if self._acked_pending is None:
-                self._acked_pending = ({}, {}, done.end)
-            sources, chains, _ = self._acked_pending
-            sources.update(done.sources)
-            chains.update(done.chains)
-            self._acked_pending = (sources, chains, done.end)
+            self.acks.frame_acknowledged(done.end, done.sources, done.chains)
         self._room.set()
-
-    async def _flush_acks_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.ack_interval_s)
-            await self.flush_acks()
-
-    async def flush_acks(self) -> None:
-        pending, self._acked_pending = self._acked_pending, None
-        if pending is None:
-            return
-        sources, chains, position = pending
-        try:
-            # The snapshot moves first: segments are deleted only behind a snapshot that covers them.
-            if position > self.snapshot.position:
-                await asyncio.to_thread(self.state.save, sources, chains, position)
-                self.snapshot.apply(sources, chains, position)
-            await asyncio.to_thread(self.wal.ack, position)
-        except (WalWriteError, sqlite3.Error, OSError) as exc:
-            # A full disk, say: keep what is acknowledged and try again on the next tick.
-            self.metrics.wal_write_errors.labels(errno=str(getattr(exc, "errno", "") or "")).inc()
-            log.error("cannot persist acknowledgements yet (%s); retrying", exc)
-            if self._acked_pending is not None:
-                later_sources, later_chains, later_position = self._acked_pending
-                sources.update(later_sources)
-                chains.update(later_chains)
-                position = later_position
-            self._acked_pending = (sources, chains, position)
-            return
-        self.metrics.wal_bytes.set(self.wal.bytes_on_disk)
-        self.metrics.wal_segments.set(self.wal.segment_count)
-        self._progress.set()

@@ -1,0 +1,23 @@
+"""The Kafka stage: WAL frames out, finished frames back (see sender.py).
+
+client.py: TLS/SASL options, the producer and its life; wire.py: record batches and partitioning
+(the only aiokafka internals); sender.py: the Sender. This face only re-exports.
+"""
+from .client import (
+    KafkaSetupError,
+    KafkaSink,
+    backoff_delays,
+    kafka_client_options,
+    producer_options,
+    read_secret_file,
+    ssl_context_for,
+    wait_event,
+)
+from .sender import FinishedFrames, GapWriter, Sender
+from .wire import Span, kafka_records_py, partition_of
+
+__all__ = [
+    "FinishedFrames", "GapWriter", "KafkaSetupError", "KafkaSink", "Sender", "Span", "backoff_delays",
+    "kafka_client_options", "kafka_records_py", "partition_of", "producer_options", "read_secret_file",
+    "ssl_context_for", "wait_event",
+]
