@@ -5,8 +5,10 @@ touched stands after it and every chain head it moved, so that recovery can roll
 forward from the WAL alone (the checkpoint travels with the commit).
 
 Layout: `[u32 header length][header JSON][u32 n][n x u32 value lengths][values...]`, little endian.
-Header: `{"runs": [[chain, topic, first_seq, count], ...], "sources": {key: [dev, ino, fingerprint,
-path, offset, chain] or null when dropped}, "chains": {chain: [seq, hash_hex, closed]}, "t": read time}`.
+Header (format 2): `{"v": 2, "runs": [[chain, topic, first_seq, count], ...], "sources": {key:
+SourceCheckpoint.to_list() or null when dropped}, "chains": {chain: ChainCheckpoint.to_list()},
+"t": read time}`. Format 1 (no "v") had chains as [seq, hash_hex, closed] without a Merkle tree; it
+is still read (those chains start a new tree). A newer format is refused with FrameFormatError.
 """
 from __future__ import annotations
 
@@ -17,7 +19,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate
 
+from .model import ChainCheckpoint, SourceCheckpoint
+
 _U32 = struct.Struct("<I")
+FRAME_FORMAT = 2
+
+
+class FrameFormatError(ValueError):
+    """A WAL frame written by a newer release than this one."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -33,8 +42,8 @@ class Run:
 @dataclass(slots=True)
 class Batch:
     runs: list[Run] = field(default_factory=list)
-    sources: dict[str, list] = field(default_factory=dict)
-    chains: dict[str, list] = field(default_factory=dict)
+    sources: dict[str, SourceCheckpoint | None] = field(default_factory=dict)
+    chains: dict[str, ChainCheckpoint] = field(default_factory=dict)
     read_time: float = 0.0          # wall-clock time the batch was read (for the end-to-end lag)
 
     @property
@@ -130,8 +139,12 @@ class Frame:
 
 
 def encode_frame(batch: Batch) -> Frame:
-    header = json.dumps({"runs": [[run.chain, run.topic, run.first_seq, len(run.values)] for run in batch.runs],
-                         "sources": batch.sources, "chains": batch.chains, "t": batch.read_time},
+    header = json.dumps({"v": FRAME_FORMAT,
+                         "runs": [[run.chain, run.topic, run.first_seq, len(run.values)] for run in batch.runs],
+                         "sources": {key: None if source is None else source.to_list()
+                                     for key, source in batch.sources.items()},
+                         "chains": {name: chain.to_list() for name, chain in batch.chains.items()},
+                         "t": batch.read_time},
                         separators=(",", ":")).encode()
     lengths = array("I")
     bodies: list[bytes] = []
@@ -155,15 +168,32 @@ def encode_batch(batch: Batch) -> bytes:
     return b"".join(encode_frame(batch).parts)
 
 
-def decode_header(payload: bytes) -> dict:
+def _header(payload: "bytes | memoryview") -> tuple[dict, int]:
     (header_len,) = _U32.unpack_from(payload, 0)
-    return json.loads(bytes(payload[4:4 + header_len]))
+    header = json.loads(bytes(payload[4:4 + header_len]))
+    version = header.get("v", 1)
+    if version not in (1, FRAME_FORMAT):
+        raise FrameFormatError(f"a WAL frame of format {version!r}: this release reads formats 1 and {FRAME_FORMAT}; "
+                               "run the release that wrote the WAL until it has shipped it, or move the WAL aside")
+    return header, 4 + header_len
+
+
+def decode_checkpoints(payload: "bytes | memoryview"
+                       ) -> tuple[dict[str, SourceCheckpoint | None], dict[str, ChainCheckpoint]]:
+    """Where the frame leaves its sources and chains (recovery reads only this)."""
+    header, _ = _header(payload)
+    return _checkpoints(header)
+
+
+def _checkpoints(header: dict) -> tuple[dict[str, SourceCheckpoint | None], dict[str, ChainCheckpoint]]:
+    sources = {key: None if value is None else SourceCheckpoint.from_list(value)
+               for key, value in header["sources"].items()}
+    chains = {name: ChainCheckpoint.from_list(value) for name, value in header["chains"].items()}
+    return sources, chains
 
 
 def decode_batch(payload: "bytes | memoryview") -> Batch:
-    (header_len,) = _U32.unpack_from(payload, 0)
-    header = json.loads(bytes(payload[4:4 + header_len]))
-    position = 4 + header_len
+    header, position = _header(payload)
     (count,) = _U32.unpack_from(payload, position)
     position += 4
     lengths = array("I")
@@ -182,4 +212,5 @@ def decode_batch(payload: "bytes | memoryview") -> Batch:
         index += run_count
     if index != count:
         raise ValueError(f"batch header names {index} records, the body holds {count}")
-    return Batch(runs, header["sources"], header["chains"], header.get("t", 0.0))
+    sources, chains = _checkpoints(header)
+    return Batch(runs, sources, chains, header.get("t", 0.0))

@@ -24,7 +24,7 @@ from .batch import Batch, Run, Sealed
 from .config import Settings, SourceMode
 from .discover import DiscoveredFile, discover, discover_flat
 from .metrics import Metrics
-from .model import ContainerRef, FileId, LossEvent, SourcePosition
+from .model import ChainCheckpoint, ContainerRef, LossEvent, SourceCheckpoint
 from .parse import Entries, EntryFlag, StreamParser
 from .records import ChainContext, SealStats, seal_control, seal_entries_packed
 from .seal import (TYPE_CHECKPOINT, TYPE_CLOSE, TYPE_GAP, TYPE_MANIFEST, ChainHead, Identity, Signer,
@@ -48,7 +48,7 @@ class _Source:
     tailer: Tailer
     parser: StreamParser
     first_seen: float
-    position: list | None = None        # [dev, ino, fingerprint, path, offset, chain]
+    position: SourceCheckpoint | None = None
     finished: bool = False
 
 
@@ -133,14 +133,15 @@ class Ingest:
         name = ref.chain
         chain = self._chains.get(name)
         if chain is None:
-            restored = self._restored_chains.get(name)
-            if restored is not None:
-                seq, hash_hex, closed = restored
-                head = ChainHead(name, seq, bytes.fromhex(hash_hex))
-            else:
-                head, closed = ChainHead.genesis(name), False
+            head, closed = self._restored_head(name)
             chain = self._chains[name] = _Chain(head, ref, self._topic_for(ref), closed)
         return chain
+
+    def _restored_head(self, name: str) -> tuple[ChainHead, bool]:
+        restored = self._restored_chains.get(name)
+        if restored is None:
+            return ChainHead.genesis(name), False
+        return ChainHead(name, restored.seq, restored.hash, restored.tree), restored.closed
 
     def _topic_for(self, ref: ContainerRef) -> str:
         template = self._topic_template
@@ -175,10 +176,7 @@ class Ingest:
         if chain.closed:
             return
         saved = self._restored_sources.pop(found.path, None)
-        position = None
-        if saved is not None:
-            dev, ino, fingerprint, path, offset, _chain_name = saved
-            position = SourcePosition(FileId(dev, ino, fingerprint), path, offset)
+        position = saved.position if saved is not None else None
         fmt = self.sources_config.sidecar_format if self.sources_config.mode is SourceMode.sidecar else None
         parser = StreamParser(fmt=fmt, max_entry_bytes=self.sources_config.max_entry_bytes,
                               multiline_start=self.sources_config.multiline_start_pattern,
@@ -276,9 +274,7 @@ class Ingest:
                     position = source.tailer.position_of(chunk.file_id, chunk.offset + len(chunk.data))
                 else:
                     position = source.tailer.position_of(chunk.file_id, parser.safe_offset)
-                file_id = position.file_id
-                source.position = [file_id.dev, file_id.ino, file_id.fingerprint, position.path, position.offset,
-                                   ref.chain]
+                source.position = SourceCheckpoint(position.file_id, position.path, position.offset, ref.chain)
             batch.sources[source.key] = source.position
         if polled.finished:
             source.finished = True
@@ -295,9 +291,7 @@ class Ingest:
             excluded += len(parser.feed(chunk.data, chunk.offset, chunk.end_of_file))
             end = chunk.offset + len(chunk.data) if chunk.end_of_file else parser.safe_offset
             position = source.tailer.position_of(chunk.file_id, end)
-            file_id = position.file_id
-            source.position = [file_id.dev, file_id.ino, file_id.fingerprint, position.path, position.offset,
-                               source.ref.chain]
+            source.position = SourceCheckpoint(position.file_id, position.path, position.offset, source.ref.chain)
         if polled.chunks:
             batch.sources[source.key] = source.position
         if excluded:
@@ -424,8 +418,7 @@ class Ingest:
         return emitted
 
     def _chain_named(self, name: str, ref: ContainerRef) -> _Chain:
-        restored = self._restored_chains.get(name)
-        head = ChainHead(name, restored[0], bytes.fromhex(restored[1])) if restored else ChainHead.genesis(name)
+        head, _closed = self._restored_head(name)
         topic = self._topic_template if "{" not in self._topic_template else \
             self._topic_template.format(namespace="audit-shipper", pod=self.node, container="manifest")
         chain = self._chains[name] = _Chain(head, ref, topic)
@@ -453,7 +446,8 @@ class Ingest:
         batch.runs = list(runs.values())
         for name in runs:
             chain = self._chains[name]
-            batch.chains[name] = [chain.head.seq, chain.head.hash.hex(), chain.closed]
+            head = chain.head
+            batch.chains[name] = ChainCheckpoint(head.seq, head.hash, chain.closed, head.tree)
 
     def close(self) -> None:
         for source in self._sources.values():

@@ -1,11 +1,16 @@
-"""Value types shared by the stages: identities and positions of sources, loss events.
+"""Value types shared by the stages: identities and positions of sources, loss events, and the
+checkpoints a WAL commit carries (where each source and chain stands after it).
 
-Only plain data lives here; every stage imports it, it imports nothing of ours.
+Only plain data lives here; every stage imports it, it imports nothing of ours but the Merkle
+frontier (a value type too). The checkpoints are turned into lists only where they are written:
+the WAL frame header (batch.py) and state.db (state.py).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+
+from .merkle import Frontier
 
 
 @dataclass(slots=True, frozen=True)
@@ -74,3 +79,53 @@ class SourcePosition:
     file_id: FileId
     path: str
     offset: int
+
+
+@dataclass(slots=True, frozen=True)
+class SourceCheckpoint:
+    """Where one source stands once a WAL commit is durable: its file (identity, last known path),
+    the offset of the first byte not committed, and the chain it feeds."""
+
+    file_id: FileId
+    path: str
+    offset: int
+    chain: str
+
+    @property
+    def position(self) -> SourcePosition:
+        return SourcePosition(self.file_id, self.path, self.offset)
+
+    def to_list(self) -> list:
+        file_id = self.file_id
+        return [file_id.dev, file_id.ino, file_id.fingerprint, self.path, self.offset, self.chain]
+
+    @classmethod
+    def from_list(cls, value: list) -> SourceCheckpoint:
+        dev, ino, fingerprint, path, offset, chain = value
+        return cls(FileId(dev, ino, fingerprint), path, offset, chain)
+
+
+_NO_TREE = Frontier()
+
+
+@dataclass(slots=True, frozen=True)
+class ChainCheckpoint:
+    """Where one chain stands once a WAL commit is durable: its head (seq, hash), whether it is
+    closed, and the Merkle frontier over its records (empty for a chain restored from a release that
+    kept none: its tree starts again at its next record)."""
+
+    seq: int
+    hash: bytes
+    closed: bool = False
+    tree: Frontier = _NO_TREE
+
+    def to_list(self) -> list:
+        return [self.seq, self.hash.hex(), self.closed, self.tree.to_bytes().hex()]
+
+    @classmethod
+    def from_list(cls, value: list) -> ChainCheckpoint:
+        """From a frame header or state row: [seq, hash hex, closed, tree hex], or the three-element
+        form of frame format 1, which had no tree."""
+        seq, hash_hex, closed, *rest = value
+        tree = Frontier.from_bytes(bytes.fromhex(rest[0])) if rest and rest[0] else _NO_TREE
+        return cls(seq, bytes.fromhex(hash_hex), bool(closed), tree)

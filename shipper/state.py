@@ -16,8 +16,10 @@ import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .batch import Frame, decode_header
+from .batch import Frame, decode_checkpoints
+from .merkle import Frontier
 from .metrics import Metrics
+from .model import ChainCheckpoint, SourceCheckpoint
 from .wal import Wal, WalPosition, WalWriteError
 
 log = logging.getLogger("shipper.state")
@@ -29,21 +31,22 @@ DISK_RESERVE_BYTES = 1 << 20
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sources (key TEXT PRIMARY KEY, dev INTEGER, ino INTEGER, fingerprint TEXT,
                                     path TEXT, offset INTEGER, chain TEXT);
-CREATE TABLE IF NOT EXISTS chains (chain TEXT PRIMARY KEY, seq INTEGER, hash TEXT, closed INTEGER);
+CREATE TABLE IF NOT EXISTS chains (chain TEXT PRIMARY KEY, seq INTEGER, hash TEXT, closed INTEGER, tree BLOB);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 """
 
 
 @dataclass(slots=True)
 class Snapshot:
-    """Sources as [dev, ino, fingerprint, path, offset, chain]; chains as [seq, hash_hex, closed];
-    a source mapped to None was dropped (its file is gone for good)."""
+    """Where every source and chain stood as of `position`; a source mapped to None was dropped (its
+    file is gone for good)."""
 
-    sources: dict[str, list | None] = field(default_factory=dict)
-    chains: dict[str, list] = field(default_factory=dict)
+    sources: dict[str, SourceCheckpoint | None] = field(default_factory=dict)
+    chains: dict[str, ChainCheckpoint] = field(default_factory=dict)
     position: WalPosition = WalPosition(0, 0)
 
-    def apply(self, sources: dict[str, list | None], chains: dict[str, list], position: WalPosition) -> None:
+    def apply(self, sources: dict[str, SourceCheckpoint | None], chains: dict[str, ChainCheckpoint],
+              position: WalPosition) -> None:
         self.sources.update(sources)
         self.chains.update(chains)
         if position > self.position:
@@ -61,6 +64,10 @@ class StateStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(chains)")}
+        if "tree" not in columns:
+            # state.db of a release without Merkle trees: its chains start a new tree at their next record.
+            self._db.execute("ALTER TABLE chains ADD COLUMN tree BLOB")
         for suffix in ("-wal", "-shm"):
             side = Path(str(self.path) + suffix)
             if side.exists():
@@ -68,17 +75,19 @@ class StateStore:
 
     def load(self) -> Snapshot:
         snapshot = Snapshot()
-        for key, dev, ino, fingerprint, path, offset, chain in self._db.execute("SELECT * FROM sources"):
-            snapshot.sources[key] = [dev, ino, fingerprint, path, offset, chain]
-        for chain, seq, hash_hex, closed in self._db.execute("SELECT * FROM chains"):
-            snapshot.chains[chain] = [seq, hash_hex, bool(closed)]
+        for key, *value in self._db.execute("SELECT key, dev, ino, fingerprint, path, offset, chain FROM sources"):
+            snapshot.sources[key] = SourceCheckpoint.from_list(value)
+        for chain, seq, hash_hex, closed, tree in self._db.execute("SELECT chain, seq, hash, closed, tree FROM chains"):
+            snapshot.chains[chain] = ChainCheckpoint(seq, bytes.fromhex(hash_hex), bool(closed),
+                                                     Frontier.from_bytes(tree) if tree else Frontier())
         row = self._db.execute("SELECT value FROM meta WHERE key = 'position'").fetchone()
         if row:
             segment, offset = (int(part) for part in row[0].split())
             snapshot.position = WalPosition(segment, offset)
         return snapshot
 
-    def save(self, sources: dict[str, list | None], chains: dict[str, list], position: WalPosition) -> None:
+    def save(self, sources: dict[str, SourceCheckpoint | None], chains: dict[str, ChainCheckpoint],
+             position: WalPosition) -> None:
         db = self._db
         db.execute("BEGIN")
         try:
@@ -86,9 +95,10 @@ class StateStore:
                 if value is None:
                     db.execute("DELETE FROM sources WHERE key = ?", (key,))
                 else:
-                    db.execute("INSERT OR REPLACE INTO sources VALUES (?, ?, ?, ?, ?, ?, ?)", (key, *value))
-            db.executemany("INSERT OR REPLACE INTO chains VALUES (?, ?, ?, ?)",
-                           [(chain, seq, hash_hex, int(closed)) for chain, (seq, hash_hex, closed) in chains.items()])
+                    db.execute("INSERT OR REPLACE INTO sources VALUES (?, ?, ?, ?, ?, ?, ?)", (key, *value.to_list()))
+            db.executemany("INSERT OR REPLACE INTO chains (chain, seq, hash, closed, tree) VALUES (?, ?, ?, ?, ?)",
+                           [(name, chain.seq, chain.hash.hex(), int(chain.closed), chain.tree.to_bytes())
+                            for name, chain in chains.items()])
             db.execute("INSERT OR REPLACE INTO meta VALUES ('position', ?)", (f"{position.segment} {position.offset}",))
             db.execute("COMMIT")
         except BaseException:
@@ -106,8 +116,8 @@ def roll_forward(snapshot: Snapshot, wal: Wal) -> int:
     rolled = 0
     for _start, end, payload in wal.scan_unacked():
         if end > snapshot.position:
-            header = decode_header(payload)
-            snapshot.apply(header["sources"], header["chains"], snapshot.position)
+            sources, chains = decode_checkpoints(payload)
+            snapshot.apply(sources, chains, snapshot.position)
             rolled += 1
     return rolled
 

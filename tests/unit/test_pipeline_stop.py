@@ -49,7 +49,7 @@ def test_a_batch_read_ahead_when_the_stop_comes_is_committed(tmp_path, monkeypat
             batch = decode_batch(payload)
             for run in batch.runs:
                 seqs.setdefault(run.chain, []).extend(range(run.first_seq, run.first_seq + len(run.values)))
-            heads.update({chain: head[0] for chain, head in batch.chains.items()})
+            heads.update({chain: head.seq for chain, head in batch.chains.items()})
         assert seqs and all(chain_seqs == list(range(1, len(chain_seqs) + 1)) for chain_seqs in seqs.values())
         in_memory = {name: chain.head.seq for name, chain in ingest._chains.items()}
         assert heads == in_memory == {chain: len(chain_seqs) for chain, chain_seqs in seqs.items()}
