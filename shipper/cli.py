@@ -21,7 +21,10 @@ def _parser() -> argparse.ArgumentParser:
     config.add_argument("--reference", action="store_true", help="print the configuration reference (Markdown)")
     commands.add_parser("verify", help="verify hash chains and checkpoints in a topic or file", add_help=False)
     keygen = commands.add_parser("keygen", help="write an Ed25519 key pair for signing checkpoints")
-    keygen.add_argument("--out", default=".", help="directory for signing-key.pem and signing-key.pub.pem")
+    keygen.add_argument("--out", default=".", help="directory for signing-key.pem, signing-key.pub.pem and "
+                        "signing-key.vkey")
+    keygen.add_argument("--name", help="key name in the notes (set the same as seal.key_id; default: derived from "
+                        "the public key)")
     demo = commands.add_parser("demo", help="simulated node -> real pipeline -> embedded broker -> verify")
     demo.add_argument("--seconds", type=float, default=10.0, help="how long the simulated pods write")
     demo.add_argument("--pods", type=int, default=6)
@@ -50,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"shipper: {exc}", file=sys.stderr)
         return 2
     if args.command == "keygen":
-        return _keygen(Path(args.out))
+        return _keygen(Path(args.out), args.name)
     if args.command == "demo":
         from .demo.run import run_demo
 
@@ -72,7 +75,10 @@ def _run(settings) -> int:
         return 130
 
 
-def _keygen(out: Path) -> int:
+def _keygen(out: Path, name: str | None) -> int:
+    from cryptography.hazmat.primitives import serialization
+
+    from .note import BadNote, verifier_key
     from .seal import generate_key_pair, key_id_of, load_public_key
 
     out.mkdir(parents=True, exist_ok=True)
@@ -81,12 +87,20 @@ def _keygen(out: Path) -> int:
         print(f"shipper: {private_path} exists; not overwriting a signing key", file=sys.stderr)
         return 2
     private, public = generate_key_pair()
+    public_key = load_public_key(public)
+    name = name or key_id_of(public_key)
+    try:
+        vkey = verifier_key(name, public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))
+    except BadNote as exc:
+        print(f"shipper: --name {name!r}: {exc}", file=sys.stderr)
+        return 2
     fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(private)
     public_path.write_bytes(public)
-    print(f"wrote {private_path} (keep secret; mount as a Secret) and {public_path} "
-          f"(give to auditors); key id {key_id_of(load_public_key(public))}")
+    (out / "signing-key.vkey").write_text(vkey + "\n")
+    print(f"wrote {private_path} (keep secret; mount as a Secret), {public_path} and signing-key.vkey (the "
+          f"C2SP verifier key, for any signed-note verifier; give both to auditors); key name {name}")
     return 0
 
 
