@@ -49,7 +49,8 @@ class SourcesConfig(_Section):
     max_entry_bytes: int = Field(1 * MiB, ge=1024, le=64 * MiB, description="Longest entry (partial lines joined); "
                                  "longer entries are cut, marked truncated, the rest continues as the next entry.")
     multiline_start_pattern: str | None = Field(None, description="Regex matching the first line of a multi-line "
-                                                "entry (e.g. `^\\\\S` for stack traces); off when unset.")
+                                                "entry (e.g. `^\\\\S` for stack traces); off when unset. Per pod: "
+                                                "annotation `audit-shipper.io/multiline-start`.")
     multiline_max_lines: int = Field(500, ge=2, description="Most lines grouped into one multi-line entry.")
     max_open_files: int = Field(4096, ge=16, description="Most files tailed at once; more are queued and counted.")
 
@@ -58,7 +59,7 @@ class SourcesConfig(_Section):
     def _compiles(cls, value: str | None) -> str | None:
         if value is not None:
             try:
-                re.compile(value)
+                re.compile(value.encode())        # as the parser compiles it: over bytes
             except re.error as exc:
                 raise ValueError(f"not a valid regular expression: {exc}") from None
         return value
@@ -134,7 +135,8 @@ class Compression(str, Enum):
 class KafkaConfig(_Section):
     bootstrap_servers: str = Field("127.0.0.1:9092", description="Comma-separated `host:port` list.")
     topic: str = Field("logs", description="Topic, or a template with `{namespace}`, `{pod}`, `{container}`, "
-                       "e.g. `logs.{namespace}`.")
+                       "e.g. `logs.{namespace}`. Per pod: annotation `audit-shipper.io/topic` (see "
+                       "`enrich.topic_annotation_allow`).")
     client_id: str = Field("audit-shipper", description="Kafka client id.")
     security_protocol: SecurityProtocol = Field(SecurityProtocol.PLAINTEXT, description="Transport security.")
     tls: TlsConfig = TlsConfig()
@@ -199,6 +201,14 @@ class EnrichConfig(_Section):
     label_include: list[str] = Field(["*"], description="Pod/namespace label keys copied (globs).")
     label_exclude: list[str] = Field([], description="Label keys never copied (globs; wins).")
     annotation_include: list[str] = Field([], description="Pod annotation keys copied (globs).")
+    namespace_selector: str = Field("", description="Label selector over namespace labels (`kubectl -l` syntax: "
+                                    "`key=value,key!=value,key in (a,b),key notin (a,b),key,!key`); the logs of "
+                                    "pods in namespaces that do not match are read and dropped (counted). Empty: "
+                                    "every namespace. `kubernetes.io/metadata.name` selects by name.")
+    topic_annotation_allow: list[str] = Field([], description="Topics (globs) a pod may choose with the annotation "
+                                              "`audit-shipper.io/topic`; others are refused (logged, counted) and "
+                                              "`kafka.topic` applies. Empty: the annotation is refused. List only "
+                                              "topics that exist: sending waits for a missing one.")
     deleted_pod_grace_s: float = Field(300, ge=0, description="How long a deleted pod's metadata stays cached.")
     unknown_pod_wait_ms: int = Field(2000, ge=0, le=60_000, description="How long lines of a pod not yet seen "
                                      "wait for its metadata before shipping with path-derived metadata.")
@@ -211,6 +221,17 @@ class EnrichConfig(_Section):
     default_redactions: bool = Field(True, description="Apply the built-in rules (bearer tokens, AWS keys, "
                                      "passwords in URLs, card numbers).")
     redactions: list[RedactionRule] = Field([], description="Additional redaction rules, applied before the seal.")
+
+    @field_validator("namespace_selector")
+    @classmethod
+    def _parses(cls, value: str) -> str:
+        from .enrich.selector import SelectorSyntaxError, parse_selector   # enrich imports this module
+
+        try:
+            parse_selector(value)
+        except SelectorSyntaxError as exc:
+            raise ValueError(str(exc)) from None
+        return value
 
 
 class SealConfig(_Section):
@@ -333,6 +354,8 @@ def _render_default(value: Any) -> str:
         return f"`{value.value}`"
     if value is None:
         return "unset"
+    if value == "":
+        return '`""`'
     return f"`{value!r}`" if not isinstance(value, str) else f"`{value}`"
 
 
@@ -348,4 +371,8 @@ def reference_markdown() -> str:
     for name, kind, default, description in iter_options():
         out.append(f"| `{name}` | {kind.replace('|', chr(92) + '|') if chr(92) not in kind else kind} | "
                    f"{default} | {description.replace('|', chr(92) + '|')} |")
+    from .enrich.pod_control import REFERENCE        # enrich imports this module
+
+    out += ["", *REFERENCE]
     return "\n".join(out) + "\n"
+

@@ -47,7 +47,7 @@ class _Source:
     key: str
     ref: ContainerRef
     tailer: Tailer
-    parser: StreamParser
+    parser: StreamParser | None         # chosen at the first read, when the pod's annotations can be known
     first_seen: float
     position: list | None = None        # [dev, ino, fingerprint, path, offset, chain]
     finished: bool = False
@@ -59,6 +59,7 @@ class _Chain:
     ref: ContainerRef
     topic: str
     closed: bool = False
+    topic_fixed: bool = False           # set at its first read in this process; never changes after
     since_checkpoint: int = 0
     last_checkpoint: float = field(default_factory=time.monotonic)
     sources: int = 0
@@ -141,10 +142,14 @@ class Ingest:
                 head = ChainHead(name, seq, bytes.fromhex(hash_hex))
             else:
                 head, closed = ChainHead.genesis(name), False
-            chain = self._chains[name] = _Chain(head, ref, self._topic_for(ref), closed)
+            chain = self._chains[name] = _Chain(head, ref, self._template_topic(ref), closed)
         return chain
 
     def _topic_for(self, ref: ContainerRef) -> str:
+        chosen = self.provider.topic(ref)       # the pod's annotation, when allowed
+        return self._template_topic(ref) if chosen is None else chosen
+
+    def _template_topic(self, ref: ContainerRef) -> str:
         template = self._topic_template
         if "{" not in template:
             return template
@@ -181,16 +186,22 @@ class Ingest:
         if saved is not None:
             dev, ino, fingerprint, path, offset, _chain_name = saved
             position = SourcePosition(FileId(dev, ino, fingerprint), path, offset)
-        fmt = self.sources_config.sidecar_format if self.sources_config.mode is SourceMode.sidecar else None
-        parser = StreamParser(fmt=fmt if fmt != "raw" or self.sources_config.mode is SourceMode.sidecar else None,
-                              max_entry_bytes=self.sources_config.max_entry_bytes,
-                              multiline_start=self.sources_config.multiline_start_pattern,
-                              multiline_max_lines=self.sources_config.multiline_max_lines)
-        if position is not None:
-            parser.reset(position.offset)
         tailer = Tailer(found.path, found.ref, position, read_size=self.read_size)
-        self._sources[found.path] = _Source(found.path, found.ref, tailer, parser, time.monotonic(), saved)
+        self._sources[found.path] = _Source(found.path, found.ref, tailer, None, time.monotonic(), saved)
         chain.sources += 1
+
+    def _new_parser(self, source: _Source) -> StreamParser:
+        config = self.sources_config
+        fmt = config.sidecar_format if config.mode is SourceMode.sidecar else None
+        multiline_start = self.provider.multiline_start(source.ref)     # the pod's annotation: "" is off
+        if multiline_start is None:
+            multiline_start = config.multiline_start_pattern
+        parser = StreamParser(fmt=fmt if fmt != "raw" or config.mode is SourceMode.sidecar else None,
+                              max_entry_bytes=config.max_entry_bytes, multiline_start=multiline_start or None,
+                              multiline_max_lines=config.multiline_max_lines)
+        if source.position is not None:       # nothing read yet: still the position restored at start
+            parser.reset(source.position[4])
+        return parser
 
     # -- the cycle -------------------------------------------------------------------------------
     def add_external_gap(self, chain: str, loss: LossEvent, missing_seq: int, missing_hash: str,
@@ -246,11 +257,16 @@ class Ingest:
         provider = self.provider
         if provider.should_wait(ref, source.first_seen):
             return 0
+        if source.parser is None:
+            source.parser = self._new_parser(source)
         polled = source.tailer.poll()
-        if provider.is_excluded(ref):
-            self._drop_excluded(source, polled, batch)
+        excluded = provider.exclusion(ref)
+        if excluded is not None:
+            self._drop_excluded(source, polled, batch, excluded)
             return 0
         chain = self._chain(ref)
+        if not chain.topic_fixed:
+            chain.topic, chain.topic_fixed = self._topic_for(ref), True
         emitted = 0
         for loss in polled.losses:
             emitted += self._record_loss(chain, loss, observed, runs)
@@ -287,7 +303,7 @@ class Ingest:
             source.finished = True
         return emitted
 
-    def _drop_excluded(self, source: _Source, polled, batch: Batch) -> None:
+    def _drop_excluded(self, source: _Source, polled, batch: Batch, reason: str) -> None:
         """An excluded pod's lines are read and counted, never shipped; its position moves on so a
         later un-exclusion does not ship the past (the provider logs each exclusion once)."""
         parser = source.parser
@@ -304,7 +320,7 @@ class Ingest:
         if polled.chunks:
             batch.sources[source.key] = source.position
         if excluded:
-            self.metrics.excluded.inc(excluded)
+            self.metrics.excluded.labels(reason=reason).inc(excluded)
         if polled.finished:
             source.finished = True
 

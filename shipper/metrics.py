@@ -59,7 +59,11 @@ class Metrics:
         self.watch_restarts = Counter(p + "metadata_watch_restarts_total", "Watch restarts", ["resource", "reason"],
                                       registry=r)
         self.api_errors = Counter(p + "metadata_api_errors_total", "Kubernetes API errors", ["resource"], registry=r)
-        self.excluded = Counter(p + "excluded_entries_total", "Entries of excluded pods (annotation)", registry=r)
+        self.excluded = Counter(p + "excluded_entries_total", "Entries of excluded pods, by why (`annotation`, "
+                                "`namespace_selector`)", ["reason"], registry=r)
+        self.annotation_errors = Counter(p + "annotation_errors_total", "Pod annotations whose value cannot be used "
+                                         "(once per pod and value; the configured default applies)", ["annotation"],
+                                         registry=r)
         self.redactions = Counter(p + "redactions_total", "Redactions applied, by rule", ["rule"], registry=r)
         # liveness
         self.up = Gauge(p + "pipeline_running", "1 while the pipeline runs", registry=r)
