@@ -103,8 +103,7 @@ class Server:
                 log.info("signal %s: draining (grace %.0fs)", signal.Signals(signum).name, settings.shutdown_grace_s)
                 self.stopping.set()
             else:
-                log.warning("second signal: exiting now; unacknowledged records stay in the WAL")
-                os._exit(0)
+                self._exit_now(signum)
 
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, on_signal, signum)
@@ -122,3 +121,20 @@ class Server:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)
         return 0
+
+    def _exit_now(self, signum: int) -> None:
+        """The second SIGTERM/SIGINT: no drain. What the WAL holds is fsynced (it is sent on the next
+        start; the lines not yet in it are read again from their files), then the process exits at once
+        with 128 + the signal number, as a shell reports a process killed by it."""
+        status = 128 + signum
+        wal = self.pipeline.wal if self.pipeline is not None else None
+        if wal is None:
+            outcome = "the WAL was not open yet"
+        elif wal.fsync_now():
+            outcome = "the WAL is fsynced; unacknowledged records are sent on the next start"
+        else:
+            outcome = ("the WAL fsync failed: what it holds survives this exit (the page cache) but not a power "
+                       "loss before the kernel writes it")
+        log.warning("second signal %s: exiting now with status %d without draining; %s",
+                    signal.Signals(signum).name, status, outcome)
+        os._exit(status)
