@@ -260,7 +260,9 @@ class Settings(BaseSettings):
     enrich: EnrichConfig = EnrichConfig()
     seal: SealConfig = SealConfig()
     metrics: MetricsConfig = MetricsConfig()
-    shutdown_grace_s: float = Field(30, gt=0, description="On SIGTERM: longest wait for Kafka acks before exit.")
+    shutdown_grace_s: float = Field(30, gt=0, description="On SIGTERM: longest wait for Kafka acks before exit. "
+                                    "A second SIGTERM or SIGINT exits at once with status 128 + signal (the WAL "
+                                    "fsynced; the rest is sent on the next start).")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Self-log level (JSON on stderr).")
 
     @classmethod
