@@ -128,6 +128,7 @@ class Ingest:
         self._manifest_dirty: set[str] = set()
         self._last_manifest = time.monotonic()
         self._topic_template = settings.kafka.topic
+        self._source_globs = (settings.sources.include, settings.sources.exclude)
         # One read turns into about 3-4x its size in records: keep a batch near commit_bytes.
         self.read_size = max(4096, min(settings.sources.read_size, settings.wal.commit_bytes // 4))
 
@@ -162,6 +163,9 @@ class Ingest:
             result = discover_flat(config.sidecar_dir, self._sidecar_template(), config.include, config.exclude)
         else:
             result = discover(config.roots, config.symlink_roots, config.include, config.exclude)
+        if (config.include, config.exclude) != self._source_globs:
+            self._source_globs = (config.include, config.exclude)
+            self._close_unselected(result)
         for rejected in result.rejected:
             if rejected.path not in self._rejected_seen:
                 self._rejected_seen.add(rejected.path)
@@ -171,6 +175,26 @@ class Ingest:
             if found.path not in self._sources and len(self._sources) < config.max_open_files:
                 self._add_source(found)
         self.metrics.files_tracked.set(len(self._sources))
+
+    def reconfigure(self, settings: Settings) -> None:
+        """A reloaded configuration (reload.py changes only what may change while running): new source
+        globs apply at the next discovery, moved up to the next cycle."""
+        self.settings = settings
+        self.sources_config = settings.sources
+        self._last_discovery = 0.0
+
+    def _close_unselected(self, result) -> None:
+        """The source globs changed: files being read that no longer match are closed, their chains
+        stay open. Their positions are kept, so a later match resumes there, as a restart would; a file
+        missing from the discovery because it is gone is left to drain."""
+        selected = {found.path for found in result.files}
+        for key in [key for key in self._sources if key not in selected and os.path.exists(key)]:
+            source = self._sources.pop(key)
+            source.tailer.close()
+            self._chains[source.ref.chain].sources -= 1
+            if source.position is not None:
+                self._restored_sources[key] = source.position
+            log.info("not reading %s any more: it does not match sources.include/exclude", key)
 
     def _sidecar_template(self) -> ContainerRef:
         env = os.environ

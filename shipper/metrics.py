@@ -65,6 +65,11 @@ class Metrics:
                                          "(once per pod and value; the configured default applies)", ["annotation"],
                                          registry=r)
         self.redactions = Counter(p + "redactions_total", "Redactions applied, by rule", ["rule"], registry=r)
+        # configuration
+        self.config_generation = Gauge(p + "config_generation", "Configuration reloads applied since start "
+                                       "(SIGHUP or a change of the file)", registry=r)
+        self.config_reload_failures = Counter(p + "config_reload_failures_total", "Reloads refused (the new "
+                                              "configuration is not valid; the running one is kept)", registry=r)
         # liveness
         self.up = Gauge(p + "pipeline_running", "1 while the pipeline runs", registry=r)
         self.wal_reads = Counter(p + "wal_reads_total", "Times the sender read frames back from the WAL files "
