@@ -67,7 +67,7 @@ def _run(settings) -> int:
 
     setup_logging(settings.log_level)
     try:
-        return asyncio.run(Server(settings).serve())
+        return asyncio.run(Server(settings, config_file=os.environ.get("SHIPPER_CONFIG_FILE")).serve())
     except (UnsafeStateDirectory, ConfigError) as exc:
         print(f"shipper: {exc}", file=sys.stderr)
         return 2

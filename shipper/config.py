@@ -23,6 +23,12 @@ class ConfigError(Exception):
     """The configuration cannot be used; the message names the option and what is wrong."""
 
 
+def Reloadable(default: Any, **kwargs: Any) -> Any:
+    """An option a running shipper takes in on SIGHUP or a change of its file (shipper/reload.py); every
+    other option needs a restart."""
+    return Field(default, json_schema_extra={"reloadable": True}, **kwargs)
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -38,8 +44,10 @@ class SourcesConfig(_Section):
     roots: list[str] = Field(["/var/log/pods"], description="Directories holding `<ns>_<pod>_<uid>/<container>/<n>.log`. "
                              "Symlinks are followed only when their target stays inside one of these.")
     symlink_roots: list[str] = Field(["/var/log/containers"], description="Directories of `*.log` symlinks into `roots`.")
-    include: list[str] = Field([], description="Glob patterns over the path; when set, only matching files are read.")
-    exclude: list[str] = Field([], description="Glob patterns over the path that are never read (wins over include).")
+    include: list[str] = Reloadable([], description="Glob patterns over the path; when set, only matching files are "
+                                    "read.")
+    exclude: list[str] = Reloadable([], description="Glob patterns over the path that are never read (wins over "
+                                    "include).")
     sidecar_dir: str = Field("/var/log/app", description="Sidecar mode: directory of the application's log files.")
     sidecar_format: Literal["cri", "docker", "raw"] = Field("raw", description="Sidecar mode: line format of the files.")
     discover_interval_s: float = Field(1.0, gt=0, le=60, description="How often new log files are looked for.")
@@ -49,7 +57,8 @@ class SourcesConfig(_Section):
     max_entry_bytes: int = Field(1 * MiB, ge=1024, le=64 * MiB, description="Longest entry (partial lines joined); "
                                  "longer entries are cut, marked truncated, the rest continues as the next entry.")
     multiline_start_pattern: str | None = Field(None, description="Regex matching the first line of a multi-line "
-                                                "entry (e.g. `^\\\\S` for stack traces); off when unset.")
+                                                "entry (e.g. `^\\\\S` for stack traces); off when unset. Per pod: "
+                                                "annotation `audit-shipper.io/multiline-start`.")
     multiline_max_lines: int = Field(500, ge=2, description="Most lines grouped into one multi-line entry.")
     max_open_files: int = Field(4096, ge=16, description="Most files tailed at once; more are queued and counted.")
 
@@ -58,7 +67,7 @@ class SourcesConfig(_Section):
     def _compiles(cls, value: str | None) -> str | None:
         if value is not None:
             try:
-                re.compile(value)
+                re.compile(value.encode())        # as the parser compiles it: over bytes
             except re.error as exc:
                 raise ValueError(f"not a valid regular expression: {exc}") from None
         return value
@@ -133,7 +142,8 @@ class Compression(str, Enum):
 class KafkaConfig(_Section):
     bootstrap_servers: str = Field("127.0.0.1:9092", description="Comma-separated `host:port` list.")
     topic: str = Field("logs", description="Topic, or a template with `{namespace}`, `{pod}`, `{container}`, "
-                       "e.g. `logs.{namespace}`.")
+                       "e.g. `logs.{namespace}`. Per pod: annotation `audit-shipper.io/topic` (see "
+                       "`enrich.topic_annotation_allow`).")
     client_id: str = Field("audit-shipper", description="Kafka client id.")
     security_protocol: SecurityProtocol = Field(SecurityProtocol.PLAINTEXT, description="Transport security.")
     tls: TlsConfig = TlsConfig()
@@ -193,23 +203,46 @@ class RedactionRule(_Section):
 class EnrichConfig(_Section):
     kubernetes: bool = Field(True, description="Watch the API server for pod and namespace metadata.")
     kubeconfig: str | None = Field(None, description="Kubeconfig file (in-cluster ServiceAccount when unset).")
-    service_name_labels: list[str] = Field(["app.kubernetes.io/name", "app"], description="Pod labels tried in "
-                                           "order for `service.name`.")
-    label_include: list[str] = Field(["*"], description="Pod/namespace label keys copied (globs).")
-    label_exclude: list[str] = Field([], description="Label keys never copied (globs; wins).")
-    annotation_include: list[str] = Field([], description="Pod annotation keys copied (globs).")
+    service_name_labels: list[str] = Reloadable(["app.kubernetes.io/name", "app"], description="Pod labels tried "
+                                                "in order for `service.name`.")
+    label_include: list[str] = Reloadable(["*"], description="Pod/namespace label keys copied (globs).")
+    label_exclude: list[str] = Reloadable([], description="Label keys never copied (globs; wins).")
+    annotation_include: list[str] = Reloadable([], description="Pod annotation keys copied (globs).")
+    namespace_selector: str = Reloadable("", description="Label selector over namespace labels (`kubectl -l` "
+                                         "syntax: `key=value,key!=value,key in (a,b),key notin (a,b),key,!key`); the "
+                                         "logs of pods in namespaces that do not match are read and dropped "
+                                         "(counted). Empty: every namespace. `kubernetes.io/metadata.name` selects "
+                                         "by name.")
+    topic_annotation_allow: list[str] = Reloadable([], description="Topics (globs) a pod may choose with the "
+                                                   "annotation `audit-shipper.io/topic`; others are refused (logged, "
+                                                   "counted) and `kafka.topic` applies. Empty: the annotation is "
+                                                   "refused. List only topics that exist: sending waits for a missing "
+                                                   "one.")
     deleted_pod_grace_s: float = Field(300, ge=0, description="How long a deleted pod's metadata stays cached.")
     unknown_pod_wait_ms: int = Field(2000, ge=0, le=60_000, description="How long lines of a pod not yet seen "
                                      "wait for its metadata before shipping with path-derived metadata.")
     watch_timeout_s: int = Field(300, ge=10, description="Server-side timeout of one watch call.")
-    correlation_fields: list[str] = Field(["trace_id", "traceId", "span_id", "spanId", "request_id", "requestId",
-                                           "correlation_id", "correlationId", "x-request-id"],
-                                          description="JSON body fields (and key=value keys) read as correlation ids.")
-    parse_json_bodies: bool = Field(False, description="Copy top-level JSON body fields into attributes "
-                                    "(per pod: annotation `audit-shipper.io/parse-json`).")
-    default_redactions: bool = Field(True, description="Apply the built-in rules (bearer tokens, AWS keys, "
-                                     "passwords in URLs, card numbers).")
-    redactions: list[RedactionRule] = Field([], description="Additional redaction rules, applied before the seal.")
+    correlation_fields: list[str] = Reloadable(["trace_id", "traceId", "span_id", "spanId", "request_id",
+                                                "requestId", "correlation_id", "correlationId", "x-request-id"],
+                                               description="JSON body fields (and key=value keys) read as "
+                                               "correlation ids.")
+    parse_json_bodies: bool = Reloadable(False, description="Copy top-level JSON body fields into attributes "
+                                         "(per pod: annotation `audit-shipper.io/parse-json`).")
+    default_redactions: bool = Reloadable(True, description="Apply the built-in rules (bearer tokens, AWS keys, "
+                                          "passwords in URLs, card numbers).")
+    redactions: list[RedactionRule] = Reloadable([], description="Additional redaction rules, applied before the "
+                                                 "seal.")
+
+    @field_validator("namespace_selector")
+    @classmethod
+    def _parses(cls, value: str) -> str:
+        from .enrich.selector import SelectorSyntaxError, parse_selector   # enrich imports this module
+
+        try:
+            parse_selector(value)
+        except SelectorSyntaxError as exc:
+            raise ValueError(str(exc)) from None
+        return value
 
 
 class SealConfig(_Section):
@@ -243,8 +276,13 @@ class Settings(BaseSettings):
     enrich: EnrichConfig = EnrichConfig()
     seal: SealConfig = SealConfig()
     metrics: MetricsConfig = MetricsConfig()
-    shutdown_grace_s: float = Field(30, gt=0, description="On SIGTERM: longest wait for Kafka acks before exit.")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Self-log level (JSON on stderr).")
+    shutdown_grace_s: float = Field(30, gt=0, description="On SIGTERM: longest wait for Kafka acks before exit. "
+                                    "A second SIGTERM or SIGINT exits at once with status 128 + signal (the WAL "
+                                    "fsynced; the rest is sent on the next start).")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Reloadable("INFO", description="Self-log level (JSON "
+                                                                         "on stderr).")
+    config_poll_interval_s: float = Field(5, ge=0, le=3600, description="How often the configuration file is checked "
+                                          "for a change to reload (0: only on SIGHUP). See \"Reloading\" below.")
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
@@ -324,6 +362,18 @@ def iter_options(model: type[BaseModel] = Settings, prefix: str = "") -> list[tu
     return rows
 
 
+def reloadable_options(model: type[BaseModel] = Settings, prefix: str = "") -> frozenset[str]:
+    """Dotted names of the options declared with `Reloadable` (what a reload may change)."""
+    names: set[str] = set()
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel) and annotation is not RedactionRule:
+            names |= reloadable_options(annotation, f"{prefix}{name}.")
+        elif isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get("reloadable"):
+            names.add(f"{prefix}{name}")
+    return frozenset(names)
+
+
 def _render_type(annotation: Any) -> str:
     text = getattr(annotation, "__name__", None) or str(annotation)
     if isinstance(annotation, type) and issubclass(annotation, Enum):
@@ -337,6 +387,8 @@ def _render_default(value: Any) -> str:
         return f"`{value.value}`"
     if value is None:
         return "unset"
+    if value == "":
+        return '`""`'
     return f"`{value!r}`" if not isinstance(value, str) else f"`{value}`"
 
 
@@ -349,7 +401,15 @@ def reference_markdown() -> str:
            "(e.g. `SHIPPER_KAFKA__BOOTSTRAP_SERVERS`). Lists in the environment are JSON "
            "(`SHIPPER_SOURCES__ROOTS='[\"/var/log/pods\"]'`).", "",
            "| option | type | default | description |", "|---|---|---|---|"]
+    reloadable = reloadable_options()
     for name, kind, default, description in iter_options():
+        if name in reloadable:
+            description += " *Reloadable.*"
         out.append(f"| `{name}` | {kind.replace('|', chr(92) + '|') if chr(92) not in kind else kind} | "
                    f"{default} | {description.replace('|', chr(92) + '|')} |")
+    from .enrich.pod_control import REFERENCE as ANNOTATIONS        # both import this module
+    from .reload import REFERENCE as RELOADING
+
+    out += ["", *RELOADING, "", *ANNOTATIONS]
     return "\n".join(out) + "\n"
+

@@ -46,7 +46,7 @@ class _Source:
     key: str
     ref: ContainerRef
     tailer: Tailer
-    parser: StreamParser
+    parser: StreamParser | None         # chosen at the first read, when the pod's annotations can be known
     first_seen: float
     position: SourceCheckpoint | None = None
     finished: bool = False
@@ -58,6 +58,7 @@ class _Chain:
     ref: ContainerRef
     topic: str
     closed: bool = False
+    topic_fixed: bool = False           # set at its first read in this process; never changes after
     since_checkpoint: int = 0
     last_checkpoint: float = field(default_factory=time.monotonic)
     sources: int = 0
@@ -125,6 +126,7 @@ class Ingest:
         self._manifest_dirty: set[str] = set()
         self._last_manifest = time.monotonic()
         self._topic_template = settings.kafka.topic
+        self._source_globs = (settings.sources.include, settings.sources.exclude)
         # One read turns into about 3-4x its size in records: keep a batch near commit_bytes.
         self.read_size = max(4096, min(settings.sources.read_size, settings.wal.commit_bytes // 4))
 
@@ -134,7 +136,7 @@ class Ingest:
         chain = self._chains.get(name)
         if chain is None:
             head, closed = self._restored_head(name)
-            chain = self._chains[name] = _Chain(head, ref, self._topic_for(ref), closed)
+            chain = self._chains[name] = _Chain(head, ref, self._template_topic(ref), closed)
         return chain
 
     def _restored_head(self, name: str) -> tuple[ChainHead, bool]:
@@ -144,6 +146,10 @@ class Ingest:
         return ChainHead(name, restored.seq, restored.hash, restored.tree), restored.closed
 
     def _topic_for(self, ref: ContainerRef) -> str:
+        chosen = self.provider.topic(ref)       # the pod's annotation, when allowed
+        return self._template_topic(ref) if chosen is None else chosen
+
+    def _template_topic(self, ref: ContainerRef) -> str:
         template = self._topic_template
         if "{" not in template:
             return template
@@ -156,6 +162,9 @@ class Ingest:
             result = discover_flat(config.sidecar_dir, self._sidecar_template(), config.include, config.exclude)
         else:
             result = discover(config.roots, config.symlink_roots, config.include, config.exclude)
+        if (config.include, config.exclude) != self._source_globs:
+            self._source_globs = (config.include, config.exclude)
+            self._close_unselected(result)
         for rejected in result.rejected:
             if rejected.path not in self._rejected_seen:
                 self._rejected_seen.add(rejected.path)
@@ -165,6 +174,26 @@ class Ingest:
             if found.path not in self._sources and len(self._sources) < config.max_open_files:
                 self._add_source(found)
         self.metrics.files_tracked.set(len(self._sources))
+
+    def reconfigure(self, settings: Settings) -> None:
+        """A reloaded configuration (reload.py changes only what may change while running): new source
+        globs apply at the next discovery, moved up to the next cycle."""
+        self.settings = settings
+        self.sources_config = settings.sources
+        self._last_discovery = 0.0
+
+    def _close_unselected(self, result) -> None:
+        """The source globs changed: files being read that no longer match are closed, their chains
+        stay open. Their positions are kept, so a later match resumes there, as a restart would; a file
+        missing from the discovery because it is gone is left to drain."""
+        selected = {found.path for found in result.files}
+        for key in [key for key in self._sources if key not in selected and os.path.exists(key)]:
+            source = self._sources.pop(key)
+            source.tailer.close()
+            self._chains[source.ref.chain].sources -= 1
+            if source.position is not None:
+                self._restored_sources[key] = source.position
+            log.info("not reading %s any more: it does not match sources.include/exclude", key)
 
     def _sidecar_template(self) -> ContainerRef:
         env = os.environ
@@ -177,15 +206,22 @@ class Ingest:
             return
         saved = self._restored_sources.pop(found.path, None)
         position = saved.position if saved is not None else None
-        fmt = self.sources_config.sidecar_format if self.sources_config.mode is SourceMode.sidecar else None
-        parser = StreamParser(fmt=fmt, max_entry_bytes=self.sources_config.max_entry_bytes,
-                              multiline_start=self.sources_config.multiline_start_pattern,
-                              multiline_max_lines=self.sources_config.multiline_max_lines)
-        if position is not None:
-            parser.reset(position.offset)
         tailer = Tailer(found.path, found.ref, position, read_size=self.read_size)
-        self._sources[found.path] = _Source(found.path, found.ref, tailer, parser, time.monotonic(), saved)
+        self._sources[found.path] = _Source(found.path, found.ref, tailer, None, time.monotonic(), saved)
         chain.sources += 1
+
+    def _new_parser(self, source: _Source) -> StreamParser:
+        config = self.sources_config
+        fmt = config.sidecar_format if config.mode is SourceMode.sidecar else None
+        multiline_start = self.provider.multiline_start(source.ref)     # the pod's annotation: "" is off
+        if multiline_start is None:
+            multiline_start = config.multiline_start_pattern
+        parser = StreamParser(fmt=fmt if fmt != "raw" or config.mode is SourceMode.sidecar else None,
+                              max_entry_bytes=config.max_entry_bytes, multiline_start=multiline_start or None,
+                              multiline_max_lines=config.multiline_max_lines)
+        if source.position is not None:       # nothing read yet: still the position restored at start
+            parser.reset(source.position.offset)
+        return parser
 
     # -- the cycle -------------------------------------------------------------------------------
     def add_external_gap(self, chain: str, loss: LossEvent, missing_seq: int, missing_hash: str,
@@ -241,11 +277,16 @@ class Ingest:
         provider = self.provider
         if provider.should_wait(ref, source.first_seen):
             return 0
+        if source.parser is None:
+            source.parser = self._new_parser(source)
         polled = source.tailer.poll()
-        if provider.is_excluded(ref):
-            self._drop_excluded(source, polled, batch)
+        excluded = provider.exclusion(ref)
+        if excluded is not None:
+            self._drop_excluded(source, polled, batch, excluded)
             return 0
         chain = self._chain(ref)
+        if not chain.topic_fixed:
+            chain.topic, chain.topic_fixed = self._topic_for(ref), True
         emitted = 0
         for loss in polled.losses:
             emitted += self._record_loss(chain, loss, observed, runs)
@@ -280,7 +321,7 @@ class Ingest:
             source.finished = True
         return emitted
 
-    def _drop_excluded(self, source: _Source, polled, batch: Batch) -> None:
+    def _drop_excluded(self, source: _Source, polled, batch: Batch, reason: str) -> None:
         """An excluded pod's lines are read and counted, never shipped; its position moves on so a
         later un-exclusion does not ship the past (the provider logs each exclusion once)."""
         parser = source.parser
@@ -295,7 +336,7 @@ class Ingest:
         if polled.chunks:
             batch.sources[source.key] = source.position
         if excluded:
-            self.metrics.excluded.inc(excluded)
+            self.metrics.excluded.labels(reason=reason).inc(excluded)
         if polled.finished:
             source.finished = True
 

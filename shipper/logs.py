@@ -25,10 +25,15 @@ class JsonFormatter(logging.Formatter):
 def setup_logging(level: str = "INFO", stream=None) -> None:
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    # aiokafka logs every failed connection attempt at ERROR; our sender reports outages itself.
-    logging.getLogger("aiokafka").setLevel(max(logging.getLevelName(level), logging.WARNING)
-                                           if isinstance(logging.getLevelName(level), int) else logging.WARNING)
+    logging.getLogger().handlers[:] = [handler]
+    set_level(level)
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
+
+
+def set_level(level: str) -> None:
+    """The self-log level (at start, and when a reload changes log_level)."""
+    logging.getLogger().setLevel(level)
+    # aiokafka logs every failed connection attempt at ERROR; our sender reports outages itself.
+    numeric = logging.getLevelName(level)
+    logging.getLogger("aiokafka").setLevel(max(numeric, logging.WARNING) if isinstance(numeric, int)
+                                           else logging.WARNING)

@@ -61,8 +61,17 @@ class Metrics:
         self.watch_restarts = Counter(p + "metadata_watch_restarts_total", "Watch restarts", ["resource", "reason"],
                                       registry=r)
         self.api_errors = Counter(p + "metadata_api_errors_total", "Kubernetes API errors", ["resource"], registry=r)
-        self.excluded = Counter(p + "excluded_entries_total", "Entries of excluded pods (annotation)", registry=r)
+        self.excluded = Counter(p + "excluded_entries_total", "Entries of excluded pods, by why (`annotation`, "
+                                "`namespace_selector`)", ["reason"], registry=r)
+        self.annotation_errors = Counter(p + "annotation_errors_total", "Pod annotations whose value cannot be used "
+                                         "(once per pod and value; the configured default applies)", ["annotation"],
+                                         registry=r)
         self.redactions = Counter(p + "redactions_total", "Redactions applied, by rule", ["rule"], registry=r)
+        # configuration
+        self.config_generation = Gauge(p + "config_generation", "Configuration reloads applied since start "
+                                       "(SIGHUP or a change of the file)", registry=r)
+        self.config_reload_failures = Counter(p + "config_reload_failures_total", "Reloads refused (the new "
+                                              "configuration is not valid; the running one is kept)", registry=r)
         # liveness
         self.up = Gauge(p + "pipeline_running", "1 while the pipeline runs", registry=r)
         self.wal_reads = Counter(p + "wal_reads_total", "Times the sender read frames back from the WAL files "

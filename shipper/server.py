@@ -1,4 +1,5 @@
-"""The long-running process of `shipper run`: the pipeline, the health server, signals."""
+"""The long-running process of `shipper run`: the pipeline, the health server, signals (SIGTERM and
+SIGINT stop, SIGHUP reloads the configuration) and the configuration reloads."""
 from __future__ import annotations
 
 import asyncio
@@ -12,9 +13,12 @@ from pathlib import Path
 
 from . import native
 from .config import ConfigError, Settings
+from .enrich import build_provider
 from .health import HealthServer, pipeline_checks
+from .logs import set_level
 from .metrics import Metrics
 from .pipeline import Pipeline
+from .reload import ConfigReloader
 
 log = logging.getLogger("shipper.server")
 
@@ -72,10 +76,12 @@ def preflight(settings: Settings) -> None:
 
 
 class Server:
-    def __init__(self, settings: Settings, metrics: Metrics | None = None, provider=None) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None, provider=None,
+                 config_file: str | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.provider = provider
+        self.config_file = config_file      # what SIGHUP reloads (none: SIGHUP is logged and ignored)
         self.pipeline: Pipeline | None = None
         self.health: HealthServer | None = None
         self.stopping = asyncio.Event()
@@ -103,22 +109,57 @@ class Server:
                 log.info("signal %s: draining (grace %.0fs)", signal.Signals(signum).name, settings.shutdown_grace_s)
                 self.stopping.set()
             else:
-                log.warning("second signal: exiting now; unacknowledged records stay in the WAL")
-                os._exit(0)
+                self._exit_now(signum)
 
+        hangup = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, on_signal, signum)
-        self.pipeline = Pipeline(settings, self.metrics, self.provider)
+        loop.add_signal_handler(signal.SIGHUP, hangup.set)
+        if self.provider is None:
+            self.provider = build_provider(settings, self.metrics)
+        pipeline = self.pipeline = Pipeline(settings, self.metrics, self.provider)
+        reloader = ConfigReloader(settings, self.config_file, self.metrics, self._apply_settings)
         if settings.metrics.enabled:
             alive, ready = pipeline_checks(self.pipeline)
             self.health = HealthServer(self.metrics, settings.metrics.host, settings.metrics.port, alive=alive,
                                        ready=ready)
             await self.health.start()
+        reloads = asyncio.create_task(reloader.run(hangup, settings.config_poll_interval_s,
+                                                   ready=lambda: pipeline.ingest is not None), name="reload")
         try:
             await self.pipeline.run(self.stopping)
         finally:
+            reloads.cancel()
+            await asyncio.gather(reloads, return_exceptions=True)
             if self.health is not None:
                 await self.health.stop()
-            for signum in (signal.SIGTERM, signal.SIGINT):
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
         return 0
+
+    def _apply_settings(self, settings: Settings) -> None:
+        """A reload's settings (reload.py: only Reloadable options differ) to the components that read
+        them while running: the provider (filters, selector, body stage), the ingest (source globs) and
+        the log level. The pipeline's own copy keeps the start-up values, all of which stay."""
+        self.provider.reconfigure(settings)
+        assert self.pipeline is not None and self.pipeline.ingest is not None
+        self.pipeline.ingest.reconfigure(settings)
+        set_level(settings.log_level)
+        self.settings = settings
+
+    def _exit_now(self, signum: int) -> None:
+        """The second SIGTERM/SIGINT: no drain. What the WAL holds is fsynced (it is sent on the next
+        start; the lines not yet in it are read again from their files), then the process exits at once
+        with 128 + the signal number, as a shell reports a process killed by it."""
+        status = 128 + signum
+        wal = self.pipeline.wal if self.pipeline is not None else None
+        if wal is None:
+            outcome = "the WAL was not open yet"
+        elif wal.fsync_now():
+            outcome = "the WAL is fsynced; unacknowledged records are sent on the next start"
+        else:
+            outcome = ("the WAL fsync failed: what it holds survives this exit (the page cache) but not a power "
+                       "loss before the kernel writes it")
+        log.warning("second signal %s: exiting now with status %d without draining; %s",
+                    signal.Signals(signum).name, status, outcome)
+        os._exit(status)

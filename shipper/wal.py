@@ -253,6 +253,20 @@ class Wal:
         self.durable = self.written
         return self.durable
 
+    def fsync_now(self) -> bool:
+        """fsync what is appended to the active segment, from any thread, without the writer's
+        bookkeeping: the exit path of a second signal, while a worker thread may be appending.
+
+        Safe beside a concurrent `append`: an fsync does not change the file (a frame being written
+        may end torn, which recovery cuts: TORN_TAIL_TRUNCATED), and a closed segment was fsynced before
+        it was closed (`_roll`). `durable` does not move. False when the fsync failed (e.g. the
+        descriptor was closed by a roll at that instant: the new segment is then empty)."""
+        try:
+            os.fsync(self._fd)
+        except OSError:
+            return False
+        return True
+
     def _roll(self) -> None:
         os.fsync(self._fd)
         os.close(self._fd)

@@ -5,13 +5,19 @@ pods and of namespaces; `PathOnlyProvider` (enrich.kubernetes: false) from the l
 offer, for a `ContainerRef`:
 - `resource_json(ref)`: the record's "resource" object as JSON text, rendered once per container log
   and pod/namespace version, so the ingest thread pays a dict look-up and an identity compare;
-- `is_excluded(ref)`: annotation `audit-shipper.io/exclude: "true"` on the pod, or
-  `audit-shipper.io/exclude-<container>: "true"` (which wins over the pod-wide one either way); each
-  exclusion is logged once with the pod's identity;
-- `should_wait(ref, first_seen)`: lines of a pod the cache does not know yet wait (at most
-  unknown_pod_wait_ms after its file was first seen) while the API is reachable or still starting;
+- `exclusion(ref)`: why the stream's lines are dropped, or None: `"annotation"` (the pod's
+  `audit-shipper.io/exclude`, see pod_control.py) or `"namespace_selector"` (the pod's namespace does
+  not match enrich.namespace_selector); each exclusion is logged once. `is_excluded(ref)`: the same as
+  a bool;
+- `multiline_start(ref)`, `topic(ref)`: what the pod's annotations ask for, or None for the
+  configured default (pod_control.py);
+- `should_wait(ref, first_seen)`: lines of a pod the cache does not know yet (or, with a namespace
+  selector, whose namespace it does not know yet) wait, at most unknown_pod_wait_ms after the file was
+  first seen, while the API is reachable or still starting;
 - `body_processor(ref)`: the body stage (redaction, correlation); `audit-shipper.io/parse-json`
   ("true"/"false") on the pod overrides enrich.parse_json_bodies;
+- `reconfigure(settings)`: the enrich options a reload may change (filters, selector, body stage)
+  take effect for the next lines; nothing of the cache is lost;
 - `api_healthy`, and `async run()`, the watch loops, which never raise on API errors.
 
 The resource says where its metadata came from: `"audit_shipper.metadata": "api"` when the pod was
@@ -38,16 +44,19 @@ from typing import Any
 from ..config import EnrichConfig, Settings
 from ..metrics import Metrics
 from ..model import ContainerRef
+from . import pod_control
+from .pod_control import PodAnnotations
 from .body import BodyProcessor, make_body_processor
 from .cache import MetadataCache, NamespaceInfo, PodInfo
 from .owner import owner_attributes, workload_name
+from .selector import LabelSelector, parse_selector
 from .watch import Backoff, Event, Health, ListWatch, Relist
 
 log = logging.getLogger("shipper.enrich")
 
-ANNOTATION_EXCLUDE = "audit-shipper.io/exclude"
-ANNOTATION_EXCLUDE_CONTAINER = "audit-shipper.io/exclude-"
-ANNOTATION_PARSE_JSON = "audit-shipper.io/parse-json"
+ANNOTATION_EXCLUDE = pod_control.EXCLUDE
+ANNOTATION_EXCLUDE_CONTAINER = pod_control.EXCLUDE + "-"
+ANNOTATION_PARSE_JSON = pod_control.PARSE_JSON
 DEFAULT_SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 SA_DIR_ENV = "SHIPPER_SA_DIR"
 
@@ -72,8 +81,15 @@ class PathOnlyProvider:
 
     def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self.node = settings.node_name
-        self._process = make_body_processor(settings.enrich, metrics)
+        self.metrics = metrics
         self._rendered: dict[ContainerRef, str] = {}
+        self.reconfigure(settings)
+
+    def reconfigure(self, settings: Settings) -> None:
+        self._process = make_body_processor(settings.enrich, self.metrics)
+        if settings.enrich.namespace_selector:
+            log.warning("enrich.namespace_selector is ignored without enrich.kubernetes (namespace labels "
+                        "come from the API)")
 
     def resource_json(self, ref: ContainerRef) -> str:
         text = self._rendered.get(ref)
@@ -85,6 +101,15 @@ class PathOnlyProvider:
 
     def is_excluded(self, ref: ContainerRef) -> bool:
         return False
+
+    def exclusion(self, ref: ContainerRef) -> str | None:
+        return None
+
+    def multiline_start(self, ref: ContainerRef) -> str | None:
+        return None
+
+    def topic(self, ref: ContainerRef) -> str | None:
+        return None
 
     def should_wait(self, ref: ContainerRef, first_seen_monotonic: float) -> bool:
         return False
@@ -135,65 +160,108 @@ class MetadataProvider:
                  api_client_factory: Callable[[], Any] | None = None, backoff_cap_s: float = 30.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         config: EnrichConfig = settings.enrich
-        self.config = config
         self.node = settings.node_name
         self.metrics = metrics or Metrics()
         self.clock = clock
         self.cache = MetadataCache(config.deleted_pod_grace_s, clock)
         self.api_healthy = False
         self._pods_health: bool | None = None       # None: not known yet (starting)
+        self._namespaces_health: bool | None = None
         self._wait_s = config.unknown_pod_wait_ms / 1000.0
         self._api_client_factory = api_client_factory or functools.partial(api_client_from, config)
         self._backoff_cap_s = backoff_cap_s
-        self._labels = _Globs(config.label_include, config.label_exclude)
-        self._annotations = _Globs(config.annotation_include, [])
+        self._watchers: list[ListWatch] = []
+        self._stopping = threading.Event()
+        self._configure(config)
+
+    def reconfigure(self, settings: Settings) -> None:
+        """A reloaded configuration: its filters, selector and body stage apply from the next lines on."""
+        self._configure(settings.enrich)
+
+    def _configure(self, config: EnrichConfig) -> None:
+        # Everything is built first and swapped in attribute by attribute (the ingest thread reads them
+        # meanwhile); the rendered resources go last, so none rendered with the old filters survives.
+        labels = _Globs(config.label_include, config.label_exclude)
+        annotations = _Globs(config.annotation_include, [])
         default = make_body_processor(config, self.metrics, config.parse_json_bodies)
         other = make_body_processor(config, self.metrics, not config.parse_json_bodies)
+        pod_annotations = PodAnnotations(self.metrics, config.topic_annotation_allow)
+        previous = getattr(self, "_pod_annotations", None)
+        if previous is not None:
+            pod_annotations.logged = previous.logged
+        self.config = config
+        self._labels, self._annotations = labels, annotations
         self._processors = {config.parse_json_bodies: default, not config.parse_json_bodies: other}
         self._default_processor = default
         self._miss_processors = {reason: _counting(default, self.metrics.metadata_misses.labels(reason=reason))
                                  for reason in ("unknown_pod", "api_unavailable")}
+        self._pod_annotations = pod_annotations
+        self._selector: LabelSelector | None = parse_selector(config.namespace_selector) or None
+        self._namespace_verdicts: dict[str, tuple[NamespaceInfo, LabelSelector, bool]] = {}
         self._rendered: dict[ContainerRef, tuple[PodInfo | None, NamespaceInfo | None, str]] = {}
-        self._exclusions_logged: set[tuple[str, str]] = set()
-        self._watchers: list[ListWatch] = []
-        self._stopping = threading.Event()
 
     # -- questions from the ingest thread ---------------------------------------------------------
     def resource_json(self, ref: ContainerRef) -> str:
+        rendered = self._rendered       # once: a reload replaces it after the filters (see _configure)
         pod = self.cache.pods.get(ref.pod_uid)
         namespace = self.cache.namespaces.get(ref.namespace) if pod is not None else None
-        entry = self._rendered.get(ref)
+        entry = rendered.get(ref)
         if entry is not None and entry[0] is pod and entry[1] is namespace:
             return entry[2]
         text = path_resource(ref, self.node) if pod is None else self.render(ref, pod, namespace)
-        rendered = self._rendered
         if len(rendered) >= MAX_RENDERED:
             rendered = self._rendered = {}
         rendered[ref] = (pod, namespace, text)
         return text
 
     def is_excluded(self, ref: ContainerRef) -> bool:
+        return self.exclusion(ref) is not None
+
+    def exclusion(self, ref: ContainerRef) -> str | None:
         pod = self.cache.pods.get(ref.pod_uid)
-        if pod is None or not pod.annotations:
-            return False
-        annotations = pod.annotations
-        value = annotations.get(ANNOTATION_EXCLUDE_CONTAINER + ref.container)
-        key = ANNOTATION_EXCLUDE_CONTAINER + ref.container
-        if value is None:
-            value, key = annotations.get(ANNOTATION_EXCLUDE), ANNOTATION_EXCLUDE
-        if value is None or value.strip().lower() != "true":
-            return False
-        seen = (pod.uid, ref.container)
-        if seen not in self._exclusions_logged:
-            self._exclusions_logged.add(seen)
-            log.info("excluding logs of %s/%s container %s (pod uid %s): annotation %s: %r", pod.namespace,
-                     pod.name, ref.container, pod.uid, key, value)
-        return True
+        if pod is None:
+            return None            # unknown pods are shipped (with path metadata)
+        if self._pod_annotations.excluded(pod, ref.container):
+            return "annotation"
+        selector = self._selector
+        if selector is not None and not self._namespace_selected(pod.namespace, selector):
+            return "namespace_selector"
+        return None
+
+    def _namespace_selected(self, name: str, selector: LabelSelector) -> bool:
+        namespace = self.cache.namespaces.get(name)
+        if namespace is None:
+            return True            # not known (should_wait held the lines while it could be learnt): shipped
+        verdicts = self._namespace_verdicts
+        verdict = verdicts.get(name)
+        if verdict is not None and verdict[0] is namespace and verdict[1] is selector:
+            return verdict[2]
+        selected = selector.matches(namespace.labels)
+        was_selected = True if verdict is None else verdict[2]
+        if selected != was_selected:
+            if selected:
+                log.info("namespace %s matches enrich.namespace_selector %r again: its pods' logs are shipped",
+                         name, selector.text)
+            else:
+                log.info("excluding logs of the pods in namespace %s: its labels %s do not match "
+                         "enrich.namespace_selector %r", name, dict(namespace.labels), selector.text)
+        verdicts[name] = (namespace, selector, selected)
+        return selected
+
+    def multiline_start(self, ref: ContainerRef) -> str | None:
+        pod = self.cache.pods.get(ref.pod_uid)
+        return None if pod is None else self._pod_annotations.multiline_start(pod, ref.container)
+
+    def topic(self, ref: ContainerRef) -> str | None:
+        pod = self.cache.pods.get(ref.pod_uid)
+        return None if pod is None else self._pod_annotations.topic(pod, ref.container)
 
     def should_wait(self, ref: ContainerRef, first_seen_monotonic: float) -> bool:
-        if ref.pod_uid in self.cache.pods:
-            return False
-        if self._pods_health is False:
+        pod = self.cache.pods.get(ref.pod_uid)
+        if pod is not None:
+            if self._selector is None or pod.namespace in self.cache.namespaces or self._namespaces_health is False:
+                return False
+        elif self._pods_health is False:
             return False           # the API is unreachable: waiting would only delay the lines
         return self.clock() - first_seen_monotonic < self._wait_s
 
@@ -201,10 +269,10 @@ class MetadataProvider:
         pod = self.cache.pods.get(ref.pod_uid)
         if pod is None:
             return self._miss_processors["api_unavailable" if self._pods_health is False else "unknown_pod"]
-        value = pod.annotations.get(ANNOTATION_PARSE_JSON) if pod.annotations else None
-        if value is None:
+        parse_json = self._pod_annotations.parse_json(pod, ref.container)
+        if parse_json is None:
             return self._default_processor
-        return self._processors[value.strip().lower() == "true"]
+        return self._processors[parse_json]
 
     # -- rendering -------------------------------------------------------------------------------
     def render(self, ref: ContainerRef, pod: PodInfo, namespace: NamespaceInfo | None) -> str:
@@ -298,6 +366,8 @@ class MetadataProvider:
                 cache.replace_namespaces(item.objects)
             log.info("%s listed: %d", item.resource, len(item.objects))
         elif isinstance(item, Health):
+            if item.resource == NAMESPACES:
+                self._namespaces_health = item.healthy
             if item.resource == PODS:
                 self._pods_health = item.healthy
                 self.api_healthy = item.healthy
@@ -313,7 +383,7 @@ class MetadataProvider:
             pods = self.cache.pods
             self._rendered = {ref: entry for ref, entry in self._rendered.items()
                               if entry[0] is None or ref.pod_uid in pods}
-            self._exclusions_logged = {seen for seen in self._exclusions_logged if seen[0] in pods}
+            self._pod_annotations.forget_pods_except(pods)
             self.metrics.metadata_cache_pods.set(len(pods))
 
     async def _connect(self) -> Any:

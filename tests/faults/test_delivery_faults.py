@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import subprocess
 import threading
 import time
@@ -257,3 +258,43 @@ def test_sigterm_during_steady_stream_exits_zero_in_grace_and_loses_nothing(tmp_
         shipper.stop()
     assert_complete(result, shipper)
     assert result.total("duplicates_exact") == 0, "a drained stop leaves nothing to send twice"
+
+
+def test_second_sigterm_exits_at_once_and_a_restart_loses_nothing(tmp_path, fresh_kafka_broker):
+    """The broker is down, so everything read is only in the WAL. SIGTERM starts the drain (which would
+    wait shutdown_grace_s for acks); a second SIGTERM ends the process at once, WAL fsynced, status
+    128 + 15. The next start, with the broker back, ships every line."""
+    broker = fresh_kafka_broker
+    topic = new_topic(broker)
+    node = SimNode(tmp_path / "log", pods=2, containers_per_pod=1, rotate_every_bytes=None, seed=18)
+    shipper = make_shipper(tmp_path, broker, topic, node, wal={"commit_bytes": 64 << 10}, shutdown_grace_s=60)
+    broker.stop()
+    try:
+        shipper.start()
+        node.write(4000)
+        node.flush()
+        wait_until(lambda: shipper.metrics().get("audit_shipper_entries_total", 0) >= 4000, 60,
+                   "every line read (and so committed to the WAL)")
+        assert shipper.metrics()["audit_shipper_wal_commits_total"] >= 3
+        assert shipper.metrics().get("audit_shipper_records_shipped_total", 0) == 0
+        shipper.process.send_signal(signal.SIGTERM)
+        wait_until(lambda: "draining" in shipper.log_text(), 10, "the drain to begin", interval=0.05)
+        time.sleep(0.3)
+        assert shipper.alive(), "the drain waits for acks the stopped broker cannot give"
+        started = time.monotonic()
+        shipper.process.send_signal(signal.SIGTERM)
+        code = shipper.process.wait(10)
+        took = time.monotonic() - started
+        assert code == 128 + signal.SIGTERM and took < 1.0, (code, took)
+        log = shipper.log_text()
+        assert "second signal SIGTERM: exiting now with status 143" in log and "the WAL is fsynced" in log
+        broker.start()
+        broker.wait_ready()
+        shipper.start()
+        node.write(500)                                              # and the stream goes on
+        node.flush()
+        result = settle(broker.bootstrap, topic, node)
+    finally:
+        shipper.stop()
+    assert_complete(result, shipper)
+    assert result.total("written") == 4500

@@ -201,3 +201,31 @@ def test_a_frame_written_in_pieces_is_the_frame_on_disk_and_its_runs_are_the_dec
         seqs = [seq + i for seq, values in in_memory for i in range(len(values))]
         assert [value for _, values in in_memory for value in values] == list(from_disk.values)
         assert seqs == list(range(from_disk.first_seq, from_disk.first_seq + len(from_disk.values)))
+
+
+def test_fsync_now_beside_a_thread_appending_across_rolls_never_raises(tmp_path):
+    """The second signal's exit path: an fsync from another thread while the writer appends and rolls
+    segments; nothing it does moves `durable` or disturbs what is written."""
+    import threading
+
+    wal = open_wal(tmp_path, segment_bytes=4096)
+    done = threading.Event()
+    payloads = [bytes([i % 251]) * 500 for i in range(400)]
+
+    def write() -> None:
+        for payload in payloads:
+            wal.append([payload])
+        done.set()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    answers = []
+    while not done.is_set():
+        answers.append(wal.fsync_now())
+    writer.join()
+    assert wal.segment_count > 10 and True in answers
+    assert wal.durable == WalPosition(0, 0)           # only sync() moves it
+    assert wal.fsync_now()
+    wal.sync()
+    wal.close()
+    assert frames(open_wal(tmp_path, segment_bytes=4096)) == payloads
