@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from shipper.reconcile import read_topic
+from shipper.demo.reconcile import read_topic
 from tests.support import ShipperProcess, new_topic, wait_until, write_config
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(240)]

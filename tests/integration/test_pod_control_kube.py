@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from shipper.reconcile import read_topic
+from shipper.demo.reconcile import read_topic
 from tests.harness.kube import create_namespace, create_pod
 from tests.support import ShipperProcess, new_topic, wait_until, write_config
 
