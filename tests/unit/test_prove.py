@@ -389,3 +389,18 @@ def test_verify_proof_needs_a_key_a_readable_file_and_nothing_else(tmp_path, pro
     assert cli_main(["--proof", str(path), "--public-key", str(vkey), "--file", str(path)]) == 2
     assert cli_main(["--proof", str(path), "--public-key", str(tmp_path / "absent.vkey")]) == 2
     capsys.readouterr()
+
+
+def test_keygen_writes_a_verifier_key_that_checks_notes_signed_under_its_name(tmp_path, capsys):
+    from shipper.cli import main
+    from shipper.seal import Signer
+
+    assert main(["keygen", "--out", str(tmp_path), "--key-id", "prod-2026"]) == 0
+    assert "key name prod-2026" in capsys.readouterr().out
+    vkey = (tmp_path / "signing-key.vkey").read_text()
+    assert vkey.startswith("prod-2026+") and vkey.endswith("\n")
+    signer = Signer.from_pem((tmp_path / "signing-key.pem").read_bytes(), "prod-2026")
+    assert signer.verifier_key == vkey.strip()
+    assert main(["keygen", "--out", str(tmp_path / "bad"), "--key-id", "has space"]) == 2
+    assert not (tmp_path / "bad" / "signing-key.pem").exists()
+    capsys.readouterr()
