@@ -1155,8 +1155,8 @@ class Verifier:
         state.tree_future = None
 
     def _finish_staleness(self, state: ChainState) -> None:
-        if self.now is None or state.closed_at is not None or state.attested_time is None:
-            return
+        if self.now is None or state.closed_at is not None or state.attested_time is None or not state.records:
+            return      # (a chain absent from the topic is tail_removed or chain_absent already)
         age = self.now - state.attested_time
         if age <= self.stale_after_s:
             return
