@@ -55,6 +55,8 @@ CONTINUES_FROM_COPY = "continues_from_copy"
 TREE_UNCHECKED = "tree_unchecked"                # a checkpoint's tree covers records the verifier cannot rebuild
 STALE = "stale"                                  # a chain's (or node's) latest attestation is older than --stale-after
 _ROUTINE_FINDINGS = frozenset((UNATTESTED_TAIL, KEY_ALIAS, REPLAYED_LATE, GAP_RECORD_PRESENT))
+# findings the human summary spells out (one per chain at most): what a consistent cut of a topic leaves
+_SPELLED_FINDINGS = frozenset((STALE, TREE_UNCHECKED))
 
 
 @dataclass(slots=True, frozen=True)
@@ -227,6 +229,9 @@ class Report:
             more = sum(result.violation_counts.values()) - len(shown)
             if more > 0:
                 lines.append(f"    ... and {more} more violations (see --json)")
+            for issue in result.findings:
+                if issue.kind in _SPELLED_FINDINGS:
+                    lines.append(f"    finding {issue.human()}")
         if len(shown_chains) > max_chains:
             lines.append(f"... and {len(shown_chains) - max_chains} more chains (see --json)")
         totals = self.totals

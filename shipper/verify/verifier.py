@@ -1160,10 +1160,13 @@ class Verifier:
         age = self.now - state.attested_time
         if age <= self.stale_after_s:
             return
-        what = "the node's last manifest" if not state.attributed else "its latest checkpoint or manifest mention"
-        self._finding(state, STALE, None, f"{what} is from {state.attested_time_text} ({_where(*state.attested_where)}"
-                      f"), {age:.0f} s before now, more than {self.stale_after_s:g} s: the chain has not been "
-                      "attested since (stopped, or its later records and statements were removed)",
+        if state.attributed:
+            what, since = "its latest checkpoint or manifest mention", "the chain has not been attested since"
+        else:
+            what, since = "the node's last manifest", "the node has written none since"
+        self._finding(state, STALE, None, f"{what} is from {state.attested_time_text}, {age:.0f} s before now, more "
+                      f"than {self.stale_after_s:g} s: {since} (stopped, or its later records and statements were "
+                      "removed)",
                       state.attested_where)
 
     def _attested(self, state: ChainState) -> int | None:
