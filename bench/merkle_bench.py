@@ -2,8 +2,9 @@
 `python bench/merkle_bench.py`.
 
 Prints nanoseconds per leaf (this thread's CPU time) of the native merkle_extend and of the Python
-reference, for batches of several sizes, of Frontier.extend_packed (the call the shipper makes), and the floor of one SHA-256 of 33 and of 65 bytes through
-hashlib. Each leaf costs one hash of 33 bytes and, on average, one hash of 65 bytes.
+reference for batches of several sizes, of Frontier.extend_packed (the call the shipper makes), and of
+one SHA-256 of 33 and of 65 bytes through hashlib. Each leaf costs one hash of 33 bytes and, on average,
+one hash of 65 bytes.
 """
 from __future__ import annotations
 
@@ -47,7 +48,8 @@ def main() -> None:
         print(f"{label:34s} {(time.thread_time_ns() - start) / n:8.1f} ns")
     for batch in (1, 16, 256, 4096):
         if native is not None:
-            print(f"native merkle_extend, batch {batch:5d} {ns_per_leaf(native.merkle_extend, batch, args.leaves):8.1f} ns/leaf")
+            print(f"native merkle_extend, batch {batch:5d} "
+                  f"{ns_per_leaf(native.merkle_extend, batch, args.leaves):8.1f} ns/leaf")
         print(f"python reference,     batch {batch:5d} "
               f"{ns_per_leaf(merkle_extend_py, batch, args.leaves // 20):8.1f} ns/leaf")
     for batch in (1, 256):
@@ -57,7 +59,8 @@ def main() -> None:
         start = time.thread_time_ns()
         for _ in range(rounds):
             frontier = frontier.extend_packed(leaves)
-        print(f"Frontier.extend_packed, batch {batch:4d} {(time.thread_time_ns() - start) / (rounds * batch):8.1f} ns/leaf")
+        spent = time.thread_time_ns() - start
+        print(f"Frontier.extend_packed, batch {batch:4d} {spent / (rounds * batch):8.1f} ns/leaf")
     if native is None:
         print("(shipper._native is not built: no native numbers)")
 

@@ -125,7 +125,8 @@ done:
 }
 
 static PyMethodDef MERKLE_METHODS[] = {
-    {"merkle_extend", merkle_extend, METH_VARARGS, "Append packed 32-byte leaves to a Merkle frontier (see merkle.py)."},
+    {"merkle_extend", merkle_extend, METH_VARARGS,
+     "Append packed 32-byte leaves to a Merkle frontier (see merkle.py)."},
     {NULL, NULL, 0, NULL},
 };
 
