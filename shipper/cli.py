@@ -19,12 +19,15 @@ def _parser() -> argparse.ArgumentParser:
     config = commands.add_parser("config", help="print the effective configuration (secrets masked)")
     config.add_argument("--config", help="YAML configuration file")
     config.add_argument("--reference", action="store_true", help="print the configuration reference (Markdown)")
-    commands.add_parser("verify", help="verify hash chains and checkpoints in a topic or file", add_help=False)
+    commands.add_parser("verify", help="verify hash chains and checkpoints in a topic or file, or a proof",
+                        add_help=False)
+    commands.add_parser("prove", help="write the proof that one record is in a signed checkpoint's tree",
+                        add_help=False)
     keygen = commands.add_parser("keygen", help="write an Ed25519 key pair for signing checkpoints")
-    keygen.add_argument("--out", default=".", help="directory for signing-key.pem, signing-key.pub.pem and "
-                        "signing-key.vkey")
-    keygen.add_argument("--name", help="key name in the notes (set the same as seal.key_id; default: derived from "
-                        "the public key)")
+    keygen.add_argument("--out", default=".",
+                        help="directory for signing-key.pem, signing-key.pub.pem and signing-key.vkey")
+    keygen.add_argument("--key-id", help="the key name the shipper will sign under (its seal.key_id; default: "
+                                         "derived from the public key), written into signing-key.vkey")
     demo = commands.add_parser("demo", help="simulated node -> real pipeline -> embedded broker -> verify")
     demo.add_argument("--seconds", type=float, default=10.0, help="how long the simulated pods write")
     demo.add_argument("--pods", type=int, default=6)
@@ -39,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
         from .verify import cli_main
 
         return cli_main(argv[1:])
+    if argv[:1] == ["prove"]:
+        from .verify import prove_main
+
+        return prove_main(argv[1:])
     args = _parser().parse_args(argv)
     try:
         if args.command == "config":
@@ -53,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"shipper: {exc}", file=sys.stderr)
         return 2
     if args.command == "keygen":
-        return _keygen(Path(args.out), args.name)
+        return _keygen(Path(args.out), args.key_id)
     if args.command == "demo":
         from .demo.run import run_demo
 
@@ -75,32 +82,31 @@ def _run(settings) -> int:
         return 130
 
 
-def _keygen(out: Path, name: str | None) -> int:
-    from cryptography.hazmat.primitives import serialization
-
-    from .note import BadNote, verifier_key
+def _keygen(out: Path, key_id: str | None = None) -> int:
+    from .note import BadNote, VerifierKey
     from .seal import generate_key_pair, key_id_of, load_public_key
 
     out.mkdir(parents=True, exist_ok=True)
     private_path, public_path = out / "signing-key.pem", out / "signing-key.pub.pem"
+    vkey_path = out / "signing-key.vkey"
     if private_path.exists():
         print(f"shipper: {private_path} exists; not overwriting a signing key", file=sys.stderr)
         return 2
     private, public = generate_key_pair()
     public_key = load_public_key(public)
-    name = name or key_id_of(public_key)
+    name = key_id or key_id_of(public_key)
     try:
-        vkey = verifier_key(name, public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))
+        vkey = VerifierKey.of(name, public_key).text
     except BadNote as exc:
-        print(f"shipper: --name {name!r}: {exc}", file=sys.stderr)
+        print(f"shipper: --key-id: {exc}", file=sys.stderr)
         return 2
     fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(private)
     public_path.write_bytes(public)
-    (out / "signing-key.vkey").write_text(vkey + "\n")
-    print(f"wrote {private_path} (keep secret; mount as a Secret), {public_path} and signing-key.vkey (the "
-          f"C2SP verifier key, for any signed-note verifier; give both to auditors); key name {name}")
+    vkey_path.write_text(vkey + "\n")
+    print(f"wrote {private_path} (keep secret; mount as a Secret), {public_path} and {vkey_path} "
+          f"(give to auditors); key id {key_id_of(public_key)}, key name {name}")
     return 0
 
 

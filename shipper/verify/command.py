@@ -1,13 +1,18 @@
-"""`shipper verify` on the command line: arguments, then a file or topic verify, the report, the exit
-status (0 no violation, 1 violations, 2 could not verify)."""
+"""`shipper verify` and `shipper prove` on the command line: arguments, then a file or topic verify (the
+report), a proof check, or a proof made from a topic; the exit status (0 no violation / a good proof,
+1 violations / a bad proof / no proof to make, 2 could not run)."""
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import math
 import sys
+from pathlib import Path
 
-from .inputs import VerifyError, _topic_list, kafka_client_options, load_public_keys, verify_file, verify_topic
-from .verifier import DEFAULT_WINDOW
+from .inputs import (VerifyError, _topic_list, kafka_client_options, load_public_keys, prove_from_topic, verify_file,
+                     verify_topic)
+from .verifier import DEFAULT_STALE_AFTER_S, DEFAULT_WINDOW, rfc3339_epoch
 
 
 def _cli_parser() -> argparse.ArgumentParser:
@@ -21,9 +26,12 @@ def _cli_parser() -> argparse.ArgumentParser:
     source.add_argument("--file", action="append", default=[],
                         help="JSON-lines file of record values or of {key, value, partition, offset} (repeatable; "
                              "- for stdin)")
+    source.add_argument("--proof", metavar="FILE",
+                        help="check a per-record proof written by `shipper prove` offline (needs --public-key)")
     judge = parser.add_argument_group("how to judge")
-    judge.add_argument("--public-key", action="append", default=[], metavar="[LABEL=]PEM",
-                       help="Ed25519 public key(s) that sign checkpoints (repeatable)")
+    judge.add_argument("--public-key", action="append", default=[], metavar="[LABEL=]KEY",
+                       help="Ed25519 public key(s) that sign checkpoints: PEM or a C2SP verifier key file "
+                            "(signing-key.vkey) (repeatable)")
     judge.add_argument("--require-attested", action="store_true",
                        help="records after a chain's last good checkpoint are a violation")
     judge.add_argument("--require-complete", action="store_true",
@@ -33,6 +41,125 @@ def _cli_parser() -> argparse.ArgumentParser:
                             "subset of topics)")
     judge.add_argument("--window", type=int, default=DEFAULT_WINDOW,
                        help="seqs per chain remembered to judge duplicates (16 bytes each)")
+    judge.add_argument("--stale-after", type=float, default=DEFAULT_STALE_AFTER_S, metavar="SECONDS",
+                       help="a chain not closed (or a node) whose latest checkpoint or manifest is older than this "
+                            f"is reported stale (default {DEFAULT_STALE_AFTER_S:g}; 0 or less: never)")
+    judge.add_argument("--now", metavar="RFC3339",
+                       help="the time staleness is measured against (default: the clock), for reproducible runs")
+    judge.add_argument("--trusted-heads", metavar="FILE",
+                       help="heads saved by an earlier --save-heads, kept outside the topic: a chain the topic holds "
+                            "only below one is tail_removed")
+    out_heads = parser.add_argument_group("keeping heads")
+    out_heads.add_argument("--save-heads", metavar="FILE",
+                           help="write the latest signed checkpoint/manifest record of every chain read (keep it "
+                                "outside the topic; give it to a later run as --trusted-heads)")
+    _read_options(parser)
+    out = parser.add_argument_group("output")
+    out.add_argument("--json", action="store_true", help="print the report as JSON")
+    return parser
+
+
+def cli_main(argv: list[str]) -> int:
+    parser = _cli_parser()
+    args = parser.parse_args(argv)
+    topics = _topic_list(args.topic)
+    if args.proof is not None:
+        if args.file or topics or args.bootstrap_servers:
+            print("shipper verify: --proof checks a proof file offline; give it without --file or --topic",
+                  file=sys.stderr)
+            return 2
+        return _check_proof_file(args)
+    if bool(args.file) == bool(topics or args.bootstrap_servers):
+        parser.print_usage(sys.stderr)
+        print("shipper verify: give either --file, or --bootstrap-servers with --topic", file=sys.stderr)
+        return 2
+    if topics and not args.bootstrap_servers or args.bootstrap_servers and not topics:
+        print("shipper verify: --bootstrap-servers and --topic go together", file=sys.stderr)
+        return 2
+    if args.require_attested and not args.public_key:
+        print("shipper verify: --require-attested needs --public-key (attestation is a signature check)",
+              file=sys.stderr)
+        return 2
+    now = None
+    if args.now is not None:
+        now = rfc3339_epoch(args.now)
+        if now is None:
+            print(f"shipper verify: --now {args.now!r} is not an RFC 3339 time (2026-11-28T18:00:00Z)", file=sys.stderr)
+            return 2
+    options = dict(require_attested=args.require_attested, require_complete=args.require_complete,
+                   allow_absent_chains=args.allow_absent_chains, window=args.window,
+                   stale_after_s=args.stale_after if args.stale_after > 0 else math.inf, now=now,
+                   trusted_heads=args.trusted_heads, save_heads=args.save_heads)
+    try:
+        keys = load_public_keys(args.public_key)
+        if args.file:
+            report = verify_file(args.file, public_keys=keys, **options)
+        else:
+            client = _client_options(args)
+            report = asyncio.run(verify_topic(args.bootstrap_servers, topics, public_keys=keys,
+                                              idle_timeout_s=args.idle_timeout, timeout_s=args.timeout,
+                                              **options, **client))
+    except VerifyError as exc:
+        print(f"shipper verify: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    sys.stdout.write(report.to_json(indent=2) + "\n" if args.json else report.human())
+    if args.save_heads and not args.json:
+        print(f"saved the heads of {report.meta.get('saved_heads', 0)} chains to {args.save_heads}", file=sys.stderr)
+    return 0 if report.ok else 1
+
+
+def _check_proof_file(args) -> int:
+    from .proof import check_proof
+
+    if not args.public_key:
+        print("shipper verify: --proof needs --public-key (a proof is only as good as the signature it ends in)",
+              file=sys.stderr)
+        return 2
+    try:
+        keys = load_public_keys(args.public_key)
+        text = Path(args.proof).read_text("utf-8")
+    except VerifyError as exc:
+        print(f"shipper verify: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"shipper verify: proof {args.proof}: {exc.strerror}", file=sys.stderr)
+        return 2
+    except UnicodeDecodeError:
+        ok, reason = False, "the proof file is not UTF-8 text"
+    else:
+        try:
+            proof = json.loads(text)
+        except ValueError as exc:
+            ok, reason = False, f"the proof file is not JSON: {str(exc)[:200]}"
+        else:
+            ok, reason = check_proof(proof, keys)
+    if args.json:
+        sys.stdout.write(json.dumps({"schema": "audit-shipper/proof-verdict/v1", "ok": ok, "reason": reason}) + "\n")
+    else:
+        print(f"VERDICT {reason}" if ok else f"VERDICT FAILED: {reason}")
+    return 0 if ok else 1
+
+
+def _prove_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="shipper prove",
+        description="Write the proof that one record is in the Merkle tree of a signed checkpoint, read from the "
+                    "partition of its chain; check it offline with `shipper verify --proof FILE --public-key KEY`. "
+                    "Exit status: 0 proof written, 1 no proof can be made, 2 could not run.")
+    parser.add_argument("event_id", metavar="EVENT_ID", help="the record's event_id, <chain>:<seq>")
+    parser.add_argument("--bootstrap-servers", required=True, help="Kafka bootstrap servers, host:port[,host:port]")
+    parser.add_argument("--topic", required=True, help="the topic that holds the record")
+    parser.add_argument("--public-key", action="append", default=[], metavar="[LABEL=]KEY",
+                        help="use the first checkpoint after the record signed by this key (PEM or verifier key; "
+                             "repeatable); without one, the first checkpoint after it")
+    parser.add_argument("--out", metavar="FILE", help="write the proof here (default: standard output)")
+    _read_options(parser)
+    return parser
+
+
+def _read_options(parser: argparse.ArgumentParser) -> None:
     read = parser.add_argument_group("reading Kafka")
     read.add_argument("--idle-timeout", type=float, default=5.0,
                       help="stop after this many seconds without a new record (default 5)")
@@ -45,44 +172,42 @@ def _cli_parser() -> argparse.ArgumentParser:
     read.add_argument("--sasl-mechanism", choices=["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])
     read.add_argument("--sasl-username")
     read.add_argument("--sasl-password-file", help="file holding the SASL password (never printed)")
-    out = parser.add_argument_group("output")
-    out.add_argument("--json", action="store_true", help="print the report as JSON")
-    return parser
 
 
-def cli_main(argv: list[str]) -> int:
-    parser = _cli_parser()
-    args = parser.parse_args(argv)
-    topics = _topic_list(args.topic)
-    if bool(args.file) == bool(topics or args.bootstrap_servers):
-        parser.print_usage(sys.stderr)
-        print("shipper verify: give either --file, or --bootstrap-servers with --topic", file=sys.stderr)
-        return 2
-    if topics and not args.bootstrap_servers or args.bootstrap_servers and not topics:
-        print("shipper verify: --bootstrap-servers and --topic go together", file=sys.stderr)
-        return 2
-    if args.require_attested and not args.public_key:
-        print("shipper verify: --require-attested needs --public-key (attestation is a signature check)",
-              file=sys.stderr)
-        return 2
-    options = dict(require_attested=args.require_attested, require_complete=args.require_complete,
-                   allow_absent_chains=args.allow_absent_chains, window=args.window)
+def _client_options(args) -> dict:
+    return kafka_client_options(tls=args.tls, ca_file=args.tls_ca_file, cert_file=args.tls_cert_file,
+                                key_file=args.tls_key_file, check_hostname=not args.tls_no_hostname_check,
+                                sasl_mechanism=args.sasl_mechanism, sasl_username=args.sasl_username,
+                                sasl_password_file=args.sasl_password_file)
+
+
+def prove_main(argv: list[str]) -> int:
+    """`shipper prove`."""
+    from .proof import ProofError
+
+    args = _prove_parser().parse_args(argv)
     try:
         keys = load_public_keys(args.public_key)
-        if args.file:
-            report = verify_file(args.file, public_keys=keys, **options)
-        else:
-            client = kafka_client_options(tls=args.tls, ca_file=args.tls_ca_file, cert_file=args.tls_cert_file,
-                                          key_file=args.tls_key_file, check_hostname=not args.tls_no_hostname_check,
-                                          sasl_mechanism=args.sasl_mechanism, sasl_username=args.sasl_username,
-                                          sasl_password_file=args.sasl_password_file)
-            report = asyncio.run(verify_topic(args.bootstrap_servers, topics, public_keys=keys,
-                                              idle_timeout_s=args.idle_timeout, timeout_s=args.timeout,
-                                              **options, **client))
+        proof = asyncio.run(prove_from_topic(args.bootstrap_servers, args.topic, args.event_id, public_keys=keys,
+                                             idle_timeout_s=args.idle_timeout, timeout_s=args.timeout,
+                                             **_client_options(args)))
+    except ProofError as exc:
+        print(f"shipper prove: {exc}", file=sys.stderr)
+        return 1
     except VerifyError as exc:
-        print(f"shipper verify: {exc}", file=sys.stderr)
+        print(f"shipper prove: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
-    sys.stdout.write(report.to_json(indent=2) + "\n" if args.json else report.human())
-    return 0 if report.ok else 1
+    text = json.dumps(proof, indent=2, ensure_ascii=False) + "\n"
+    if args.out:
+        try:
+            Path(args.out).write_text(text, "utf-8")
+        except OSError as exc:
+            print(f"shipper prove: {args.out}: {exc.strerror}", file=sys.stderr)
+            return 2
+        print(f"wrote the proof of {args.event_id} (checkpoint at seq {proof['checkpoint_seq']}, tree of "
+              f"{proof['tree_size']} records) to {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0

@@ -1,16 +1,23 @@
-"""The edges of `shipper verify` that read: public keys (PEM), JSON-lines files and Kafka topics, each fed
-to a `Verifier`; and the aiokafka TLS/SASL options from the command line's terms."""
+"""The edges of `shipper verify` that read and write: public keys (PEM or C2SP verifier keys), JSON-lines
+files and Kafka topics, each fed to a `Verifier`; saved heads (--save-heads / --trusted-heads); and the
+aiokafka TLS/SASL options from the command line's terms."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import sys
 import time as _time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
+from .. import note
 from ..seal import key_id_of, load_public_key
 from .report import INCOMPLETE_READ, MALFORMED, Report
-from .verifier import DEFAULT_WINDOW, Verifier, _json_decode, _short
+from .verifier import DEFAULT_STALE_AFTER_S, DEFAULT_WINDOW, Verifier, _json_decode, _short
+
+HEADS_FORMAT = "audit-shipper/heads/v1"
 
 
 class VerifyError(Exception):
@@ -18,8 +25,10 @@ class VerifyError(Exception):
 
 
 def load_public_keys(paths: Iterable[str]) -> dict[str, Any]:
-    """key id -> Ed25519 public key, from PEM files (several keys in one file are fine). An entry
-    `label=path` also answers to `label`: the key id a shipper configured with seal.key_id writes."""
+    """key name -> Ed25519 public key, from PEM files (several keys in one file are fine) or C2SP verifier
+    key files (`name+hash+base64`, one a line, as keygen writes signing-key.vkey). A PEM key answers to
+    its derived key id, a verifier key to its name and its derived key id. An entry `label=path` also
+    answers to `label`: the key id a shipper configured with seal.key_id writes."""
     keys: dict[str, Any] = {}
     for entry in paths:
         label, path = None, entry
@@ -31,7 +40,11 @@ def load_public_keys(paths: Iterable[str]) -> dict[str, Any]:
             raise VerifyError(f"public key {path}: {exc.strerror}") from None
         blocks = [b"-----BEGIN" + block for block in text.split(b"-----BEGIN")[1:]]
         if not blocks:
-            raise VerifyError(f"public key {path}: no PEM block")
+            for name, public_key in _verifier_keys(path, text):
+                keys[name] = keys[key_id_of(public_key)] = public_key
+                if label:
+                    keys[label] = public_key
+            continue
         for block in blocks:
             if b"PRIVATE KEY" in block.split(b"\n", 1)[0]:
                 raise VerifyError(f"public key {path}: this is a private key; give the auditor the public key "
@@ -44,6 +57,83 @@ def load_public_keys(paths: Iterable[str]) -> dict[str, Any]:
             if label:
                 keys[label] = key
     return keys
+
+
+def _verifier_keys(path: str, text: bytes) -> list[tuple[str, Any]]:
+    try:
+        lines = text.decode("utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise VerifyError(f"public key {path}: neither a PEM block nor verifier keys (not UTF-8)") from None
+    out = []
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            key = note.parse_verifier_key(line)
+        except note.BadNote as exc:
+            raise VerifyError(f"public key {path}: line {number} is neither a PEM block nor a verifier key: "
+                              f"{exc}") from None
+        out.append((key.name, key.public_key))
+    if not out:
+        raise VerifyError(f"public key {path}: no PEM block and no verifier key")
+    return out
+
+
+def load_trusted_heads(verifier: Verifier, path: str | Path) -> int:
+    """Give the verifier the heads a --save-heads file holds; VerifyError unless every one is a checkpoint
+    or manifest record with its hash and (when keys are given) a good signature."""
+    try:
+        saved = json.loads(Path(path).read_text("utf-8"))
+    except OSError as exc:
+        raise VerifyError(f"trusted heads {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise VerifyError(f"trusted heads {path}: not JSON: {_short(exc)}") from None
+    if not isinstance(saved, dict) or saved.get("format") != HEADS_FORMAT or not isinstance(saved.get("heads"), list):
+        raise VerifyError(f"trusted heads {path}: not an {HEADS_FORMAT} file (written by --save-heads)")
+    try:
+        return verifier.trust_heads(saved["heads"], f"{path} (saved {saved.get('saved_at', '?')})")
+    except ValueError as exc:
+        raise VerifyError(f"trusted heads {path}: {exc}") from None
+
+
+def save_heads(verifier: Verifier, path: str | Path, now: float) -> int:
+    """Write the latest trusted checkpoint/manifest record per chain (atomically: a file next to it, renamed)."""
+    heads = verifier.latest_heads()
+    saved = {"format": HEADS_FORMAT, "saved_at": rfc3339(now), "heads": heads}
+    target = Path(path)
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_text(json.dumps(saved, indent=1) + "\n", "utf-8")
+        os.replace(temporary, target)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise VerifyError(f"saving heads to {path}: {exc.strerror}") from None
+    return len(heads)
+
+
+def rfc3339(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _new_verifier(public_keys: dict[str, Any] | None, now: float | None, trusted_heads: str | Path | None,
+                  verifier_options: dict) -> tuple[Verifier, float]:
+    """The verifier of a run: staleness measured against `now` (the wall clock when None)."""
+    now = _time.time() if now is None else now
+    verifier = Verifier(public_keys, now=now, **verifier_options)
+    if trusted_heads is not None:
+        load_trusted_heads(verifier, trusted_heads)
+    return verifier, now
+
+
+def _finish(verifier: Verifier, now: float, trusted_heads: str | Path | None, save_to: str | Path | None) -> Report:
+    report = verifier.finish()
+    if trusted_heads is not None:
+        report.meta["trusted_heads_file"] = str(trusted_heads)
+    if save_to is not None:
+        report.meta["saved_heads"] = save_heads(verifier, save_to, now)
+        report.meta["saved_heads_file"] = str(save_to)
+    return report
 
 
 def feed_file(verifier: Verifier, path: str | Path) -> int:
@@ -81,17 +171,21 @@ def feed_file(verifier: Verifier, path: str | Path) -> int:
     return count
 
 
-def verify_file(path: str | Path | list, *, public_keys: dict[str, Any] | None = None, **verifier_options) -> Report:
-    """Verify one or more JSON-lines files (offline audits of a topic dump), in order."""
+def verify_file(path: str | Path | list, *, public_keys: dict[str, Any] | None = None, now: float | None = None,
+                trusted_heads: str | Path | None = None, save_heads: str | Path | None = None,
+                **verifier_options) -> Report:
+    """Verify one or more JSON-lines files (offline audits of a topic dump), in order. `now` (seconds
+    since the epoch, default the wall clock) is what staleness is measured against; `trusted_heads`
+    and `save_heads` are the files of --trusted-heads and --save-heads."""
     started = _time.monotonic()
-    verifier = Verifier(public_keys, **verifier_options)
+    verifier, now = _new_verifier(public_keys, now, trusted_heads, verifier_options)
     paths = path if isinstance(path, (list, tuple)) else [path]
     try:
         for one in paths:
             feed_file(verifier, one)
     except OSError as exc:
         raise VerifyError(f"{exc.filename}: {exc.strerror}") from None
-    report = verifier.finish()
+    report = _finish(verifier, now, trusted_heads, save_heads)
     elapsed = _time.monotonic() - started
     report.meta.update(source="file", files=[str(one) for one in paths], elapsed_s=round(elapsed, 3),
                        records_per_s=round(verifier.records / elapsed) if elapsed > 0 else None)
@@ -101,7 +195,9 @@ def verify_file(path: str | Path | list, *, public_keys: dict[str, Any] | None =
 async def verify_topic(bootstrap: str, topic: str | list[str], *, public_keys: dict[str, Any] | None = None,
                        idle_timeout_s: float = 5.0, timeout_s: float | None = None, window: int = DEFAULT_WINDOW,
                        require_attested: bool = False, require_complete: bool = False,
-                       allow_absent_chains: bool = False, **client_options) -> Report:
+                       allow_absent_chains: bool = False, now: float | None = None,
+                       stale_after_s: float = DEFAULT_STALE_AFTER_S, trusted_heads: str | Path | None = None,
+                       save_heads: str | Path | None = None, **client_options) -> Report:
     """Read every partition of the topic(s) from the beginning, without a consumer group (nothing is
     committed), and verify. `client_options` go to AIOKafkaConsumer (security_protocol, ssl_context,
     sasl_mechanism, sasl_plain_username, sasl_plain_password, ...).
@@ -119,8 +215,9 @@ async def verify_topic(bootstrap: str, topic: str | list[str], *, public_keys: d
     topics = _topic_list(topic)
     if not topics:
         raise VerifyError("no topic given")
-    verifier = Verifier(public_keys, window=window, require_attested=require_attested,
-                        require_complete=require_complete, allow_absent_chains=allow_absent_chains)
+    verifier, now = _new_verifier(public_keys, now, trusted_heads, dict(
+        window=window, require_attested=require_attested, require_complete=require_complete,
+        allow_absent_chains=allow_absent_chains, stale_after_s=stale_after_s))
     options = dict(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
                    auto_offset_reset="earliest", client_id="shipper-verify", max_partition_fetch_bytes=16 << 20,
                    fetch_max_bytes=64 << 20)
@@ -193,7 +290,7 @@ async def verify_topic(bootstrap: str, topic: str | list[str], *, public_keys: d
             await asyncio.wait_for(consumer.stop(), 10)
         except (asyncio.TimeoutError, KafkaError):
             pass
-    report = verifier.finish()
+    report = _finish(verifier, now, trusted_heads, save_heads)
     elapsed = _time.monotonic() - started
     report.meta.update(source="kafka", topics=topics, partitions=len(assigned), stopped=stopped,
                        idle_timeout_s=idle_timeout_s,
@@ -242,3 +339,78 @@ def kafka_client_options(*, tls: bool = False, ca_file: str | None = None, cert_
     elif use_tls:
         options["security_protocol"] = "SSL"
     return options
+
+
+async def prove_from_topic(bootstrap: str, topic: str, event_id: str, *, public_keys: dict[str, Any] | None = None,
+                           idle_timeout_s: float = 5.0, timeout_s: float | None = None, **client_options) -> dict:
+    """The proof of one record (proof.py): read only the partition its chain is keyed to (murmur2, as the
+    shipper partitions), from the beginning, until the first checkpoint after the record that is good
+    for one of the keys (any, with no keys) or the partition's end. ProofError when there is no proof
+    to make, VerifyError when Kafka cannot be read."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.errors import KafkaError
+
+    from ..kafka import partition_of
+    from .proof import ProofBuilder, ProofError
+
+    try:
+        builder = ProofBuilder(event_id, public_keys)
+    except ValueError as exc:
+        raise ProofError(str(exc)) from None
+    chain_key = builder.chain.encode()
+    options = dict(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                   auto_offset_reset="earliest", client_id="shipper-prove", max_partition_fetch_bytes=16 << 20,
+                   fetch_max_bytes=64 << 20)
+    options.update(client_options)
+    consumer = AIOKafkaConsumer(**options)
+    started = _time.monotonic()
+    try:
+        await consumer.start()
+    except (KafkaError, OSError) as exc:
+        try:
+            await asyncio.wait_for(consumer.stop(), 10)
+        except (asyncio.TimeoutError, KafkaError, OSError):
+            pass
+        raise VerifyError(f"cannot connect to Kafka at {bootstrap}: {exc}") from None
+    try:
+        cluster = await consumer._client.fetch_all_metadata()
+        partitions = cluster.partitions_for_topic(topic)
+        if not partitions:
+            raise VerifyError(f"topic {topic!r} does not exist")
+        tp = TopicPartition(topic, partition_of(chain_key, len(partitions)))
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        end = (await consumer.end_offsets([tp]))[tp]
+        idle_since = _time.monotonic()
+        settle_ms = int(min(idle_timeout_s, 1.0) * 1000)
+        past_end = end == 0
+        while not builder.done:
+            batch = await consumer.getmany(tp, timeout_ms=settle_ms if past_end else 200, max_records=10_000)
+            now = _time.monotonic()
+            messages = batch.get(tp, [])
+            for message in messages:
+                if message.key != chain_key or message.value is None:
+                    continue
+                try:
+                    record = _json_decode(str(message.value, "utf-8"))
+                except ValueError:
+                    continue
+                if builder.feed(record, (message.topic, message.partition, message.offset)):
+                    break
+            if messages:
+                idle_since = now
+            elif past_end:
+                break       # a quiet poll past the end offset (Tansu's is the start of its last batch)
+            elif now - idle_since >= idle_timeout_s:
+                break
+            past_end = past_end or await consumer.position(tp) >= end
+            if timeout_s is not None and now - started >= timeout_s:
+                break
+    except (KafkaError, OSError) as exc:
+        raise VerifyError(f"reading {topic}: {exc}") from None
+    finally:
+        try:
+            await asyncio.wait_for(consumer.stop(), 10)
+        except (asyncio.TimeoutError, KafkaError):
+            pass
+    return builder.proof()

@@ -11,6 +11,7 @@ __all__ = ["MALFORMED", "ENVELOPE_MISMATCH", "ALTERED", "BROKEN_LINK", "CONFLICT
            "TAIL_REMOVED", "GAP_MISMATCH", "AFTER_CLOSE", "UNATTESTED", "INCOMPLETE_READ", "GAP",
            "GAP_EXPLAINS_MISSING", "STARTS_AT_SEQ", "UNATTESTED_TAIL", "SIGNATURES_UNCHECKED", "REPLAYED_LATE",
            "GAP_RECORD_PRESENT", "CHAIN_ABSENT", "MULTIPLE_PARTITIONS", "KEY_ALIAS", "CONTINUES_FROM_COPY",
+           "TREE_MISMATCH", "MISATTRIBUTED", "IDENTITY_MISMATCH", "TRUSTED_HEAD_MISMATCH", "TREE_UNCHECKED", "STALE",
            "ISSUES_KEPT_PER_CHAIN", "Issue", "ChainResult", "Report"]
 
 ISSUES_KEPT_PER_CHAIN = 50
@@ -35,6 +36,10 @@ GAP_MISMATCH = "gap_mismatch"
 AFTER_CLOSE = "after_close"
 UNATTESTED = "unattested"
 INCOMPLETE_READ = "incomplete_read"
+TREE_MISMATCH = "tree_mismatch"                  # a checkpoint's Merkle root is not that of the records before it
+MISATTRIBUTED = "misattributed"                  # a record's resource identity is not the one its checkpoints attest
+IDENTITY_MISMATCH = "identity_mismatch"          # checkpoints of one chain attest different identities
+TRUSTED_HEAD_MISMATCH = "trusted_head_mismatch"  # the topic's record at a trusted head's seq is another record
 # findings
 GAP = "gap"
 GAP_EXPLAINS_MISSING = "gap_explains_missing"
@@ -47,7 +52,11 @@ CHAIN_ABSENT = "chain_absent"
 MULTIPLE_PARTITIONS = "multiple_partitions"
 KEY_ALIAS = "key_alias"
 CONTINUES_FROM_COPY = "continues_from_copy"
+TREE_UNCHECKED = "tree_unchecked"                # a checkpoint's tree covers records the verifier cannot rebuild
+STALE = "stale"                                  # a chain's (or node's) latest attestation is older than --stale-after
 _ROUTINE_FINDINGS = frozenset((UNATTESTED_TAIL, KEY_ALIAS, REPLAYED_LATE, GAP_RECORD_PRESENT))
+# findings the human summary spells out (one per chain at most): what a consistent cut of a topic leaves
+_SPELLED_FINDINGS = frozenset((STALE, TREE_UNCHECKED))
 
 
 @dataclass(slots=True, frozen=True)
@@ -111,6 +120,10 @@ class ChainResult:
     closed: bool = False
     complete: bool = False
     attested_seq: int | None = None          # highest head a manifest attests for this chain
+    identity: dict[str, str] | None = None   # what its signed checkpoints attest (namespace, pod, ...)
+    trees_checked: int = 0                   # checkpoints whose Merkle root was recomputed and matched
+    trees_unchecked: int = 0
+    last_attested_time: str | None = None    # `time` of its latest checkpoint or manifest mention
     violation_counts: dict[str, int] = field(default_factory=dict)
     finding_counts: dict[str, int] = field(default_factory=dict)
     violations: list[Issue] = field(default_factory=list)
@@ -129,6 +142,8 @@ class ChainResult:
                 "gap_bytes": self.gap_bytes, "gap_reasons": self.gap_reasons, "checkpoints": self.checkpoints,
                 "last_good_checkpoint_seq": self.last_good_checkpoint_seq,
                 "unattested_records": self.unattested_records, "attested_seq": self.attested_seq,
+                "identity": self.identity, "trees_checked": self.trees_checked,
+                "trees_unchecked": self.trees_unchecked, "last_attested_time": self.last_attested_time,
                 "violation_counts": self.violation_counts, "finding_counts": self.finding_counts,
                 "violations": [issue.to_dict() for issue in self.violations],
                 "findings": [issue.to_dict() for issue in self.findings]}
@@ -214,6 +229,9 @@ class Report:
             more = sum(result.violation_counts.values()) - len(shown)
             if more > 0:
                 lines.append(f"    ... and {more} more violations (see --json)")
+            for issue in result.findings:
+                if issue.kind in _SPELLED_FINDINGS:
+                    lines.append(f"    finding {issue.human()}")
         if len(shown_chains) > max_chains:
             lines.append(f"... and {len(shown_chains) - max_chains} more chains (see --json)")
         totals = self.totals
@@ -223,6 +241,7 @@ class Report:
                      f"{totals['duplicates_exact']} exact duplicates, {totals['duplicates_conflicting']} conflicting, "
                      f"{totals['gaps']} gaps ({totals['gap_bytes']} bytes), {totals['complete_chains']} closed chains "
                      f"proven complete, {totals['unattested_records']} unattested records, "
+                     f"{totals.get('trees_checked', 0)} tree roots checked ({totals.get('trees_unchecked', 0)} not), "
                      f"{_plural(totals['violations'], 'violation')}")
         meta = self.meta
         if meta.get("source") == "kafka":
@@ -230,6 +249,8 @@ class Report:
                    "timeout": "until the timeout"}.get(meta.get("stopped"), meta.get("stopped"))
             lines.append(f"read: {meta['partitions']} partitions of {', '.join(meta['topics'])} {how} in "
                          f"{meta['elapsed_s']}s ({meta['records_per_s']} records/s)")
+        if meta.get("trusted_heads"):
+            lines.append(f"trusted heads: {meta['trusted_heads']} chains from {meta.get('trusted_heads_file')}")
         if meta.get("signatures") == "unchecked":
             lines.append("note: no --public-key given: checkpoint signatures were not checked")
         lines.append("VERDICT " + self.verdict())

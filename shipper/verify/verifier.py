@@ -22,7 +22,20 @@ How a record is judged (each rule is named by a test in tests/unit/test_verify.p
 - CHECKPOINTS: a signed note over (chain, seq - 1, head before it); signature good by a known key, bad,
   unknown key, unsigned (a violation when public keys are given) or unchecked (no keys given); the
   statement must match the chain. Records after the last good checkpoint are an unattested tail
-  (a violation only with require_attested).
+  (a violation only with require_attested). Legacy statements and SPEC-15 notes are both accepted; a
+  note's signature line matches a key by name and key hash.
+- TREE (notes): the verifier folds each chain's record hashes, from its first seq while the chain is
+  contiguous, into an RFC 6962 frontier; a trusted checkpoint whose tree covers exactly those records
+  must have the same root (TREE_MISMATCH), else its tree is unchecked (a finding). A tree restarted by
+  an upgraded shipper is rebuilt from the last TREE_RECENT_LEAVES leaves when it starts among them.
+- ATTRIBUTION (notes): every record of a container chain must carry, in its resource, the identity
+  (namespace, pod, pod uid, container, node) its trusted checkpoints attest, else MISATTRIBUTED names
+  it; records before the first such checkpoint wait in buckets by distinct identity (bounded).
+  Checkpoints of one chain attesting different identities: IDENTITY_MISMATCH.
+- STALE: with a `now`, a chain not closed (or a node chain) whose latest trusted attestation is older
+  than stale_after_s is a finding.
+- TRUSTED HEADS: heads saved by an earlier run (trust_heads) are claims like a manifest's: the topic
+  must hold the chain up to them (TAIL_REMOVED) with the same record there (TRUSTED_HEAD_MISMATCH).
 - MANIFESTS (chain `node/<node>`, type `manifest`): signed lists of chain heads; at the end every
   attested head must be in the topic, else TAIL_REMOVED names the chain and the removed seqs.
 - CLOSE: nothing but checkpoints may follow a close record; a closed chain whose close is attested by a
@@ -31,19 +44,27 @@ How a record is judged (each rule is named by a test in tests/unit/test_verify.p
 from __future__ import annotations
 
 import bisect
+import calendar
 import hashlib
 import json
+import re
 from collections import Counter
 from typing import Any, Iterable
 
-from ..seal import (SCHEMA, TYPE_CHECKPOINT, TYPE_CLOSE, TYPE_GAP, TYPE_MANIFEST, BadCheckpoint, BadManifest,
-                    genesis_hash, parse_checkpoint, parse_manifest, signature_valid)
+from cryptography.hazmat.primitives import serialization
+
+from .. import note
+from ..merkle import EMPTY_ROOT, Frontier
+from ..seal import (CHAIN_ORIGIN_PREFIX, NODE_ORIGIN_PREFIX, SCHEMA, TYPE_CHECKPOINT, TYPE_CLOSE, TYPE_GAP,
+                    TYPE_MANIFEST, BadCheckpoint, BadManifest, genesis_hash, identity_values, link, parse_checkpoint,
+                    parse_checkpoint_note, parse_manifest, parse_manifest_note, signature_valid)
 from .report import (AFTER_CLOSE, ALTERED, BAD_SIGNATURE, BROKEN_LINK, CHAIN_ABSENT, CHECKPOINT_MISMATCH,
                      CONFLICTING_DUPLICATE, CONTINUES_FROM_COPY, ENVELOPE_MISMATCH, GAP, GAP_EXPLAINS_MISSING,
-                     GAP_MISMATCH, GAP_RECORD_PRESENT, ISSUES_KEPT_PER_CHAIN, KEY_ALIAS, MALFORMED, MANIFEST_MISMATCH,
-                     MISSING, MULTIPLE_PARTITIONS, OUT_OF_WINDOW, REORDERED, REPLAYED_LATE, STARTS_AT_SEQ,
-                     TAIL_REMOVED, UNATTESTED, UNATTESTED_TAIL, UNKNOWN_KEY, UNSIGNED, ChainResult, Issue, Report,
-                     _where)
+                     GAP_MISMATCH, GAP_RECORD_PRESENT, IDENTITY_MISMATCH, ISSUES_KEPT_PER_CHAIN, KEY_ALIAS, MALFORMED,
+                     MANIFEST_MISMATCH, MISATTRIBUTED, MISSING, MULTIPLE_PARTITIONS, OUT_OF_WINDOW, REORDERED,
+                     REPLAYED_LATE, STALE, STARTS_AT_SEQ, TAIL_REMOVED, TREE_MISMATCH, TREE_UNCHECKED,
+                     TRUSTED_HEAD_MISMATCH, UNATTESTED, UNATTESTED_TAIL, UNKNOWN_KEY, UNSIGNED, ChainResult, Issue,
+                     Report, _where)
 from .window import _prefix, _Window
 
 MANIFEST_CHAIN_PREFIX = "node/"
@@ -51,6 +72,17 @@ CONTROL_TYPES = frozenset((TYPE_GAP, TYPE_CHECKPOINT, TYPE_CLOSE, TYPE_MANIFEST)
 DEFAULT_WINDOW = 100_000
 DEFAULT_MAX_OPEN_RANGES = 10_000
 DEFAULT_MAX_DECLARED = 100_000
+DEFAULT_STALE_AFTER_S = 900.0
+#: Leaves a chain keeps unfolded (32 bytes each): a tree restarted among them can still be rebuilt.
+TREE_RECENT_LEAVES = 4096
+_TREE_PENDING_MAX = 2 * TREE_RECENT_LEAVES * 32
+#: Leaves kept aside per chain after a hole (a record refused and declared by a gap, a crash replay).
+TREE_FUTURE_MAX = 1024
+#: Distinct identities remembered per chain for its records before its first trusted checkpoint.
+MAX_IDENTITIES_BUFFERED = 16
+_IDENTITY_FIELDS = ("namespace", "pod", "pod-uid", "container", "node")
+_NO_IDENTITY = ("", "", "", "", "")
+_RFC3339 = re.compile(r"(\d{4})-(\d\d)-(\d\d)[Tt](\d\d):(\d\d):(\d\d)(\.\d{1,9})?([Zz]|[+-]\d\d:\d\d)")
 
 
 _json_decode = json.JSONDecoder().decode
@@ -94,6 +126,34 @@ class _Missing:
 _NO_PARTITION: tuple = ("", -1)
 
 
+def rfc3339_epoch(text: object) -> float | None:
+    """Seconds since the epoch of an RFC 3339 time (nanoseconds allowed); None when it is not one."""
+    match = _RFC3339.fullmatch(text) if isinstance(text, str) else None
+    if match is None:
+        return None
+    year, month, day, hour, minute, second = (int(part) for part in match.groups()[:6])
+    try:
+        seconds = calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
+    except (ValueError, OverflowError):
+        return None
+    if not (1 <= month <= 12 and 1 <= day <= 31 and hour < 24 and minute < 60 and second < 61):
+        return None
+    zone = match.group(8)
+    if zone not in ("Z", "z"):
+        sign = 1 if zone[0] == "+" else -1
+        seconds -= sign * (int(zone[1:3]) * 3600 + int(zone[4:6]) * 60)
+    return seconds + (float(match.group(7)) if match.group(7) else 0.0)
+
+
+class _Claim:
+    """A head someone trusted attests for a chain: a manifest in the topic, or a saved head."""
+
+    __slots__ = ("seq", "hash", "where", "source")
+
+    def __init__(self, seq: int, digest: bytes, where: tuple, source: str) -> None:
+        self.seq, self.hash, self.where, self.source = seq, digest, where, source
+
+
 class ChainState:
     """What the verifier keeps of one chain between its records: head, counters, duplicate window, open
     missing ranges, gap declarations, manifest claim and the issues kept so far."""
@@ -102,7 +162,12 @@ class ChainState:
                  "head_hash", "head_alternatives", "links", "dups_exact", "dups_conflicting", "gaps", "gap_bytes",
                  "gap_reasons", "checkpoints", "last_good_cp", "last_consistent_cp", "closed_at", "window", "ranges",
                  "declared", "declared_dropped", "just_filled", "claim_seq", "claim_hash", "claim_where",
-                 "violations", "findings", "violation_counts", "finding_counts")
+                 "violations", "findings", "violation_counts", "finding_counts", "tree", "tree_start", "tree_next",
+                 "tree_pending", "tree_future", "tree_anchored", "tree_broken_at", "trees_checked", "trees_unchecked",
+                 "tree_unchecked_first", "attributed", "identity", "identity_seq", "identity_buckets",
+                 "identity_recent",
+                 "identity_overflow", "attested_time", "attested_time_text", "attested_where", "head_record",
+                 "head_record_seq", "trusted")
 
     def __init__(self, name: str, window: int) -> None:
         self.name = name
@@ -138,6 +203,32 @@ class ChainState:
         self.findings: list[Issue] = []
         self.violation_counts: Counter = Counter()
         self.finding_counts: Counter = Counter()
+        # The Merkle tree of seqs tree_start..tree_next-1: `tree` folds the first ones, `tree_pending`
+        # holds the latest leaves (packed); tree_next is 0 once a hole stops it.
+        self.tree = Frontier()
+        self.tree_start = 1
+        self.tree_next = 1
+        self.tree_pending = bytearray()
+        self.tree_future: dict[int, bytes] | None = None     # leaves after a hole, until it is filled
+        self.tree_anchored = False
+        self.tree_broken_at: int | None = None
+        self.trees_checked = 0
+        self.trees_unchecked = 0
+        self.tree_unchecked_first: tuple | None = None      # (seq, where, reason)
+        # Attribution: the attested identity (a tuple in Identity's order), and before it is known the
+        # records seen, by distinct identity: identity -> [count, [(seq, where), ...], identity as feed reads it].
+        self.attributed = not name.startswith(MANIFEST_CHAIN_PREFIX)
+        self.identity: tuple | None = None
+        self.identity_seq: tuple | None = None               # (checkpoint seq, where) that attested it
+        self.identity_buckets: dict[tuple, list] | None = {}
+        self.identity_recent: list | None = None             # the bucket feed adds to without a call
+        self.identity_overflow = 0
+        self.attested_time: float | None = None
+        self.attested_time_text: str | None = None
+        self.attested_where: tuple = (None, None, None)
+        self.head_record: dict | None = None                 # latest trusted checkpoint / manifest record
+        self.head_record_seq = 0
+        self.trusted: _Claim | None = None                   # a saved head (--trusted-heads)
 
 
 # how _place judged a record
@@ -154,10 +245,24 @@ class Verifier:
 
     def __init__(self, public_keys: dict[str, Any] | None = None, *, window: int = DEFAULT_WINDOW,
                  require_attested: bool = False, require_complete: bool = False, allow_absent_chains: bool = False,
-                 max_open_ranges: int = DEFAULT_MAX_OPEN_RANGES, max_declared: int = DEFAULT_MAX_DECLARED) -> None:
+                 max_open_ranges: int = DEFAULT_MAX_OPEN_RANGES, max_declared: int = DEFAULT_MAX_DECLARED,
+                 now: float | None = None, stale_after_s: float = DEFAULT_STALE_AFTER_S) -> None:
         if window < 1:
             raise ValueError("window must be at least 1")
         self.public_keys = dict(public_keys or {})
+        self.now = now
+        self.stale_after_s = stale_after_s
+        # a note's signature line names its key and key hash: the same keys as note verifier keys
+        self.note_keys: list[note.VerifierKey] = []
+        self._raw_keys: dict[bytes, str] = {}
+        for key_name, public_key in self.public_keys.items():
+            raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+            self._raw_keys.setdefault(raw, key_name)
+            try:
+                self.note_keys.append(note.VerifierKey(key_name, raw))
+            except note.BadNote:
+                pass    # a label no note can carry (a space, a plus): it can only sign legacy statements
+        self.trusted_heads: dict[str, tuple[int, dict]] = {}
         self.window = window
         self.require_attested = require_attested
         self.require_complete = require_complete
@@ -268,6 +373,19 @@ class Verifier:
         if digest != stated:
             self._violation(state, ALTERED, seq, "its time, stream, body or type does not hash to its stated hash: "
                                                  "the record was changed")
+        if state.attributed:
+            resource = record.get("resource")
+            identity = (resource.get("k8s.namespace.name", ""), resource.get("k8s.pod.name", ""),
+                        resource.get("k8s.pod.uid", ""), resource.get("k8s.container.name", ""),
+                        resource.get("k8s.node.name", "")) if type(resource) is dict else _NO_IDENTITY
+            if identity != state.identity:
+                bucket = state.identity_recent
+                if bucket is not None and bucket[2] == identity:
+                    bucket[0] += 1
+                    if len(bucket[1]) < ISSUES_KEPT_PER_CHAIN:
+                        bucket[1].append((seq, where))
+                else:
+                    self._attribute(state, seq, identity, resource)
         if seq == state.head_seq + 1 and prev == state.head_hash:
             # the common case, kept free of calls: the next link of the chain
             state.links += 1
@@ -277,6 +395,14 @@ class Verifier:
             state.head_hash = stated
             if state.head_alternatives:
                 state.head_alternatives = []
+            if seq == state.tree_next:
+                pending = state.tree_pending
+                if len(pending) >= _TREE_PENDING_MAX:
+                    self._fold_tree(state)
+                pending += stated
+                state.tree_next = seq + 1
+            else:
+                self._tree_add(state, seq, stated)
             window = state.window
             index = seq % window.capacity
             if seq == window.high + 1 and index < len(window.hashes):
@@ -298,14 +424,14 @@ class Verifier:
                 self._violation(state, AFTER_CLOSE, seq, f"a {type_} record after the close record (seq "
                                                          f"{state.closed_at})")
             if type_ == TYPE_CHECKPOINT:
-                self._checkpoint(state, seq, prev, body)
+                self._checkpoint(state, seq, prev, body, record)
             elif type_ == TYPE_GAP:
                 self._gap(state, seq, body)
             elif type_ == TYPE_CLOSE:
                 if state.closed_at is None:
                     state.closed_at = seq
             elif type_ == TYPE_MANIFEST:
-                self._manifest(state, seq, body)
+                self._manifest(state, seq, prev, body, record)
             else:
                 self._violation(state, MALFORMED, seq, f"unknown record type {type_!r}")
         else:
@@ -315,6 +441,8 @@ class Verifier:
                                                          f"{state.closed_at})")
         if seq == state.claim_seq:
             self._check_claim(state, seq, stated)
+        if state.trusted is not None and seq == state.trusted.seq:
+            self._check_trusted(state, seq, stated)
 
     def _check_envelope(self, state: ChainState, record: dict, name: str, seq: int, key, headers) -> None:
         """What sits outside the hash but consumers rely on: the schema, the dedupe id, the partition key."""
@@ -407,6 +535,96 @@ class Verifier:
         if state.head_alternatives:
             state.head_alternatives = []
         state.window.put(seq, _prefix(stated), where[2] if where[2] is not None else -1)
+        if state.first_seq == seq and state.tree_start == 1 and seq > 1:
+            # the topic holds the chain from a later seq (retention): its tree starts there
+            state.tree_start = state.tree_next = seq
+        self._tree_add(state, seq, stated)
+
+    # -- the Merkle tree of a chain ------------------------------------------------------------------
+    def _fold_tree(self, state: ChainState, keep: int = TREE_RECENT_LEAVES) -> None:
+        """Fold all but the latest `keep` leaves into the frontier."""
+        pending = state.tree_pending
+        cut = len(pending) - 32 * keep
+        if cut > 0:
+            state.tree = state.tree.extend_packed(bytes(pending[:cut]))
+            del pending[:cut]
+
+    def _tree_add(self, state: ChainState, seq: int, digest: bytes) -> None:
+        """The leaf of seq: appended when it is the next one (with the later ones that came before it),
+        kept aside (boundedly) when records before it are still missing, ignored when already in."""
+        next_seq = state.tree_next
+        if not next_seq or seq < next_seq:
+            return
+        if seq > next_seq:
+            future = state.tree_future
+            if future is None:
+                future = state.tree_future = {}
+            if len(future) >= TREE_FUTURE_MAX:
+                self._stop_tree(state, next_seq)
+            else:
+                future.setdefault(seq, digest)
+            return
+        pending = state.tree_pending
+        future = state.tree_future
+        while True:
+            if len(pending) >= _TREE_PENDING_MAX:
+                self._fold_tree(state)
+                pending = state.tree_pending
+            pending += digest
+            next_seq += 1
+            if not future or next_seq not in future:
+                break
+            digest = future.pop(next_seq)
+        state.tree_next = next_seq
+
+    def _stop_tree(self, state: ChainState, seq: int) -> None:
+        """Too many records after a hole at seq: the chain's tree cannot be rebuilt past it."""
+        state.tree_next = 0
+        state.tree_broken_at = seq
+        state.tree_pending = bytearray()
+        state.tree_future = None
+        state.tree = Frontier()
+
+    def _check_tree(self, state: ChainState, seq: int, what: str, size: int, root: bytes) -> None:
+        """The tree a trusted checkpoint (or manifest) at `seq` states: `size` leaves ending at seq - 1."""
+        start = seq - size
+        if size == 0:
+            ok, reason = root == EMPTY_ROOT, ""
+        elif state.tree_next != seq + 1:
+            ok, reason = None, (f"seq {state.tree_next} is not in the topic" if state.tree_next else
+                                f"the chain has a hole at seq {state.tree_broken_at} that no later record filled")
+        else:
+            pending = state.tree_pending
+            first_pending = state.tree_next - len(pending) // 32
+            if start == state.tree_start:
+                self._fold_tree(state, keep=1)
+                ok, reason = state.tree.root() == root, ""
+            elif start >= first_pending:
+                # a tree restarted by the shipper (state from a release without trees): rebuilt from the
+                # leaves still at hand, and the chain's tree starts there from now on
+                offset = 32 * (start - first_pending)
+                tree = Frontier().extend_packed(bytes(pending[offset:-32]))
+                ok, reason = tree.root() == root, ""
+                state.tree, state.tree_start = tree, start
+                del pending[:-32]
+            elif start < state.tree_start:
+                ok, reason = None, (f"its tree starts at seq {start}, the topic holds the chain from seq "
+                                    f"{state.tree_start}")
+            else:
+                ok, reason = None, (f"its tree restarts at seq {start}, more than {TREE_RECENT_LEAVES} records "
+                                    "before it")
+        if ok is None:
+            state.trees_unchecked += 1
+            if state.tree_unchecked_first is None:
+                state.tree_unchecked_first = (seq, self._where, reason)
+            return
+        if ok:
+            state.trees_checked += 1
+            state.tree_anchored = True
+            return
+        self._violation(state, TREE_MISMATCH, seq, f"the {what}'s Merkle root over seqs {start}..{seq - 1} is not "
+                                                   "that of those records in the topic: a record was changed, "
+                                                   "inserted, removed or reordered")
 
     def _open_range(self, state: ChainState, missing: _Missing) -> None:
         if missing.lo > missing.hi:
@@ -424,6 +642,7 @@ class Verifier:
                 return _UNJUDGED
             state.links += 1
             state.window.put(seq, _prefix(stated), offset)
+            self._tree_add(state, seq, stated)
             missing.lo = seq + 1
             missing.expected_prev = stated
             missing.filled += 1
@@ -436,6 +655,7 @@ class Verifier:
         # Its predecessor is still missing: the range splits around it, and it becomes the first late
         # arrival of the part after it.
         state.window.put(seq, _prefix(stated), offset)
+        self._tree_add(state, seq, stated)
         if missing.filled:
             self._report_fill(state, missing, replayed=False)
             missing.filled, missing.first_lo, missing.fill_where = 0, missing.lo, None
@@ -480,49 +700,95 @@ class Verifier:
                             "reordered in the topic", missing.fill_where, last)
 
     # -- control records -----------------------------------------------------------------------------
-    def _signatures(self, state: ChainState, seq: int, what: str, statement: str,
-                    signatures: tuple[tuple[str, bytes], ...]) -> str:
-        """good | unchecked (no keys given) | unsigned | bad_signature | unknown_key; the last three are
-        violations when keys are given."""
+    def _judge_signatures(self, what: str, statement: str, signatures: tuple, note_body: str | None
+                          ) -> tuple[str, str, str]:
+        """(status, violation detail, key alias detail) of a checkpoint's or manifest's signatures: status
+        good | unchecked (no keys given) | unsigned | bad_signature | unknown_key. `note_body` is the whole
+        note for a SPEC-15 note (its `signatures` are (name, key hash)), None for a legacy statement (its
+        `signatures` are (key id, signature))."""
         keys = self.public_keys
         if not signatures:
-            if keys:
-                self._violation(state, UNSIGNED, seq, f"the {what} carries no signature")
-            return "unsigned"
+            return "unsigned", f"the {what} carries no signature", ""
         if not keys:
-            return "unchecked"
-        good, bad, unknown = [], [], []
+            return "unchecked", "", ""
+        if note_body is not None:
+            return self._judge_note(what, note_body, signatures)
+        good, bad, unknown, alias = [], [], [], ""
         for key_id, signature in signatures:
             key = keys.get(key_id)
             if key is not None:
                 (good if signature_valid(key, statement, signature) else bad).append(key_id)
                 continue
             # A key id is the signer's label (seal.key_id may rename it): a known key may stand behind it.
-            alias = next((known for known, candidate in keys.items()
+            known = next((known for known, candidate in keys.items()
                           if signature_valid(candidate, statement, signature)), None)
-            if alias is None:
+            if known is None:
                 unknown.append(key_id)
             else:
                 good.append(key_id)
-                self._finding(state, KEY_ALIAS, seq, f"the {what} is signed as key {key_id!r} by known key {alias}")
-        if bad:
-            self._violation(state, BAD_SIGNATURE, seq, f"the {what}'s signature by key {', '.join(bad)} does not "
-                                                       "verify: its statement or signature was changed")
-            return "bad_signature"
-        if good:
-            return "good"
-        self._violation(state, UNKNOWN_KEY, seq, f"the {what} is signed by unknown key {', '.join(unknown)}: none of "
-                                                 f"the {len(keys)} public keys given verifies it")
-        return "unknown_key"
+                alias = f"the {what} is signed as key {key_id!r} by known key {known}"
+        return self._signature_verdict(what, good, bad, unknown, alias)
 
-    def _checkpoint(self, state: ChainState, seq: int, prev: bytes, body: str) -> None:
+    def _judge_note(self, what: str, body: str, signatures: tuple) -> tuple[str, str, str]:
+        opened = note.open_note(body, self.note_keys)
+        good = [key.name for key in opened.verified]
+        unknown, alias = [], ""
+        for name, key_hash in opened.unknown:
+            # Signed under another name (seal.key_id): the key hash covers the name, so try each known
+            # key under the name the line gives.
+            for raw, known in self._raw_keys.items():
+                try:
+                    candidate = note.VerifierKey(name, raw)
+                except note.BadNote:
+                    break
+                if candidate.key_hash == key_hash and note.open_note(body, [candidate]).trusted:
+                    good.append(name)
+                    alias = f"the {what} is signed as key {name!r} by known key {known}"
+                    break
+            else:
+                unknown.append(name)
+        return self._signature_verdict(what, good, list(opened.bad), unknown, alias)
+
+    def _signature_verdict(self, what: str, good: list, bad: list, unknown: list, alias: str) -> tuple[str, str, str]:
+        if bad:
+            return "bad_signature", (f"the {what}'s signature by key {', '.join(bad)} does not verify: its "
+                                     "statement or signature was changed"), alias
+        if good:
+            return "good", "", alias
+        return "unknown_key", (f"the {what} is signed by unknown key {', '.join(unknown)}: none of the "
+                               f"{len(self.public_keys)} public keys given verifies it"), alias
+
+    def _signatures(self, state: ChainState, seq: int, what: str, statement: str, signatures: tuple,
+                    note_body: str | None = None) -> str:
+        """The status of _judge_signatures, its violation (bad, unknown key, unsigned when keys are given)
+        and key alias finding reported."""
+        status, detail, alias = self._judge_signatures(what, statement, signatures, note_body)
+        if alias:
+            self._finding(state, KEY_ALIAS, seq, alias)
+        if status == "bad_signature":
+            self._violation(state, BAD_SIGNATURE, seq, detail)
+        elif status == "unknown_key":
+            self._violation(state, UNKNOWN_KEY, seq, detail)
+        elif status == "unsigned" and self.public_keys:
+            self._violation(state, UNSIGNED, seq, detail)
+        return status
+
+    def _trusted_status(self, status: str) -> bool:
+        """Whether a statement may be believed: a good signature, or any consistent one without keys."""
+        return status == "good" or not self.public_keys
+
+    def _checkpoint(self, state: ChainState, seq: int, prev: bytes, body: str, record: dict) -> None:
+        notes = body.startswith(CHAIN_ORIGIN_PREFIX)
         try:
-            parsed = parse_checkpoint(body)
+            parsed = parse_checkpoint_note(body) if notes else parse_checkpoint(body)
         except BadCheckpoint as exc:
             state.checkpoints["malformed"] += 1
             self._violation(state, MALFORMED, seq, f"checkpoint body: {exc}")
             return
-        status = self._signatures(state, seq, "checkpoint", parsed.statement, parsed.signatures)
+        if notes:
+            status = self._signatures(state, seq, "checkpoint", parsed.text, parsed.signatures, body)
+        else:
+            status = self._signatures(state, seq, "checkpoint", parsed.statement, parsed.signatures)
         state.checkpoints[status] += 1
         problems = []
         if parsed.chain != state.name:
@@ -543,6 +809,88 @@ class Verifier:
             state.last_good_cp = seq
         if not self.public_keys:
             state.last_consistent_cp = seq
+        if not self._trusted_status(status):
+            return
+        self._attested_at(state, parsed.time, self._where)
+        if status in ("good", "unchecked"):
+            self._keep_head(state, seq, record)
+        if notes:
+            self._check_tree(state, seq, "checkpoint", parsed.tree_size, parsed.root)
+            if state.attributed:
+                self._attest_identity(state, seq, parsed.identity)
+
+    def _keep_head(self, state: ChainState, seq: int, record: dict) -> None:
+        if seq > state.head_record_seq:
+            state.head_record, state.head_record_seq = record, seq
+
+    def _attested_at(self, state: ChainState, time_text: str, where: tuple) -> None:
+        """A trusted statement about the chain at `time_text` (for STALE)."""
+        epoch = rfc3339_epoch(time_text)
+        if epoch is not None and (state.attested_time is None or epoch >= state.attested_time):
+            state.attested_time, state.attested_time_text, state.attested_where = epoch, time_text, where
+
+    # -- attribution ---------------------------------------------------------------------------------
+    def _attribute(self, state: ChainState, seq: int, seen: tuple, resource: object) -> None:
+        """A record whose resource identity (`seen`, as feed read it) is not (yet) known to be the
+        attested one."""
+        identity = identity_values(resource)
+        if identity == state.identity:
+            return      # a null where the attested value is empty
+        if state.identity is not None:
+            self._misattributed(state, seq, identity, self._where)
+            return
+        buckets = state.identity_buckets
+        if buckets is None:
+            return
+        bucket = buckets.get(identity)
+        if bucket is None:
+            if len(buckets) >= MAX_IDENTITIES_BUFFERED:
+                # Evict the rarest: the chain's true identity, carried by most records, stays.
+                rarest = min(buckets, key=lambda seen: buckets[seen][0])
+                state.identity_overflow += buckets.pop(rarest)[0]
+                state.identity_recent = None
+            bucket = buckets[identity] = [0, [], None]
+        bucket[0] += 1
+        if len(bucket[1]) < ISSUES_KEPT_PER_CHAIN:
+            bucket[1].append((seq, self._where))
+        if identity == seen:
+            # the next records most likely carry it too: feed counts them without a call
+            bucket[2] = seen
+            state.identity_recent = bucket
+
+    def _misattributed(self, state: ChainState, seq: int, identity: tuple, where: tuple) -> None:
+        attested = state.identity
+        differ = ", ".join(f"{field} {value!r}" for field, value, expected in zip(_IDENTITY_FIELDS, identity, attested)
+                           if value != expected)
+        wanted = ", ".join(f"{field} {expected!r}" for field, value, expected in
+                           zip(_IDENTITY_FIELDS, identity, attested) if value != expected)
+        checkpoint_seq, checkpoint_where = state.identity_seq
+        self._violation(state, MISATTRIBUTED, seq, f"its resource names {differ}; the chain's checkpoint at seq "
+                        f"{checkpoint_seq} ({_where(*checkpoint_where)}) attests {wanted}", where)
+
+    def _attest_identity(self, state: ChainState, seq: int, attested: Any) -> None:
+        identity = (attested.namespace, attested.pod, attested.pod_uid, attested.container, attested.node)
+        if state.identity is not None:
+            if identity != state.identity:
+                first_seq, first_where = state.identity_seq
+                self._violation(state, IDENTITY_MISMATCH, seq, "the checkpoint attests " + ", ".join(
+                    f"{field} {value!r}" for field, value in zip(_IDENTITY_FIELDS, identity)) +
+                    f"; the checkpoint at seq {first_seq} ({_where(*first_where)}) attests " + ", ".join(
+                    f"{field} {value!r}" for field, value in zip(_IDENTITY_FIELDS, state.identity)))
+            return
+        state.identity, state.identity_seq = identity, (seq, self._where)
+        buckets, state.identity_buckets, state.identity_recent = state.identity_buckets or {}, None, None
+        for seen, (count, examples, _) in buckets.items():
+            if seen == identity:
+                continue
+            for example_seq, example_where in examples:
+                self._misattributed(state, example_seq, seen, example_where)
+            state.violation_counts[MISATTRIBUTED] += count - len(examples)
+        if state.identity_overflow:
+            self._violation(state, MISATTRIBUTED, None, f"the chain's records before its first checkpoint carry more "
+                            f"than {MAX_IDENTITIES_BUFFERED} distinct identities, so all but one are not the attested "
+                            f"one; {state.identity_overflow} of them, of the rarest identities, were not kept and "
+                            "could not be judged one by one")
 
     def _gap(self, state: ChainState, seq: int, body: str) -> None:
         try:
@@ -582,23 +930,44 @@ class Verifier:
                     self._violation(state, GAP_MISMATCH, seq, f"declares seq {missing_seq} refused, with a hash other "
                                                               f"than that of the seq {missing_seq} in the topic")
                 return
+        if len(missing_hash) == 64:
+            try:
+                # the refused record is a leaf of the chain's tree: its declared hash stands in for it
+                self._tree_add(state, missing_seq, bytes.fromhex(missing_hash))
+            except ValueError:
+                pass
         if len(state.declared) >= self.max_declared:
             state.declared_dropped += 1
             return
         state.declared[missing_seq] = (missing_hash.lower(), seq, self._where)
 
-    def _manifest(self, state: ChainState, seq: int, body: str) -> None:
+    def _manifest(self, state: ChainState, seq: int, prev: bytes, body: str, record: dict) -> None:
+        notes = body.startswith(NODE_ORIGIN_PREFIX)
         try:
-            parsed = parse_manifest(body)
+            parsed = parse_manifest_note(body) if notes else parse_manifest(body)
         except BadManifest as exc:
             state.checkpoints["malformed"] += 1
             self._violation(state, MALFORMED, seq, f"manifest body: {exc}")
             return
-        status = self._signatures(state, seq, "manifest", parsed.statement, parsed.signatures)
+        if notes:
+            status = self._signatures(state, seq, "manifest", parsed.text, parsed.signatures, body)
+        else:
+            status = self._signatures(state, seq, "manifest", parsed.statement, parsed.signatures)
         state.checkpoints["manifest_" + status] += 1
         if state.name != MANIFEST_CHAIN_PREFIX + parsed.node:
             self._violation(state, MANIFEST_MISMATCH, seq, f"a manifest of node {parsed.node!r} in chain {state.name}")
             return
+        if notes:
+            # a manifest note is also the checkpoint of the node chain
+            problems = []
+            if parsed.seq != seq - 1:
+                problems.append(f"attests seq {parsed.seq}, not the seq before it ({seq - 1})")
+            if parsed.head_hash != prev:
+                problems.append("its head is not the prev of the manifest record")
+            if problems:
+                state.checkpoints["inconsistent"] += 1
+                self._violation(state, CHECKPOINT_MISMATCH, seq, "the manifest " + "; ".join(problems))
+                return
         if status == "good":
             state.last_good_cp = seq
         elif self.public_keys:
@@ -606,8 +975,14 @@ class Verifier:
         if not self.public_keys:
             state.last_consistent_cp = seq
         where = self._where
+        self._attested_at(state, parsed.time, where)
+        if status in ("good", "unchecked"):
+            self._keep_head(state, seq, record)
+        if notes:
+            self._check_tree(state, seq, "manifest", parsed.tree_size, parsed.root)
         for chain, head_seq, head_hash in parsed.heads:
             target = self._state(chain)
+            self._attested_at(target, parsed.time, where)
             if head_seq > target.claim_seq:
                 target.claim_seq, target.claim_hash, target.claim_where = head_seq, head_hash, where
             if 0 < head_seq <= target.head_seq and target.window.covers(head_seq):
@@ -621,9 +996,81 @@ class Verifier:
             self._violation(state, MANIFEST_MISMATCH, seq, f"the manifest at {_where(*state.claim_where)} attests "
                                                            f"another hash for seq {seq}")
 
+    def _check_trusted(self, state: ChainState, seq: int, stated: bytes) -> None:
+        trusted = state.trusted
+        if stated != trusted.hash:
+            self._violation(state, TRUSTED_HEAD_MISMATCH, seq, f"{trusted.source} attests another record at seq "
+                                                               f"{seq}: the chain was rewritten after it was saved")
+
     def unmet_claims(self) -> int:
         """Chains a manifest attests further than the records read so far (a live topic may still bring them)."""
         return sum(1 for state in self.chains.values() if state.claim_seq > state.head_seq)
+
+    # -- external heads ------------------------------------------------------------------------------
+    def trust_heads(self, records: Iterable[Any], source: str) -> int:
+        """Heads saved by an earlier run (`latest_heads`), kept outside the topic: each a checkpoint or
+        manifest record whose hash and signature are checked here. The topic must hold each chain up to
+        them. ValueError names the first record that is not such a record. Call before feeding."""
+        count = 0
+        for index, record in enumerate(records, 1):
+            try:
+                claims = self._trusted_claims(record)
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise ValueError(f"saved head {index}: {_short(exc)}") from None
+            for chain, seq, digest, what in claims:
+                state = self._state(chain)
+                if state.trusted is None or seq > state.trusted.seq:
+                    state.trusted = _Claim(seq, digest, (None, None, None), f"the {what} saved in {source}")
+            name, seq = record["seal"]["chain"], record["seal"]["seq"]
+            if seq > self.trusted_heads.get(name, (0, None))[0]:
+                self.trusted_heads[name] = (seq, record)
+            count += 1
+        return count
+
+    def _trusted_claims(self, record: Any) -> list[tuple[str, int, bytes, str]]:
+        seal = record["seal"]
+        name, seq, type_, body = seal["chain"], seal["seq"], record.get("type", ""), record["body"]
+        if type(seq) is not int or seq < 1 or type(name) is not str or not name:
+            raise ValueError("seal.seq must be an integer >= 1 and seal.chain a non-empty string")
+        prev, stated = bytes.fromhex(seal["prev"]), bytes.fromhex(seal["hash"])
+        if len(prev) != 32 or len(stated) != 32:
+            raise ValueError("seal.prev and seal.hash are 32-byte hashes")
+        if link(prev, seq, record["time"].encode(), record["stream"].encode(), body.encode(),
+                type_.encode()) != stated:
+            raise ValueError(f"the record {name}:{seq} does not hash to its stated hash")
+        if type_ == TYPE_CHECKPOINT:
+            notes = body.startswith(CHAIN_ORIGIN_PREFIX)
+            parsed = parse_checkpoint_note(body) if notes else parse_checkpoint(body)
+            statement = parsed.text if notes else parsed.statement
+            consistent = parsed.chain == name and parsed.seq == seq - 1 and parsed.head_hash == prev
+            heads: tuple = ()
+        elif type_ == TYPE_MANIFEST:
+            notes = body.startswith(NODE_ORIGIN_PREFIX)
+            parsed = parse_manifest_note(body) if notes else parse_manifest(body)
+            statement = parsed.text if notes else parsed.statement
+            consistent = name == MANIFEST_CHAIN_PREFIX + parsed.node and (
+                not notes or (parsed.seq == seq - 1 and parsed.head_hash == prev))
+            heads = parsed.heads
+        else:
+            raise ValueError(f"the record {name}:{seq} is not a checkpoint or a manifest")
+        if not consistent:
+            raise ValueError(f"the {type_} {name}:{seq} does not attest its own chain and head")
+        status, detail, _ = self._judge_signatures(type_, statement, parsed.signatures, body if notes else None)
+        if self.public_keys and status != "good":
+            raise ValueError(f"{name}:{seq}: {detail}")
+        claims = [(name, seq, stated, f"{type_} {name}:{seq}")]
+        claims += [(chain, head_seq, head_hash, f"manifest {name}:{seq}") for chain, head_seq, head_hash in heads
+                   if head_seq > 0]
+        return claims
+
+    def latest_heads(self) -> list[dict]:
+        """Per chain, the latest trusted checkpoint or manifest record read (or given to trust_heads, when
+        that one is later): what --save-heads writes, sorted by chain."""
+        heads = dict(self.trusted_heads)
+        for name, state in self.chains.items():
+            if state.head_record is not None and state.head_record_seq > heads.get(name, (0, None))[0]:
+                heads[name] = (state.head_record_seq, state.head_record)
+        return [record for _, (_, record) in sorted(heads.items())]
 
     # -- the end -------------------------------------------------------------------------------------
     def finish(self) -> Report:
@@ -642,6 +1089,9 @@ class Verifier:
                               f"{self.max_declared} could not be matched to missing records")
             self._finish_claims(state)
             self._finish_attestation(state)
+            self._finish_tree(state)
+            self._finish_staleness(state)
+            state.identity_buckets = state.identity_recent = None
         self._finished = self._build_report()
         return self._finished
 
@@ -675,21 +1125,49 @@ class Verifier:
                             f"(noticed at seq {missing.after_seq}, the record after it)", missing.after_where, hole_end)
 
     def _finish_claims(self, state: ChainState) -> None:
-        if state.claim_seq <= state.head_seq:
+        trusted = state.trusted
+        if trusted is not None and trusted.seq > max(state.head_seq, state.claim_seq):
+            claim_seq, where, source = trusted.seq, trusted.where, trusted.source
+        elif state.claim_seq > state.head_seq:
+            claim_seq, where = state.claim_seq, state.claim_where
+            source = f"the manifest at {_where(*where)}"
+        else:
             return
-        where = state.claim_where
         if state.records == 0:
-            message = (f"the manifest at {_where(*where)} attests seq {state.claim_seq}, but no record of this chain "
-                       "is in the topic")
+            message = f"{source} attests seq {claim_seq}, but no record of this chain is in the topic"
             if self.allow_absent_chains:
-                self._finding(state, CHAIN_ABSENT, 1, message, where, state.claim_seq)
+                self._finding(state, CHAIN_ABSENT, 1, message, where, claim_seq)
             else:
                 self._violation(state, TAIL_REMOVED, 1, message + ": the whole chain was removed (or it lives in a "
-                                "topic not verified: --allow-absent-chains)", where, state.claim_seq)
+                                "topic not verified: --allow-absent-chains)", where, claim_seq)
             return
-        self._violation(state, TAIL_REMOVED, state.head_seq + 1, f"the manifest at {_where(*where)} attests seq "
-                        f"{state.claim_seq}, the topic holds this chain only up to seq {state.head_seq}: seqs "
-                        f"{state.head_seq + 1}..{state.claim_seq} were removed", where, state.claim_seq)
+        self._violation(state, TAIL_REMOVED, state.head_seq + 1, f"{source} attests seq {claim_seq}, the topic holds "
+                        f"this chain only up to seq {state.head_seq}: seqs {state.head_seq + 1}..{claim_seq} were "
+                        "removed", where, claim_seq)
+
+    def _finish_tree(self, state: ChainState) -> None:
+        if state.trees_unchecked:
+            seq, where, reason = state.tree_unchecked_first
+            self._finding(state, TREE_UNCHECKED, seq, f"{state.trees_unchecked} of "
+                          f"{state.trees_unchecked + state.trees_checked} checkpoint trees could not be recomputed, "
+                          f"the first at seq {seq}: {reason}", where)
+        state.tree_pending = bytearray()
+        state.tree_future = None
+
+    def _finish_staleness(self, state: ChainState) -> None:
+        if self.now is None or state.closed_at is not None or state.attested_time is None or not state.records:
+            return      # (a chain absent from the topic is tail_removed or chain_absent already)
+        age = self.now - state.attested_time
+        if age <= self.stale_after_s:
+            return
+        if state.attributed:
+            what, since = "its latest checkpoint or manifest mention", "the chain has not been attested since"
+        else:
+            what, since = "the node's last manifest", "the node has written none since"
+        self._finding(state, STALE, None, f"{what} is from {state.attested_time_text}, {age:.0f} s before now, more "
+                      f"than {self.stale_after_s:g} s: {since} (stopped, or its later records and statements were "
+                      "removed)",
+                      state.attested_where)
 
     def _attested(self, state: ChainState) -> int | None:
         return state.last_good_cp if self.public_keys else state.last_consistent_cp
@@ -733,6 +1211,9 @@ class Verifier:
                 gap_bytes=state.gap_bytes, gap_reasons=dict(state.gap_reasons), checkpoints=dict(state.checkpoints),
                 last_good_checkpoint_seq=attested, unattested_records=self._unattested(state), closed=closed,
                 attested_seq=state.claim_seq or None, violation_counts=dict(state.violation_counts),
+                identity=dict(zip(_IDENTITY_FIELDS, state.identity)) if state.identity is not None else None,
+                trees_checked=state.trees_checked, trees_unchecked=state.trees_unchecked,
+                last_attested_time=state.attested_time_text,
                 finding_counts=dict(state.finding_counts), violations=list(state.violations),
                 findings=list(state.findings))
             result.complete = bool(attested_close and not state.violation_counts and state.first_seq == 1
@@ -747,17 +1228,19 @@ class Verifier:
                                       "malformed": self.violation_counts.get(MALFORMED, 0)}
         for name in _SUMMED + ("complete_chains",):
             totals_out[name] = totals[name]
+        totals_out["stale_chains"] = sum(1 for state in self.chains.values() if state.finding_counts.get(STALE))
         totals_out["control_records"] = dict(control_records)
         totals_out["violations"] = sum(violation_kinds.values())
         totals_out["violation_kinds"] = dict(violation_kinds)
         meta = {"signatures": "checked" if self.public_keys else "unchecked", "public_keys": sorted(self.public_keys),
                 "window": self.window, "require_attested": self.require_attested,
-                "require_complete": self.require_complete}
+                "require_complete": self.require_complete, "stale_after_s": self.stale_after_s,
+                "now": self.now, "trusted_heads": len(self.trusted_heads)}
         return Report(results, list(self.violations), list(self.findings), totals_out, meta)
 
 
 _SUMMED = ("records", "log_records", "links_verified", "duplicates_exact", "duplicates_conflicting", "gaps",
-           "gap_bytes", "unattested_records")
+           "gap_bytes", "unattested_records", "trees_checked", "trees_unchecked")
 
 
 def _partition_label(topic: str | None, partition: int | None) -> str:

@@ -12,13 +12,16 @@ import asyncio
 import json
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from shipper.kafka import partition_of
 from shipper.seal import checkpoint_body, parse_checkpoint
-from shipper.verify import Report, cli_main, verify_topic
-from tests.unit.test_verify import ATTACKER, KEYS, Topic, rehash, rewrite_chain_without_the_key, standard_node
+from shipper.verify import Report, cli_main, prove_main, verify_topic
+from tests.unit.test_verify import (ATTACKER, KEYS, SIGNER, SPEC_END, Topic, rehash, rewrite_chain_without_the_key,
+                                    rfc3339, spec_node, standard_node)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(300)]
 PARTITIONS = 3
@@ -215,3 +218,157 @@ def test_verify_reads_over_tls_and_sasl_and_never_prints_the_password(secure_kaf
         assert cli_main(args) == 2      # authentication fails: the run could not verify anything
         captured = capsys.readouterr()
         assert password not in captured.out + captured.err and "shipper verify:" in captured.err
+
+
+# -- SPEC-15 topics: notes, attribution, manifests, saved heads, per-record proofs ---------------------------
+
+@dataclass
+class MurmurTopic(Topic):
+    """Partitioned like the shipper (murmur2 of the chain), so `shipper prove` finds a chain's partition."""
+
+    def partition_of(self, key: bytes) -> int:
+        return partition_of(key, self.partition_count)
+
+
+def spec_topic() -> MurmurTopic:
+    topic = MurmurTopic(PARTITIONS)
+    for key, value in spec_node().emitted:
+        topic.append(key, value)
+    return topic
+
+
+async def read_back_spec(broker, name: str) -> MurmurTopic:
+    topic = MurmurTopic(PARTITIONS)
+    for record in await broker.consume_all(name, timeout=30):
+        topic.partitions.setdefault(record.partition, []).append((record.key, record.value))
+    return topic
+
+
+async def spec_verify(broker, name: str, **options) -> Report:
+    return await verify_topic(broker.bootstrap, name, public_keys=KEYS, idle_timeout_s=5.0, timeout_s=120,
+                              now=options.pop("now", SPEC_END + 60), **options)
+
+
+@pytest.fixture(scope="module")
+def spec_clean_topic(kafka_broker) -> str:
+    return asyncio.run(publish(kafka_broker, "spec-clean", spec_topic()))
+
+
+def test_note_topic_in_kafka_verifies_with_every_tree_checked(kafka_broker, spec_clean_topic):
+    report = asyncio.run(spec_verify(kafka_broker, spec_clean_topic))
+    assert report.ok, report.human()
+    assert report.totals["trees_checked"] == 16 and report.totals["trees_unchecked"] == 0
+    assert report.chain("uid-2/worker").complete and report.totals["stale_chains"] == 0
+
+
+def test_record_rewritten_to_another_namespace_pod_and_container_is_misattributed_by_name(kafka_broker,
+                                                                                          spec_clean_topic):
+    async def scenario():
+        topic = await read_back_spec(kafka_broker, spec_clean_topic)
+        record = topic.record("uid-1/app", 150)
+        record["resource"].update({"k8s.namespace.name": "payments", "k8s.pod.name": "ledger-0",
+                                   "k8s.container.name": "db"})
+        topic.replace("uid-1/app", 150, record)
+        name = await publish(kafka_broker, "spec-misattributed", topic)
+        return await spec_verify(kafka_broker, name), topic
+
+    report, topic = asyncio.run(scenario())
+    assert not report.ok and set(report.totals["violation_kinds"]) == {"misattributed"}
+    (issue,) = [issue for issue in report.all_violations() if issue.kind == "misattributed"]
+    assert (issue.chain, issue.seq) == ("uid-1/app", 150)
+    assert (issue.partition, issue.offset) == topic.locate("uid-1/app", 150)
+    assert "namespace 'payments', pod 'ledger-0', container 'db'" in issue.detail
+    assert f"misattributed seq 150 at {issue.topic}/{issue.partition}@{issue.offset}" in report.human()
+
+
+def test_tail_dropped_with_its_last_checkpoint_is_tail_removed_via_the_manifests(kafka_broker, spec_clean_topic):
+    async def scenario():
+        topic = await read_back_spec(kafka_broker, spec_clean_topic)
+        topic.truncate_chain("uid-1/app", 300)          # the last 11 lines and the checkpoint after them
+        name = await publish(kafka_broker, "spec-tail", topic)
+        return await spec_verify(kafka_broker, name)
+
+    report = asyncio.run(scenario())
+    assert set(report.totals["violation_kinds"]) == {"tail_removed"}, report.human()
+    (issue,) = [issue for issue in report.all_violations() if issue.kind == "tail_removed"]
+    assert (issue.chain, issue.seq, issue.seq_last) == ("uid-1/app", 300, 314)
+
+
+def test_later_manifests_dropped_too_is_stale_and_with_saved_heads_tail_removed(kafka_broker, spec_clean_topic,
+                                                                                 tmp_path, capsys):
+    heads = tmp_path / "heads.json"
+    later = rfc3339(SPEC_END + 3600)
+    assert cli_main(["--bootstrap-servers", kafka_broker.bootstrap, "--topic", spec_clean_topic, "--idle-timeout",
+                     "3", "--now", rfc3339(SPEC_END + 60), "--save-heads", str(heads)]) == 0
+    assert "saved the heads of 4 chains" in capsys.readouterr().err
+
+    async def cut() -> str:
+        topic = await read_back_spec(kafka_broker, spec_clean_topic)
+        topic.truncate_chain("uid-1/app", 300)
+        topic.truncate_chain("node/node-a", 3)          # the two manifests that attest the removed records
+        return await publish(kafka_broker, "spec-cut", topic)
+
+    name = asyncio.run(cut())
+    base = ["--bootstrap-servers", kafka_broker.bootstrap, "--topic", name, "--idle-timeout", "3", "--now", later,
+            "--json"]
+    assert cli_main(base) == 0                           # a shorter topic that is valid in itself ...
+    report = json.loads(capsys.readouterr().out)
+    stale = {issue["chain"] for chain in report["chains"] for issue in chain["findings"] if issue["kind"] == "stale"}
+    assert {"uid-1/app", "node/node-a"} <= stale          # ... but neither the chain nor the node is attested lately
+    assert cli_main(base + ["--trusted-heads", str(heads)]) == 1
+    report = json.loads(capsys.readouterr().out)
+    removed = {(issue["chain"], issue["seq"], issue.get("seq_last")) for issue in report["violations"] +
+               [issue for chain in report["chains"] for issue in chain["violations"]] if issue["kind"] == "tail_removed"}
+    assert ("uid-1/app", 300, 314) in removed and report["totals"]["violation_kinds"] == {"tail_removed": 2}
+
+
+def test_prove_then_verify_the_proof_offline(kafka_broker, spec_clean_topic, tmp_path, capsys):
+    vkey = tmp_path / "signing-key.vkey"
+    vkey.write_text(SIGNER.verifier_key + "\n")
+    proof = tmp_path / "proof.json"
+    assert prove_main(["uid-3/web:64", "--bootstrap-servers", kafka_broker.bootstrap, "--topic", spec_clean_topic,
+                       "--public-key", str(vkey), "--out", str(proof), "--idle-timeout", "3"]) == 0
+    assert "checkpoint at seq 102" in capsys.readouterr().err
+    written = json.loads(proof.read_text())
+    assert written["event_id"] == "uid-3/web:64" and written["checkpoint_seq"] == 102
+    assert cli_main(["--proof", str(proof), "--public-key", str(vkey)]) == 0
+    assert capsys.readouterr().out.startswith("VERDICT OK: uid-3/web:64 is in the checkpoint at seq 102")
+
+    written["record"]["resource"]["k8s.pod.name"] = "edge-9"
+    proof.write_text(json.dumps(written))
+    assert cli_main(["--proof", str(proof), "--public-key", str(vkey)]) == 1
+    assert "re-attributed" in capsys.readouterr().out
+
+    assert prove_main(["uid-3/web:999", "--bootstrap-servers", kafka_broker.bootstrap, "--topic", spec_clean_topic,
+                       "--idle-timeout", "3"]) == 1
+    assert "no record uid-3/web:999" in capsys.readouterr().err
+    assert prove_main(["uid-3/web:64", "--bootstrap-servers", kafka_broker.bootstrap, "--topic", "absent-topic-x",
+                       "--idle-timeout", "3"]) == 2
+
+
+def test_prove_refuses_a_record_changed_in_the_topic(kafka_broker, spec_clean_topic, capsys):
+    async def scenario() -> str:
+        topic = await read_back_spec(kafka_broker, spec_clean_topic)
+        record = topic.record("uid-1/app", 42)
+        record["body"] = "refund of 500 EUR approved"
+        topic.replace("uid-1/app", 42, record)
+        return await publish(kafka_broker, "spec-prove-altered", topic)
+
+    name = asyncio.run(scenario())
+    assert prove_main(["uid-1/app:42", "--bootstrap-servers", kafka_broker.bootstrap, "--topic", name,
+                       "--idle-timeout", "3"]) == 1
+    assert "does not hash to its stated hash" in capsys.readouterr().err
+
+
+@pytest.mark.tansu
+def test_prove_on_tansu_reads_the_checkpoint_in_the_last_batch(tansu_broker, tmp_path, capsys):
+    name = new_topic_name("spec-tansu")
+    asyncio.run(tansu_broker.create_topic(name, PARTITIONS))
+    asyncio.run(produce(tansu_broker.client_options(), name, spec_topic()))
+    proof = tmp_path / "proof.json"
+    assert prove_main(["uid-1/app:305", "--bootstrap-servers", tansu_broker.bootstrap, "--topic", name, "--out",
+                       str(proof), "--idle-timeout", "3"]) == 0, capsys.readouterr().err
+    assert json.loads(proof.read_text())["checkpoint_seq"] == 314
+    vkey = tmp_path / "signing-key.vkey"
+    vkey.write_text(SIGNER.verifier_key + "\n")
+    assert cli_main(["--proof", str(proof), "--public-key", str(vkey)]) == 0

@@ -138,3 +138,23 @@ def _entries(count: int) -> Entries:
     for index in range(count):
         entries.add(index * 20, TS, b"stdout", f"line {index}".encode(), 0)
     return entries
+
+
+def test_spec15_note_checkpoints_and_manifests_validate():
+    from tests.unit.test_verify import spec_node
+
+    node = spec_node()
+    checkpoint = node.chains["uid-1/app"]
+    checkpoint.logs(1)
+    checkpoint.checkpoint(unsigned=True)            # an unsigned note is the text alone
+    records = [assert_valid(value) for _key, value in node.emitted]
+    types = {record.get("type") for record in records}
+    assert {"checkpoint", "manifest", "gap", "close"} <= types
+
+
+def test_schema_rejects_a_note_checkpoint_missing_its_identity_lines():
+    from tests.unit.test_verify import spec_node
+
+    record = next(json.loads(value) for _key, value in spec_node().emitted if b'"type":"checkpoint"' in value)
+    record["body"] = record["body"].replace("\ncontainer app\n", "\n")
+    assert any(error.startswith("body:") for error in errors(record))

@@ -236,7 +236,8 @@ def _mutations(body: str):
     return st.one_of(
         st.tuples(st.integers(0, len(body)), st.integers(0, 12), st.text(max_size=8)).map(
             lambda m: body[:m[0]] + m[2] + body[m[0] + m[1]:]),
-        st.tuples(st.integers(0, len(body) - 1), st.sampled_from(["\n", " ", "", "%", "0", "A", "=", "\u2014", "+"])).map(
+        st.tuples(st.integers(0, len(body) - 1),
+                  st.sampled_from(["\n", " ", "", "%", "0", "A", "=", "\u2014", "+"])).map(
             lambda m: body[:m[0]] + m[1] + body[m[0] + 1:]),
         st.text(max_size=200),
     )
@@ -256,8 +257,9 @@ def test_STRICT_a_malformed_checkpoint_note_raises_only_BadCheckpoint(body):
     except BadCheckpoint:
         return
     # what parses is a checkpoint the builder writes the same way
-    tree_text = checkpoint_note_text(parsed.chain, _FakeTree(parsed.tree_size, parsed.root),
-                                     ChainHead(parsed.chain, parsed.seq, parsed.head_hash), parsed.time, parsed.identity)
+    head = ChainHead(parsed.chain, parsed.seq, parsed.head_hash)
+    tree_text = checkpoint_note_text(parsed.chain, _FakeTree(parsed.tree_size, parsed.root), head, parsed.time,
+                                     parsed.identity)
     assert tree_text == parsed.text
 
 

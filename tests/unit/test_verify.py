@@ -6,6 +6,7 @@ The builders here (`Node`, `ChainWriter`, `Topic`) are reused by tests/integrati
 from __future__ import annotations
 
 import json
+import time
 import zlib
 from dataclasses import dataclass, field
 
@@ -17,8 +18,9 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from shipper import seal as seal_module
 from shipper.parse import Entries
 from shipper.records import ChainContext, seal_control, seal_entries
-from shipper.seal import (ChainHead, Signer, checkpoint_body, gap_body, genesis_hash, link, parse_checkpoint,
-                          statement_text)
+from shipper.merkle import Frontier
+from shipper.seal import (ChainHead, Identity, Signer, checkpoint_body, checkpoint_note_text, gap_body, genesis_hash,
+                          link, manifest_note_text, parse_checkpoint, sign_statement, statement_text)
 from shipper.verify import (DEFAULT_WINDOW, BadManifest, Report, Verifier, cli_main, load_public_keys,
                             manifest_statement, parse_manifest, verify_file)
 
@@ -209,6 +211,136 @@ def standard_node() -> Node:
     web.checkpoint()
     node.manifest()
     return node
+
+
+# -- SPEC-15 builders: checkpoints and manifests as signed notes over each chain's Merkle tree ------------
+
+START = 1_795_888_800.0          # 2026-11-28T18:00:00Z
+
+
+def rfc3339(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(epoch))) + f".{int(round(epoch % 1 * 1e9)):09d}Z"
+
+
+class NoteChain:
+    """One chain as the SPEC-15 shipper writes it: records, the Merkle frontier of their hashes, checkpoint
+    notes attesting tree, head, time and identity."""
+
+    def __init__(self, node: FakeNode, chain: str, identity: Identity, resource: dict) -> None:
+        self.node = node
+        self.chain = chain
+        self.identity = identity
+        self.head = ChainHead.genesis(chain)
+        self.tree = Frontier()
+        self.ctx = ChainContext(chain, json.dumps(resource), f"/var/log/pods/{chain.replace('/', '_')}/0.log")
+        self.offset = 0
+
+    def _emit(self, values: list[bytes]) -> list[bytes]:
+        self.tree = self.tree.extend_packed(b"".join(bytes.fromhex(json.loads(v)["seal"]["hash"]) for v in values))
+        self.node.emit(self.chain, values)
+        return values
+
+    def logs(self, count: int, text: str = "line") -> list[bytes]:
+        entries = Entries()
+        stamp = self.node.now().encode()
+        for _ in range(count):
+            body = f"{text} {self.head.seq + len(entries) + 1} of {self.chain}".encode()
+            entries.add(self.offset, stamp, b"stdout" if len(entries) % 3 else b"stderr", body, 0)
+            self.offset += len(body) + 40
+        values, self.head = seal_entries(self.head, entries, self.ctx, self.node.now(), None)
+        return self._emit(values)
+
+    def control(self, type_: str, body: str) -> bytes:
+        value, self.head = seal_control(self.head, type_, body, self.ctx, self.node.now())
+        return self._emit([value])[0]
+
+    def checkpoint(self, signer: Signer | None = None, unsigned: bool = False, identity: Identity | None = None,
+                   tree: Frontier | None = None) -> bytes:
+        text = checkpoint_note_text(self.chain, self.tree if tree is None else tree, self.head, self.node.now(),
+                                    identity or self.identity)
+        return self.control("checkpoint", sign_statement(text, [] if unsigned else [signer or self.node.signer]))
+
+    def gap(self, reason: str = "rotated_unread", lost: int = 4096, missing_seq: int | None = None,
+            missing_hash: str | None = None) -> bytes:
+        return self.control("gap", gap_body(reason, lost, self.ctx.path, 1234, "", missing_seq, missing_hash))
+
+    def close(self) -> bytes:
+        return self.control("close", "stream ended: files removed and drained")
+
+    def restart_tree(self) -> None:
+        """What a shipper restored from a release without trees does: its tree starts at the next record."""
+        self.tree = Frontier()
+
+
+class FakeNode:
+    """A node of SPEC-15 chains with a clock: `tick` moves it on; manifests list every chain's head."""
+
+    def __init__(self, name: str = NODE, signer: Signer = SIGNER, start: float = START) -> None:
+        self.name = name
+        self.signer = signer
+        self.clock = start
+        self.chains: dict[str, NoteChain] = {}
+        self.emitted: list[tuple[bytes, bytes]] = []
+        self.node_chain = NoteChain(self, f"node/{name}", Identity(node=name), {"k8s.node.name": name})
+
+    def now(self) -> str:
+        return rfc3339(self.clock)
+
+    def tick(self, seconds: float) -> None:
+        self.clock += seconds
+
+    def chain(self, name: str, namespace: str = "shop", pod: str = "web-1") -> NoteChain:
+        pod_uid, container = name.split("/", 1)
+        identity = Identity(namespace, pod, pod_uid, container, self.name)
+        resource = {"k8s.namespace.name": namespace, "k8s.pod.name": pod, "k8s.pod.uid": pod_uid,
+                    "k8s.container.name": container, "k8s.container.restart_count": 0, "k8s.node.name": self.name,
+                    "k8s.pod.labels": {"app": pod.split("-")[0]}}
+        writer = self.chains[name] = NoteChain(self, name, identity, resource)
+        return writer
+
+    def emit(self, chain: str, values: list[bytes]) -> None:
+        self.emitted += [(chain.encode(), value) for value in values]
+
+    def manifest(self, signer: Signer | None = None) -> bytes:
+        heads = [(name, writer.head.seq, writer.head.hash) for name, writer in sorted(self.chains.items())]
+        node = self.node_chain
+        text = manifest_note_text(self.name, node.tree, node.head, self.now(), heads)
+        return node.control("manifest", sign_statement(text, [signer or self.signer]))
+
+    def topic(self, partitions: int = 3) -> Topic:
+        topic = Topic(partitions)
+        for key, value in self.emitted:
+            topic.append(key, value)
+        return topic
+
+
+def spec_node() -> FakeNode:
+    """standard_node's shape in the SPEC-15 format, a minute between rounds: three chains with checkpoints
+    and manifests, one gap at source, one chain closed."""
+    node = FakeNode()
+    app, worker = node.chain("uid-1/app", pod="web-1"), node.chain("uid-2/worker", pod="worker-7")
+    web = node.chain("uid-3/web", namespace="front", pod="edge-2")
+    for _ in range(3):
+        app.logs(100)
+        worker.logs(20)
+        web.logs(50)
+        for writer in (app, worker, web):
+            writer.checkpoint()
+        node.manifest()
+        node.tick(60)
+    worker.gap("rotated_unread", 4096)
+    worker.logs(5)
+    worker.close()
+    worker.checkpoint()
+    app.logs(10)
+    app.checkpoint()
+    web.logs(7)
+    web.checkpoint()
+    node.manifest()
+    return node
+
+
+SPEC_END = START + 180           # the spec_node's last statements
 
 
 def rehash(record: dict, prev: bytes) -> dict:
@@ -801,3 +933,408 @@ def test_load_public_keys_refuses_a_private_key_and_accepts_a_labelled_key(tmp_p
         load_public_keys([str(tmp_path / "key.pem")])
     keys = load_public_keys([f"prod={tmp_path / 'key.pub.pem'}"])
     assert "prod" in keys and len(set(map(id, keys.values()))) == 1
+
+
+# -- SPEC-15: notes, trees, attribution, staleness, saved heads ---------------------------------------------
+
+def spec_verify(topic: Topic, public_keys: dict | None = None, **options) -> Report:
+    return topic.verify(public_keys, now=options.pop("now", SPEC_END + 60), **options)
+
+
+def test_note_chain_set_verifies_with_every_tree_root_and_identity_checked():
+    report = spec_verify(spec_node().topic())
+    assert report.ok, report.human()
+    # 12 checkpoints and 4 manifests
+    assert report.totals["trees_checked"] == 16 and report.totals["trees_unchecked"] == 0
+    assert report.chain("uid-3/web").identity == {"namespace": "front", "pod": "edge-2", "pod-uid": "uid-3",
+                                                  "container": "web", "node": NODE}
+    assert report.chain("uid-2/worker").complete and not report.chain("uid-1/app").complete
+    assert report.chain("node/node-a").identity is None
+    assert report.totals["stale_chains"] == 0 and report.totals["unattested_records"] == 0
+    assert not report.all_findings() or {issue.kind for issue in report.all_findings()} == {"gap"}
+
+
+def test_note_chains_verify_from_the_command_line_with_a_verifier_key_file(tmp_path, capsys):
+    dump = tmp_path / "logs.jsonl"
+    spec_node().topic().write_jsonl(dump)
+    vkey = tmp_path / "signing-key.vkey"
+    vkey.write_text(SIGNER.verifier_key + "\n")
+    args = ["--file", str(dump), "--public-key", str(vkey), "--now", rfc3339(SPEC_END + 60)]
+    assert cli_main(args + ["--require-attested"]) == 0
+    assert "16 tree roots checked (0 not)" in capsys.readouterr().out
+    assert cli_main(args + ["--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["ok"] and out["totals"]["trees_checked"] == 16 and out["meta"]["stale_after_s"] == 900
+
+
+def test_load_public_keys_reads_verifier_keys_under_their_name_and_derived_key_id(tmp_path):
+    renamed = Signer(Ed25519PrivateKey.generate(), "prod-2026")
+    path = tmp_path / "keys.vkey"
+    path.write_text(f"# auditors' keys\n{SIGNER.verifier_key}\n\n{renamed.verifier_key}\n")
+    keys = load_public_keys([str(path)])
+    derived = seal_module.key_id_of(renamed.note_signer.private_key.public_key())
+    assert set(keys) == {SIGNER.key_id, "prod-2026", derived}
+    (tmp_path / "bad.vkey").write_text(SIGNER.verifier_key[:-2] + "AA\n")
+    with pytest.raises(Exception, match="line 1"):
+        load_public_keys([str(tmp_path / "bad.vkey")])
+
+
+def test_note_signed_under_a_key_id_verifies_by_its_vkey_and_through_the_pem_key_as_an_alias():
+    key = Ed25519PrivateKey.generate()
+    renamed = Signer(key, "prod-2026")
+    node = FakeNode(signer=renamed)
+    app = node.chain("uid-1/app")
+    app.logs(5)
+    app.checkpoint()
+    node.manifest()
+    by_name = spec_verify(node.topic(), {"prod-2026": key.public_key()})
+    assert by_name.ok and not by_name.chain("uid-1/app").finding_counts.get("key_alias")
+    by_pem = spec_verify(node.topic(), {seal_module.key_id_of(key.public_key()): key.public_key()})
+    assert by_pem.ok and by_pem.chain("uid-1/app").finding_counts["key_alias"] == 1
+    assert by_pem.chain("uid-1/app").last_good_checkpoint_seq == 6
+
+
+@pytest.mark.parametrize("how, kind", [("attacker", "unknown_key"), ("flip", "bad_signature"), ("strip", "unsigned")])
+def test_note_checkpoint_forged_flipped_or_stripped_is_named(how, kind):
+    topic = spec_node().topic()
+    record = topic.record("uid-3/web", 51)
+    text = record["body"][:record["body"].rindex("\n\n") + 1]
+    if how == "attacker":
+        record["body"] = sign_statement(text, [ATTACKER])
+    elif how == "flip":
+        record["body"] = record["body"][:-4] + ("A" if record["body"][-4] != "A" else "B") + record["body"][-3:]
+    else:
+        record["body"] = text
+    topic.replace("uid-3/web", 51, rehash(record, bytes.fromhex(record["seal"]["prev"])))
+    report = spec_verify(topic)
+    assert {(issue.kind, issue.chain, issue.seq) for issue in report.all_violations()} >= {(kind, "uid-3/web", 51)}
+
+
+def test_malformed_note_checkpoint_is_malformed():
+    node = FakeNode()
+    app = node.chain("uid-1/app")
+    app.logs(3)
+    app.control("checkpoint", "audit-shipper.io/v1/chain/uid-1/app\n3\nnot base64\n")
+    report = spec_verify(node.topic())
+    (issue,) = violations_of(report, "malformed")
+    assert issue.seq == 4 and "checkpoint body" in issue.detail
+
+
+def test_TREE_a_signed_root_that_is_not_the_records_root_is_a_tree_mismatch():
+    node = FakeNode()
+    app = node.chain("uid-1/app")
+    app.logs(10)
+    app.checkpoint()
+    app.logs(10)
+    app.checkpoint(tree=Frontier().extend([b"\x01" * 32] * 21))      # a signed root over other leaves
+    report = spec_verify(node.topic())
+    (issue,) = violations_of(report, "tree_mismatch")
+    assert (issue.chain, issue.seq) == ("uid-1/app", 22) and "seqs 1..21" in issue.detail
+    assert report.chain("uid-1/app").trees_checked == 1
+
+
+def test_TREE_a_chain_held_from_a_later_seq_leaves_its_trees_unchecked_as_one_finding():
+    topic = spec_node().topic()
+    for seq in range(1, 11):
+        topic.delete("uid-1/app", seq)
+    report = spec_verify(topic)
+    assert report.ok
+    app = report.chain("uid-1/app")
+    assert app.trees_unchecked == 4 and app.trees_checked == 0 and app.finding_counts["tree_unchecked"] == 1
+    (issue,) = [issue for issue in app.findings if issue.kind == "tree_unchecked"]
+    assert issue.seq == 101 and "starts at seq 1, the topic holds the chain from seq 11" in issue.detail
+
+
+def test_TREE_a_tree_restarted_by_an_upgraded_shipper_is_rebuilt_and_checked():
+    node = FakeNode()
+    app = node.chain("uid-1/app")
+    app.logs(30)
+    statement = statement_text(app.chain, app.head.seq, app.head.hash, node.now(), node.name)
+    app.control("checkpoint", checkpoint_body(statement, [SIGNER.sign(statement)]))    # the previous release
+    app.restart_tree()
+    app.logs(20)
+    app.checkpoint()
+    app.logs(5)
+    app.checkpoint()
+    report = spec_verify(node.topic())
+    assert report.ok, report.human()
+    assert report.chain("uid-1/app").trees_checked == 2 and report.chain("uid-1/app").trees_unchecked == 0
+
+
+def test_TREE_a_restart_further_back_than_the_leaves_kept_is_unchecked():
+    from shipper.verify.verifier import TREE_RECENT_LEAVES
+
+    node = FakeNode()
+    app = node.chain("uid-1/app")
+    app.logs(10)
+    app.restart_tree()
+    app.logs(2 * TREE_RECENT_LEAVES + 10)
+    app.checkpoint()
+    report = spec_verify(node.topic())
+    assert report.ok and report.chain("uid-1/app").trees_unchecked == 1
+    assert "restarts at seq 11" in next(i for i in report.all_findings() if i.kind == "tree_unchecked").detail
+
+
+def test_TREE_a_refused_record_declared_by_a_gap_keeps_the_tree_checked():
+    node = FakeNode()
+    app = node.chain("uid-1/app")
+    values = app.logs(9)
+    refused = json.loads(values[5])
+    node.emitted.remove((b"uid-1/app", values[5]))
+    app.gap("kafka_refused", len(values[5]), missing_seq=6, missing_hash=refused["seal"]["hash"])
+    app.logs(3)
+    app.checkpoint()
+    report = spec_verify(node.topic())
+    assert report.ok and report.chain("uid-1/app").trees_checked == 1
+
+
+def test_TREE_swapped_records_are_reordered_and_the_tree_still_checked_after_them():
+    topic = spec_node().topic()
+    topic.swap("uid-1/app", 30, 31)
+    report = spec_verify(topic)
+    assert kinds(report) == {"reordered"}
+    assert report.chain("uid-1/app").trees_checked == 4
+
+
+def test_TREE_a_deleted_record_leaves_later_trees_unchecked():
+    topic = spec_node().topic()
+    topic.delete("uid-1/app", 50)
+    report = spec_verify(topic)
+    assert kinds(report) == {"missing"}
+    app = report.chain("uid-1/app")
+    assert app.trees_checked == 0 and app.trees_unchecked == 4
+    assert "seq 50 is not in the topic" in next(i for i in app.findings if i.kind == "tree_unchecked").detail
+
+
+def rewrite_identity(topic: Topic, chain: str, seqs, **changes) -> list[tuple[int, int, int]]:
+    """Change resource fields (outside the hash) of some records; their (seq, partition, offset)."""
+    keys = {"namespace": "k8s.namespace.name", "pod": "k8s.pod.name", "container": "k8s.container.name",
+            "node": "k8s.node.name", "pod_uid": "k8s.pod.uid"}
+    where = []
+    for seq in seqs:
+        record = topic.record(chain, seq)
+        for field_name, value in changes.items():
+            record["resource"][keys[field_name]] = value
+        topic.replace(chain, seq, record)
+        where.append((seq, *topic.locate(chain, seq)))
+    return where
+
+
+def test_ATTRIBUTION_records_rewritten_to_another_pod_are_misattributed_each_named():
+    topic = spec_node().topic()
+    changed = rewrite_identity(topic, "uid-1/app", [5, 77, 150, 305], namespace="kube-system", pod="admin-0",
+                               container="shell")
+    report = spec_verify(topic)
+    assert kinds(report) == {"misattributed"}
+    named = sorted((issue.seq, issue.partition, issue.offset) for issue in violations_of(report, "misattributed"))
+    assert named == changed
+    issue = next(issue for issue in violations_of(report, "misattributed") if issue.seq == 5)
+    assert "namespace 'kube-system', pod 'admin-0', container 'shell'" in issue.detail
+    assert "attests namespace 'shop', pod 'web-1', container 'app'" in issue.detail
+    assert "misattributed" in report.human() and "seq 77" in report.human()
+
+
+def test_ATTRIBUTION_counts_are_exact_and_examples_bounded():
+    from shipper.verify import ISSUES_KEPT_PER_CHAIN
+
+    topic = spec_node().topic()
+    rewrite_identity(topic, "uid-1/app", range(1, 201), pod="web-2")        # half before the first checkpoint
+    report = spec_verify(topic)
+    app = report.chain("uid-1/app")
+    assert app.violation_counts == {"misattributed": 200}
+    assert len(app.violations) == ISSUES_KEPT_PER_CHAIN
+
+
+def test_ATTRIBUTION_many_identities_before_the_first_checkpoint_stay_bounded_and_counted():
+    from shipper.verify.verifier import MAX_IDENTITIES_BUFFERED
+
+    topic = spec_node().topic()
+    for seq in range(1, 61):
+        rewrite_identity(topic, "uid-1/app", [seq], pod=f"pod-{seq}")
+    verifier = Verifier(KEYS, now=SPEC_END)
+    for part, offset, key, value in topic.rows():
+        verifier.feed(value, key, part, offset, topic="logs")
+        state = verifier.chains.get("uid-1/app")
+        assert state is None or state.identity_buckets is None or len(state.identity_buckets) <= MAX_IDENTITIES_BUFFERED
+    report = verifier.finish()
+    named = [issue for issue in report.chain("uid-1/app").violations if issue.seq is not None]
+    assert len(named) == MAX_IDENTITIES_BUFFERED - 1 and all(issue.seq <= 60 for issue in named)
+    (summary,) = [issue for issue in report.chain("uid-1/app").violations if issue.seq is None]
+    assert f"more than {MAX_IDENTITIES_BUFFERED} distinct identities" in summary.detail
+    assert "45 of them" in summary.detail          # the true identity, the most common, was never evicted
+
+
+def test_ATTRIBUTION_a_null_resource_value_equals_an_empty_attested_one():
+    node = FakeNode()
+    app = node.chain("uid-1/app", namespace="")
+    app.logs(3)
+    app.checkpoint()
+    topic = node.topic()
+    record = topic.record("uid-1/app", 2)
+    record["resource"]["k8s.namespace.name"] = None
+    topic.replace("uid-1/app", 2, record)
+    assert spec_verify(topic).ok
+
+
+def test_ATTRIBUTION_checkpoints_attesting_two_identities_are_an_identity_mismatch():
+    node = FakeNode()
+    app = node.chain("uid-1/app")
+    app.logs(5)
+    app.checkpoint()
+    app.logs(5)
+    app.checkpoint(identity=Identity("shop", "web-9", "uid-1", "app", NODE))
+    report = spec_verify(node.topic())
+    (issue,) = violations_of(report, "identity_mismatch")
+    assert issue.seq == 12 and "pod 'web-9'" in issue.detail and "seq 6" in issue.detail
+
+
+def test_ATTRIBUTION_is_not_judged_on_unsigned_or_forged_checkpoints():
+    node = FakeNode()
+    app = node.chain("uid-1/app")
+    app.logs(5)
+    app.checkpoint(signer=ATTACKER, identity=Identity("evil", "x", "uid-1", "app", NODE))
+    app.logs(5)
+    app.checkpoint()
+    report = spec_verify(node.topic())
+    assert kinds(report) == {"unknown_key"}
+    assert report.chain("uid-1/app").identity["namespace"] == "shop"
+
+
+def test_STALE_a_chain_and_node_not_attested_for_longer_than_stale_after_are_findings():
+    topic = spec_node().topic()
+    fresh = spec_verify(topic, now=SPEC_END + 899)
+    assert fresh.totals["stale_chains"] == 0
+    report = spec_verify(topic, now=SPEC_END + 3600)
+    assert report.ok       # a finding: a node may simply have stopped
+    stale = {issue.chain: issue for issue in report.all_findings() if issue.kind == "stale"}
+    assert set(stale) == {"uid-1/app", "uid-3/web", "node/node-a"}      # uid-2/worker is closed
+    assert "3600 s before now" in stale["uid-1/app"].detail and rfc3339(SPEC_END) in stale["uid-1/app"].detail
+    assert stale["node/node-a"].detail.startswith("the node's last manifest")
+    assert spec_verify(topic, now=SPEC_END + 3600, stale_after_s=7200).totals["stale_chains"] == 0
+    assert topic.verify().totals["stale_chains"] == 0         # no `now`: the pure verifier keeps no clock
+
+
+def test_STALE_from_the_command_line_with_now_and_stale_after(tmp_path, capsys):
+    dump = tmp_path / "logs.jsonl"
+    spec_node().topic().write_jsonl(dump)
+    base = ["--file", str(dump), "--json", "--now", rfc3339(SPEC_END + 1000)]
+    assert cli_main(base) == 0
+    assert json.loads(capsys.readouterr().out)["totals"]["stale_chains"] == 3
+    assert cli_main(base + ["--stale-after", "2000"]) == 0
+    assert json.loads(capsys.readouterr().out)["totals"]["stale_chains"] == 0
+    assert cli_main(["--file", str(dump), "--now", "yesterday"]) == 2
+
+
+def drop_tail_and_later_manifests(topic: Topic, chain: str, keep_to_seq: int, manifests_from: int) -> None:
+    topic.truncate_chain(chain, keep_to_seq + 1)
+    topic.truncate_chain("node/node-a", manifests_from)
+
+
+def test_TAIL_REMOVED_via_note_manifests():
+    topic = spec_node().topic()
+    topic.truncate_chain("uid-1/app", 300)          # the last 11 records and the last checkpoint
+    report = spec_verify(topic)
+    assert kinds(report) == {"tail_removed"}
+    (issue,) = violations_of(report, "tail_removed")
+    assert (issue.chain, issue.seq, issue.seq_last) == ("uid-1/app", 300, 314)
+
+
+def test_SAVED_HEADS_catch_a_tail_removed_with_the_manifests_that_named_it(tmp_path):
+    full = spec_node().topic()
+    full_dump, cut_dump, heads = tmp_path / "full.jsonl", tmp_path / "cut.jsonl", tmp_path / "heads.json"
+    full.write_jsonl(full_dump)
+    report = verify_file(full_dump, public_keys=KEYS, now=SPEC_END + 60, save_heads=heads)
+    assert report.ok and report.meta["saved_heads"] == 4
+    saved = json.loads(heads.read_text())
+    assert saved["format"] == "audit-shipper/heads/v1"
+    assert [(h["seal"]["chain"], h["seal"]["seq"]) for h in saved["heads"]] == [
+        ("node/node-a", 4), ("uid-1/app", 314), ("uid-2/worker", 71), ("uid-3/web", 161)]
+
+    cut = spec_node().topic()
+    drop_tail_and_later_manifests(cut, "uid-1/app", 299, 3)      # app's last round and the last two manifests
+    cut.write_jsonl(cut_dump)
+    alone = verify_file(cut_dump, public_keys=KEYS, now=SPEC_END + 3600)
+    assert alone.ok                                  # a valid shorter topic ...
+    assert {i.chain for i in alone.all_findings() if i.kind == "stale"} >= {"uid-1/app", "node/node-a"}   # ... stale
+    trusted = verify_file(cut_dump, public_keys=KEYS, now=SPEC_END + 3600, trusted_heads=heads)
+    assert kinds(trusted) == {"tail_removed"}
+    by_chain = {issue.chain: issue for issue in violations_of(trusted, "tail_removed")}
+    assert (by_chain["uid-1/app"].seq, by_chain["uid-1/app"].seq_last) == (300, 314)
+    assert str(heads) in by_chain["uid-1/app"].detail and set(by_chain) == {"uid-1/app", "node/node-a"}
+    assert trusted.meta["trusted_heads"] == 4
+
+
+def test_SAVED_HEADS_a_rewritten_chain_differs_at_the_trusted_head(tmp_path):
+    heads = tmp_path / "heads.json"
+    full_dump = tmp_path / "full.jsonl"
+    standard_node().topic().write_jsonl(full_dump)
+    assert verify_file(full_dump, public_keys=KEYS, save_heads=heads).ok
+    topic = standard_node().topic()
+    rewrite_chain_without_the_key(topic, "uid-1/app", "resign")
+    topic.write_jsonl(tmp_path / "rewritten.jsonl")
+    report = verify_file(tmp_path / "rewritten.jsonl", public_keys=KEYS, trusted_heads=heads)
+    (issue,) = violations_of(report, "trusted_head_mismatch")
+    assert issue.chain == "uid-1/app" and issue.seq == topic.chain_records("uid-1/app")[-1]["seal"]["seq"]
+
+
+def test_SAVED_HEADS_never_go_back_and_bad_files_are_refused(tmp_path, capsys):
+    heads = tmp_path / "heads.json"
+    dump, cut_dump = tmp_path / "full.jsonl", tmp_path / "cut.jsonl"
+    spec_node().topic().write_jsonl(dump)
+    cut = spec_node().topic()
+    cut.truncate_chain("uid-1/app", 300)
+    cut.write_jsonl(cut_dump)
+    assert cli_main(["--file", str(dump), "--save-heads", str(heads), "--now", rfc3339(SPEC_END)]) == 0
+    assert "saved the heads of 4 chains" in capsys.readouterr().err
+    assert cli_main(["--file", str(cut_dump), "--trusted-heads", str(heads), "--save-heads", str(heads)]) == 1
+    assert {h["seal"]["chain"]: h["seal"]["seq"] for h in json.loads(heads.read_text())["heads"]}["uid-1/app"] == 314
+
+    saved = json.loads(heads.read_text())
+    saved["heads"][1]["body"] = saved["heads"][1]["body"].replace("seq ", "seq 1")
+    (tmp_path / "edited.json").write_text(json.dumps(saved))
+    (tmp_path / "junk.json").write_text("{not json")
+    (tmp_path / "other.json").write_text(json.dumps({"format": "something/else", "heads": []}))
+    for name in ("edited.json", "junk.json", "other.json", "absent.json"):
+        assert cli_main(["--file", str(dump), "--trusted-heads", str(tmp_path / name)]) == 2, name
+        assert "trusted heads" in capsys.readouterr().err
+    resigned = json.loads(heads.read_text())
+    record = resigned["heads"][1]
+    record["body"] = sign_statement(record["body"][:record["body"].rindex("\n\n") + 1], [ATTACKER])
+    rehash(record, bytes.fromhex(record["seal"]["prev"]))
+    (tmp_path / "resigned.json").write_text(json.dumps(resigned))
+    public = tmp_path / "key.vkey"
+    public.write_text(SIGNER.verifier_key + "\n")
+    assert cli_main(["--file", str(dump), "--trusted-heads", str(tmp_path / "resigned.json"), "--public-key",
+                     str(public)]) == 2
+    assert "unknown key" in capsys.readouterr().err
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(change=st.sampled_from(["body", "time", "stream", "delete", "swap", "insert", "resource"]),
+       data=st.data())
+def test_any_single_change_to_a_note_chain_is_detected(change, data):
+    node = FakeNode()
+    app = node.chain("uid-1/app")
+    app.logs(20)
+    app.checkpoint()
+    app.logs(20)
+    app.checkpoint()
+    node.manifest()
+    topic = node.topic(1)
+    # (deleting seq 1 looks like retention: a finding, starts_at_seq, unless --require-complete)
+    seq = data.draw(st.integers(2 if change == "delete" else 1, 41))
+    record = topic.record("uid-1/app", seq)
+    if change == "delete":
+        topic.delete("uid-1/app", seq)
+    elif change == "swap":
+        topic.swap("uid-1/app", seq, seq + 1)
+    elif change == "insert":
+        forged = rehash(dict(record, body="forged"), bytes.fromhex(record["seal"]["prev"]))
+        topic.insert_before("uid-1/app", seq, forged)
+    elif change == "resource":
+        record["resource"]["k8s.pod.name"] = "other"
+        topic.replace("uid-1/app", seq, record)
+    else:
+        record[change] = record[change] + "x"
+        topic.replace("uid-1/app", seq, record)
+    assert not spec_verify(topic).ok
