@@ -160,6 +160,15 @@ class Tailer:
         batch.finished = self._finished and not self._pending
         return batch
 
+    @property
+    def idle(self) -> bool:
+        """Whether only a change on disk can give the next poll anything: the live file read to the
+        size last seen, nothing rotated, held or pending. Otherwise (mid-rotation, waiting for a path
+        to come back, more to read) the next poll may return something as time passes alone."""
+        cur = self._cur
+        return (cur is not None and cur.retired_at is None and not self._queue and not self._pending
+                and not self._finished and cur.offset == cur.last_size)
+
     def watch(self) -> None:
         """Notice a rotation (one stat when nothing changed) and take note of the new files, held
         open while there is room, so none can vanish unread while we are busy with an older one."""
