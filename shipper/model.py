@@ -51,6 +51,7 @@ class LossReason(str, Enum):
     LINE_TOO_LONG = "line_too_long"        # entry cut at the size limit (the cut part is shipped)
     REJECTED_BY_BROKER = "rejected_by_broker"
     UNREADABLE = "unreadable"              # I/O error reading the file
+    CORRUPT = "corrupt"                    # a compressed rotated file that cannot be decompressed to its end
 
 
 @dataclass(slots=True, frozen=True)
