@@ -121,13 +121,13 @@ class Ingest:
         self._chains: dict[str, _Chain] = {}
         self._restored_sources = {key: value for key, value in snapshot.sources.items() if value is not None}
         self._restored_chains = dict(snapshot.chains)
-        self._last_discovery = 0.0
+        self._last_discovery = float("-inf")      # monotonic time can be smaller than any interval
         self.watcher = DirWatcher(settings.sources.watch.value)
         if self.watcher.unavailable:
             log.warning("inotify unavailable (%s): polling every %.2fs", self.watcher.unavailable,
                         settings.sources.poll_interval_s)
         metrics.watch_inotify.set(1 if self.watcher.enabled else 0)
-        self._last_full_poll = 0.0
+        self._last_full_poll = float("-inf")
         self._rejected_seen: set[str] = set()
         self._external_gaps: deque[_ExternalGap] = deque()
         self._lock = threading.Lock()
@@ -234,7 +234,8 @@ class Ingest:
         else:
             if changes.overflow:
                 self.metrics.watch_overflows.inc()
-            rescan_s = config.discover_interval_s if watcher.unwatched else config.watch_rescan_s
+            # A directory that cannot be watched, or is not there yet (a root), announces nothing.
+            rescan_s = config.discover_interval_s if watcher.unwatched or watcher.missing else config.watch_rescan_s
             rediscover = changes.structure or now - self._last_discovery >= rescan_s
         if rediscover:
             self._last_discovery = now

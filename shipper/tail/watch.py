@@ -138,6 +138,7 @@ class DirWatcher:
         self._wd_of: dict[str, int] = {}
         self._dirs_of: dict[int, list[str]] = {}   # one watch per inode, perhaps under two names
         self.unwatched: dict[str, str] = {}         # directory -> why it is polled instead: limit, error
+        self.missing: set[str] = set()              # wanted but not there (a root not created yet)
         self.overflows = 0
         self._changes = Changes()
         self._woken = False
@@ -166,6 +167,7 @@ class DirWatcher:
                 self._remove(path)
             for path in [p for p in self.unwatched if p not in dirs]:
                 del self.unwatched[path]
+            self.missing.clear()
             for path in dirs:
                 if path not in self._wd_of:
                     self._add(path)
@@ -175,7 +177,8 @@ class DirWatcher:
             wd = self._inotify.add_watch(path, DIR_MASK)
         except OSError as exc:
             if exc.errno in (errno.ENOENT, errno.ENOTDIR):
-                self.unwatched.pop(path, None)   # gone before we looked: discovery drops it
+                self.unwatched.pop(path, None)   # gone before we looked, or not there yet
+                self.missing.add(path)
             else:
                 self.unwatched[path] = "limit" if exc.errno == errno.ENOSPC else "error"
             return

@@ -274,3 +274,40 @@ def test_ingest_watches_new_pod_directories_and_finds_their_files(tmp_path):
         assert collected is not None and any("ns_c_3" in key for key in ingest._sources)
     finally:
         ingest.close()
+
+
+def test_a_root_not_there_yet_is_rescanned_at_the_discovery_interval(tmp_path):
+    root = tmp_path / "pods"
+    settings = load_settings(None, node_name="n", sources={"roots": [str(root)], "symlink_roots": [],
+                                                           "watch": "inotify", "discover_interval_s": 0.1,
+                                                           "watch_rescan_s": 3600},
+                             enrich={"kubernetes": False}, wal={"dir": str(tmp_path / "wal")},
+                             state={"dir": str(tmp_path)})
+    from shipper.enrich import build_provider
+
+    metrics = Metrics()
+    ingest = Ingest(settings, Snapshot(), metrics, build_provider(settings, metrics))
+    try:
+        ingest.collect(1 << 20)
+        assert str(root) in ingest.watcher.missing
+        (root / "ns_a_1" / "app").mkdir(parents=True)           # nothing watched announces this
+        (root / "ns_a_1" / "app" / "0.log").write_bytes(_cri("late root"))
+        time.sleep(0.15)
+        assert ingest.collect(1 << 20) is not None
+        assert str(root) in ingest.watcher.watched and not ingest.watcher.missing
+    finally:
+        ingest.close()
+
+
+def test_preflight_refuses_inotify_where_it_cannot_be_had(monkeypatch, tmp_path):
+    from shipper.config import ConfigError
+    from shipper.server import preflight
+
+    def refuse() -> None:
+        raise InotifyUnavailable(errno.EMFILE, "inotify_init1: Too many open files")
+
+    monkeypatch.setattr(watch_module, "_Inotify", refuse)
+    settings = load_settings(None, node_name="n", sources={"watch": "inotify"}, enrich={"kubernetes": False})
+    with pytest.raises(ConfigError, match="sources.watch"):
+        preflight(settings)
+    preflight(load_settings(None, node_name="n", sources={"watch": "auto"}, enrich={"kubernetes": False}))
