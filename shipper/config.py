@@ -38,6 +38,12 @@ class SourceMode(str, Enum):
     sidecar = "sidecar"
 
 
+class WatchMode(str, Enum):
+    auto = "auto"
+    inotify = "inotify"
+    poll = "poll"
+
+
 class SourcesConfig(_Section):
     mode: SourceMode = Field(SourceMode.node, description="`node`: the kubelet layout under `roots` (DaemonSet). "
                              "`sidecar`: every `*.log` file in `sidecar_dir`, identity from the Downward API.")
@@ -50,8 +56,20 @@ class SourcesConfig(_Section):
                                     "include).")
     sidecar_dir: str = Field("/var/log/app", description="Sidecar mode: directory of the application's log files.")
     sidecar_format: Literal["cri", "docker", "raw"] = Field("raw", description="Sidecar mode: line format of the files.")
-    discover_interval_s: float = Field(1.0, gt=0, le=60, description="How often new log files are looked for.")
-    poll_interval_s: float = Field(0.1, gt=0, le=10, description="How often idle files are checked for new data.")
+    watch: WatchMode = Field(WatchMode.auto, description="How new data and new files are noticed. `inotify`: "
+                             "kernel events on the log directories (fails to start without them); `poll`: every "
+                             "file checked every `poll_interval_s`, the roots rescanned every `discover_interval_s` "
+                             "(for NFS or overlay mounts where no event fires); `auto`: inotify when the kernel "
+                             "grants it, else poll. A directory that cannot be watched (watch limit) is polled.")
+    discover_interval_s: float = Field(1.0, gt=0, le=60, description="How often new log files are looked for "
+                                       "(polling; with inotify, on events and every `watch_rescan_s`).")
+    poll_interval_s: float = Field(0.1, gt=0, le=10, description="How often idle files are checked for new data "
+                                   "(polling; with inotify only files in the middle of a rotation, or in a "
+                                   "directory that cannot be watched).")
+    watch_fallback_s: float = Field(2.0, gt=0, le=60, description="With inotify: every file is checked this often "
+                                    "even without an event, so a missed event delays a line at most this long.")
+    watch_rescan_s: float = Field(30.0, gt=0, le=3600, description="With inotify: the roots are rescanned this "
+                                  "often even without an event in them.")
     read_size: int = Field(512 * 1024, ge=4096, le=64 * MiB, description="Bytes read from one file per read call (a "
                            "read becomes about five times its size in records, held until acknowledged).")
     max_entry_bytes: int = Field(1 * MiB, ge=1024, le=64 * MiB, description="Longest entry (partial lines joined); "

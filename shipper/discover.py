@@ -57,6 +57,7 @@ class DiscoveryResult:
     files: list[DiscoveredFile] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
     excluded: list[str] = field(default_factory=list)      # matched exclude / missed include
+    dirs: list[str] = field(default_factory=list)          # directories listed (what a watcher watches)
 
 
 def parse_pod_dir(name: str) -> tuple[str, str, str] | None:
@@ -209,6 +210,8 @@ class _Scan:
     # -- the pods tree ------------------------------------------------------------------------
     def pods_root(self, root: str, real_root: str) -> None:
         rejected = self.result.rejected
+        dirs = self.result.dirs
+        dirs.append(root)
         for pod_entry in _scandir(root, rejected):
             if not _is_dir_inside(pod_entry, self.real_roots, rejected):
                 continue
@@ -217,9 +220,11 @@ class _Scan:
                 self.reject(pod_entry.path, "pod directory is not <namespace>_<pod>_<uid>")
                 continue
             pod_link = _is_link(pod_entry)
+            dirs.append(pod_entry.path)
             for container_entry in _scandir(pod_entry.path, rejected):
                 if not _is_dir_inside(container_entry, self.real_roots, rejected):
                     continue
+                dirs.append(container_entry.path)
                 plain_dirs = not pod_link and not _is_link(container_entry)
                 for file_entry in _scandir(container_entry.path, rejected):
                     name = file_entry.name
@@ -259,6 +264,7 @@ class _Scan:
     # -- /var/log/containers ----------------------------------------------------------------------
     def link_root(self, link_root: str) -> None:
         real_link_dir = os.path.realpath(link_root)
+        self.result.dirs.append(link_root)
         for entry in _scandir(link_root, self.result.rejected):
             name = entry.name
             if not name.endswith(".log"):
@@ -336,6 +342,7 @@ def discover_flat(directory: str, ref_template: ContainerRef, include: Sequence[
     followed only if it stays inside `directory`."""
     result = DiscoveryResult()
     base = os.path.abspath(directory)
+    result.dirs.append(base)
     real_roots = _real_roots([base])
     files: list[DiscoveredFile] = []
     seen: set[str] = set()

@@ -31,6 +31,7 @@ from .seal import (TYPE_CHECKPOINT, TYPE_CLOSE, TYPE_GAP, TYPE_MANIFEST, ChainHe
                    checkpoint_note_text, gap_body, manifest_note_text, sign_statement)
 from .state import Snapshot
 from .tail import Tailer
+from .tail.watch import DirWatcher
 
 log = logging.getLogger("shipper.ingest")
 
@@ -50,6 +51,8 @@ class _Source:
     first_seen: float
     position: SourceCheckpoint | None = None
     finished: bool = False
+    busy: bool = True                   # poll it next time even without an event in its directory
+    directory: str = ""                 # where its files are, the directory whose events concern it
 
 
 @dataclass(slots=True)
@@ -118,7 +121,13 @@ class Ingest:
         self._chains: dict[str, _Chain] = {}
         self._restored_sources = {key: value for key, value in snapshot.sources.items() if value is not None}
         self._restored_chains = dict(snapshot.chains)
-        self._last_discovery = 0.0
+        self._last_discovery = float("-inf")      # monotonic time can be smaller than any interval
+        self.watcher = DirWatcher(settings.sources.watch.value)
+        if self.watcher.unavailable:
+            log.warning("inotify unavailable (%s): polling every %.2fs", self.watcher.unavailable,
+                        settings.sources.poll_interval_s)
+        metrics.watch_inotify.set(1 if self.watcher.enabled else 0)
+        self._last_full_poll = float("-inf")
         self._rejected_seen: set[str] = set()
         self._external_gaps: deque[_ExternalGap] = deque()
         self._stats = SealStats()
@@ -174,6 +183,19 @@ class Ingest:
             if found.path not in self._sources and len(self._sources) < config.max_open_files:
                 self._add_source(found)
         self.metrics.files_tracked.set(len(self._sources))
+        self._sync_watches(result.dirs)
+
+    def _sync_watches(self, scanned: list[str]) -> None:
+        """Watch every directory discovery listed (new pods and containers show up there) and each
+        tailed file's own (a docker json-file log lives outside the pods tree)."""
+        watcher = self.watcher
+        if not watcher.enabled:
+            return
+        watcher.sync(set(scanned) | {source.directory for source in self._sources.values()})
+        reasons = list(watcher.unwatched.values())
+        for reason in ("limit", "error"):
+            self.metrics.watch_unwatched_dirs.labels(reason=reason).set(reasons.count(reason))
+        self.metrics.watched_dirs.set(len(watcher.watched))
 
     def reconfigure(self, settings: Settings) -> None:
         """A reloaded configuration (reload.py changes only what may change while running): new source
@@ -207,7 +229,8 @@ class Ingest:
         saved = self._restored_sources.pop(found.path, None)
         position = saved.position if saved is not None else None
         tailer = Tailer(found.path, found.ref, position, read_size=self.read_size)
-        self._sources[found.path] = _Source(found.path, found.ref, tailer, None, time.monotonic(), saved)
+        self._sources[found.path] = _Source(found.path, found.ref, tailer, None, time.monotonic(), saved,
+                                            directory=os.path.dirname(found.path))
         chain.sources += 1
 
     def _new_parser(self, source: _Source) -> StreamParser:
@@ -229,13 +252,32 @@ class Ingest:
         """A record Kafka refused: its chain gets a gap record in the next batch; `done` runs once
         that batch is durable (the caller wires it to the ack of the refused record)."""
         self._external_gaps.append(_ExternalGap(chain, loss, missing_seq, missing_hash, done))
+        self.watcher.wake()
 
     def collect(self, max_record_bytes: int) -> tuple[Batch, list[Callable[[], None]]] | None:
         """Read, parse, seal; returns the batch and callbacks to run once it is durable, or None."""
         now = time.monotonic()
-        if now - self._last_discovery >= self.sources_config.discover_interval_s:
+        config = self.sources_config
+        watcher = self.watcher
+        changes = watcher.take() if watcher.enabled else None
+        if changes is None:
+            rediscover = now - self._last_discovery >= config.discover_interval_s
+        else:
+            if changes.overflow:
+                self.metrics.watch_overflows.inc()
+            # A directory that cannot be watched, or is not there yet (a root), announces nothing.
+            rescan_s = config.discover_interval_s if watcher.unwatched or watcher.missing else config.watch_rescan_s
+            rediscover = changes.structure or now - self._last_discovery >= rescan_s
+        if rediscover:
             self._last_discovery = now
             self._discover()
+        # With events, only sources whose directory changed, or that were busy, are polled; all of
+        # them every watch_fallback_s, for an event that never came.
+        poll_all = changes is None or changes.overflow or now - self._last_full_poll >= config.watch_fallback_s
+        if poll_all:
+            self._last_full_poll = now
+        changed = changes.dirs if changes is not None else set()
+        unwatched = watcher.unwatched
         observed = rfc3339_now()
         batch = Batch(read_time=time.time())
         runs: dict[str, Run] = {}
@@ -254,9 +296,12 @@ class Ingest:
             callbacks.append(gap.done)
         finished: list[str] = []
         for key in sorted(self._sources, key=_source_order(self._sources)):
-            if emitted >= max_record_bytes:
-                break
             source = self._sources[key]
+            if not (poll_all or source.busy or source.directory in changed or source.directory in unwatched):
+                continue
+            if emitted >= max_record_bytes:
+                source.busy = True              # its turn comes in the next batch
+                continue
             emitted += self._read_source(source, observed, now, runs, batch)
             if source.finished:
                 finished.append(key)
@@ -276,10 +321,12 @@ class Ingest:
         ref = source.ref
         provider = self.provider
         if provider.should_wait(ref, source.first_seen):
+            source.busy = True
             return 0
         if source.parser is None:
             source.parser = self._new_parser(source)
         polled = source.tailer.poll()
+        source.busy = bool(polled.chunks or polled.losses) or not source.tailer.idle
         excluded = provider.exclusion(ref)
         if excluded is not None:
             self._drop_excluded(source, polled, batch, excluded)
@@ -465,6 +512,17 @@ class Ingest:
         chain = self._chains[name] = _Chain(head, ref, topic)
         return chain
 
+    async def wait_for_change(self, stopping, poll_s: float) -> None:
+        """Between collects that found nothing: until something changed on disk, or `poll_s` while a
+        source needs polling anyway, or until the next fallback poll."""
+        watcher = self.watcher
+        if not watcher.enabled or self._external_gaps or watcher.unwatched or any(
+                source.busy for source in self._sources.values()):
+            timeout = poll_s
+        else:
+            timeout = max(self._last_full_poll + self.sources_config.watch_fallback_s - time.monotonic(), 0.0)
+        await watcher.wait(stopping, timeout)
+
     def watch_rotations(self) -> None:
         """While reading is paused (backpressure): let every tailer notice rotations and hold the
         rotated files open, so the kubelet cannot delete them unread meanwhile."""
@@ -493,6 +551,7 @@ class Ingest:
     def close(self) -> None:
         for source in self._sources.values():
             source.tailer.close()
+        self.watcher.close()
 
 
 def _gap_members(loss: LossEvent) -> str:

@@ -23,6 +23,14 @@ class Metrics:
         self.parse_errors = Counter(p + "parse_errors_total", "Degraded entries by kind", ["kind"], registry=r)
         self.files_tracked = Gauge(p + "files_tracked", "Log files being tailed", registry=r)
         self.rotations = Counter(p + "rotations_total", "File rotations followed", ["kind"], registry=r)
+        self.watch_inotify = Gauge(p + "watch_inotify", "1 when changes are noticed by inotify, 0 when polling",
+                                   registry=r)
+        self.watched_dirs = Gauge(p + "watched_directories", "Directories watched with inotify", registry=r)
+        self.watch_unwatched_dirs = Gauge(p + "watch_fallback_directories", "Directories polled because they "
+                                          "cannot be watched (limit: fs.inotify.max_user_watches)", ["reason"],
+                                          registry=r)
+        self.watch_overflows = Counter(p + "watch_overflows_total", "inotify queue overflows (each one: a full "
+                                       "rescan and a poll of every file)", registry=r)
         self.discovery_rejected = Counter(p + "discovery_rejected_total", "Paths refused by discovery", ["reason"],
                                           registry=r)
         # loss and seal

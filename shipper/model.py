@@ -55,6 +55,7 @@ class LossReason(str, Enum):
     TRUNCATED = "truncated"                # copytruncate or truncation under us
     REJECTED_BY_BROKER = "rejected_by_broker"
     UNREADABLE = "unreadable"              # I/O error reading the file
+    CORRUPT = "corrupt"                    # a compressed rotated file that cannot be decompressed to its end
 
 
 @dataclass(slots=True, frozen=True)

@@ -17,7 +17,7 @@ from .batch import Frame, encode_batch, encode_frame
 from .enrich import build_provider
 from .config import FsyncMode, Settings
 from .ingest import Ingest, SigningKey
-from .kafka import KafkaSink, Sender, wait_event
+from .kafka import KafkaSink, Sender
 from .metrics import Metrics
 from .model import LossEvent
 from .state import Acknowledgements, StateStore, append_keeping_reserve, roll_forward
@@ -140,7 +140,7 @@ class Pipeline:
                 if collected is None:
                     if interval_sync and wal.written > wal.durable:
                         await self._sync(wal, sender)
-                    await wait_event(stopping, poll)
+                    await ingest.wait_for_change(stopping, poll)
                     continue
                 frame, callbacks = collected
                 if wal.has_room(room_needed + frame.nbytes):

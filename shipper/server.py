@@ -70,6 +70,12 @@ def preflight(settings: Settings) -> None:
         SigningKey(settings.seal.signing_key_file, settings.seal.key_id)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    if settings.sources.watch.value == "inotify":
+        from .tail.watch import DirWatcher, InotifyUnavailable
+        try:
+            DirWatcher("inotify").close()
+        except InotifyUnavailable as exc:
+            raise ConfigError(f"sources.watch: inotify cannot be used here ({exc}); use auto or poll") from None
     for root in settings.sources.roots:
         if not os.path.isdir(root):
             log.warning("sources.roots: %s does not exist (yet); it is watched", root)

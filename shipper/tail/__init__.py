@@ -5,9 +5,11 @@
 - `fingerprint(head)`, `fingerprint_matches(fp, head)`: the identity of a file's first bytes.
 
 One file per concern, each importing only those before it: identity (fingerprints, a file's
-first bytes), siblings (the rotated copies and their order), files (what the tailer knows of each
-file, and how it compares with what is on disk), restore (where a committed position resumes),
-tailer (polling, rotation, truncation, choosing the next file).
+first bytes), compressed (reading a `.gz` sibling from an uncompressed offset, streaming),
+siblings (the rotated copies and their order), files (what the tailer knows of each file, and how
+it compares with what is on disk), restore (where a committed position resumes), tailer (polling,
+rotation, truncation, choosing the next file). Beside them, watch: which log directories changed
+(inotify), so the pipeline polls only those tailers; it imports nothing of the others.
 """
 from __future__ import annotations
 

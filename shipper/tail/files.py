@@ -4,7 +4,8 @@ between what we knew of a file and what is on disk now.
 
 Markers are `_File`s with no descriptor: a placeholder stands for a sibling we could not read, so
 the choice of the next file starts after it; a lost or gone marker also carries the `LossEvent`
-to report when its turn comes.
+to report when its turn comes. A compressed entry stands for a `.gz` sibling seen ahead of its
+turn; when its turn comes it is opened through `compressed.GzipReader` (held in `gz`, `fd` -1).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import os
 
 from shipper.model import FINGERPRINT_BYTES, FileId, LossEvent, LossReason
 
+from .compressed import GzipReader
 from .identity import _gzip_size, _read_gzip_head, _read_head, fingerprint
 from .siblings import _KUBELET_STAMP, GZIP_SUFFIX, _Sibling
 
@@ -20,7 +22,8 @@ class _File:
     """One file identity this tailer reads or has read. `fd` is -1 once closed."""
 
     __slots__ = ("fd", "dev", "ino", "path", "stamp", "older", "offset", "head", "fp", "max_seen",
-                 "last_size", "last_mtime", "retired_at", "final_hint", "successor", "before", "loss")
+                 "last_size", "last_mtime", "retired_at", "final_hint", "successor", "before", "loss",
+                 "compressed", "gz", "known_size")
 
     def __init__(self, fd: int, dev: int, ino: int, path: str, offset: int, head: bytes,
                  stamp: str | None = None, older: frozenset[str] | None = None) -> None:
@@ -40,7 +43,10 @@ class _File:
         self.final_hint = False             # newer rotations exist: the runtime has left it
         self.successor: _File | None = None    # the file read next, when nothing was lost between
         self.before: _File | None = None       # the last file with content before this one
-        self.loss: LossEvent | None = None     # set on a marker: a sibling seen compressed, unread
+        self.loss: LossEvent | None = None     # set on a marker: a sibling lost before its turn
+        self.compressed = False             # a `.gz` sibling: read through `gz` once its turn comes
+        self.gz: GzipReader | None = None   # open while a compressed file is current (`fd` stays -1)
+        self.known_size = -1                # uncompressed size seen before compression, -1 unknown
 
     @property
     def file_id(self) -> FileId:
@@ -84,8 +90,20 @@ def placeholder(sib: _Sibling, gz_path: str | None = None) -> _File:
     return marker
 
 
+def compressed_entry(sib: _Sibling, known_size: int = -1) -> _File:
+    """A compressed sibling (`sib.compressed`) seen ahead of its turn, read when its turn comes
+    (not held open: it is final, and opening it means decompressing). `known_size`: its size seen
+    before it was compressed, evidence of what a damaged one lost."""
+    entry = placeholder(sib)
+    entry.offset = 0
+    entry.compressed = True
+    entry.known_size = known_size
+    return entry
+
+
 def lost_marker(sib: _Sibling) -> _File:
-    """A sibling compressed or deleted before its turn."""
+    """A sibling deleted before its turn (or, found only compressed where it cannot be read on
+    from, compressed: callers read a compressed sibling through `compressed_entry` instead)."""
     path = sib.path if sib.compressed else sib.path + GZIP_SUFFIX
     marker = placeholder(sib, path)
     if os.path.exists(path):

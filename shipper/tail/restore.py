@@ -2,8 +2,8 @@
 now, and the tailer opens the file it names.
 
 The file at the path (dev, inode and fingerprint); else an uncompressed sibling with that inode,
-or with the same first bytes (a copy: copytruncate's); else a compressed sibling with those first
-bytes (its unread rest is counted from the gzip trailer); else a loss of unknown size, and reading
+or with the same first bytes (a copy: copytruncate's); else a compressed sibling with those
+uncompressed first bytes (read on from the same uncompressed offset); else a loss of unknown size, and reading
 starts after the lost file (by its rotation stamp when its name told it, else at the oldest
 sibling still on disk, kubelet deleting oldest first). `Tailer.position_of()` never names an empty
 file (a later file may reuse its inode) but the end of the last file with content; a position with
@@ -34,6 +34,7 @@ class Reopen:
     ino: int
     fingerprint: str
     offset: int
+    compressed: bool = False          # a `.gz` sibling; `offset` counts its uncompressed bytes
 
 
 @dataclass(slots=True, frozen=True)
@@ -79,13 +80,9 @@ def resume_point(path: str, position: SourcePosition | None, siblings: list[_Sib
         if sib.compressed:
             head = _read_gzip_head(sib.path)
             if head and fingerprint_matches(fid.fingerprint, head):
-                total = _gzip_size(sib.path)
-                lost = total - offset if total >= 0 else -1
-                loss = None
-                if lost != 0:
-                    loss = LossEvent(sib.path, LossReason.ROTATED_UNREAD, lost, offset,
-                                     "compressed before it was read to the end")
-                return Lost(loss, placeholder(sib))
+                if 0 <= _gzip_size(sib.path) <= offset:
+                    return Lost(None, placeholder(sib))      # read to its end: nothing to decompress
+                return Reopen(sib.path, sib.stamp, sib.dev, sib.ino, fid.fingerprint, offset, compressed=True)
     lost_stamp = None
     if position.path.startswith(path + "."):
         lost_stamp = position.path[len(path) + 1:].removesuffix(GZIP_SUFFIX)

@@ -42,15 +42,27 @@ from dataclasses import dataclass, field
 
 from shipper.model import FINGERPRINT_BYTES, ContainerRef, FileId, LossEvent, LossReason, SourcePosition
 
-from .files import (_File, _NoFile, already_passed, anchor, gone_marker, is_same_file, lost_marker, placeholder,
+from .compressed import GzipReader
+from .files import (_File, _NoFile, already_passed, anchor, compressed_entry, gone_marker, is_same_file, lost_marker,
                     starts_like)
-from .identity import _gzip_size, _read_head, fingerprint_matches
+from .identity import _read_head, fingerprint_matches
 from .restore import Lost, Reopen, resume_point
 from .siblings import _GONE, _NEWEST, GZIP_SUFFIX, _KUBELET_STAMP, _order_key, _Sibling, scan_siblings
 
 _KNOWN_FILES = 16                 # identities remembered for position_of after they were closed
 _MAX_STEPS = 1000                 # file switches and reads in one poll, at most
 _RESTORE_LOOKS = 3                # restore decisions tried while the chosen file keeps moving
+_SKIP_READS = 8                   # a compressed file is decompressed up to a restored offset, at most
+                                  # this many reads' worth per poll
+
+
+def _listed(path: str, stamp: str) -> _Sibling | None:
+    """`path` as a sibling listing would show it, None when it is not there."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return _Sibling(stamp, path, path.endswith(GZIP_SUFFIX), st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 # -- what a poll returns -------------------------------------------------------------------------
@@ -75,9 +87,9 @@ class TailBatch:
 
 
 class Tailer:
-    """Follows `path` (a kubelet `<restart>.log`) through rename rotation, copytruncate, deletion and
-    inode reuse, from `position` (None: a new source, read from the oldest byte still on disk, and
-    compressed siblings counted as lost).
+    """Follows `path` (a kubelet `<restart>.log`) through rename rotation, compression, copytruncate,
+    deletion and inode reuse, from `position` (None: a new source, read from the oldest byte still
+    on disk, compressed siblings too).
 
     Each poll first looks (one stat) whether the path names a new file; if so it takes note of it
     and of any file rotated in between, held open while there is room, so a file rotated away and
@@ -160,6 +172,15 @@ class Tailer:
         batch.finished = self._finished and not self._pending
         return batch
 
+    @property
+    def idle(self) -> bool:
+        """Whether only a change on disk can give the next poll anything: the live file read to the
+        size last seen, nothing rotated, held or pending. Otherwise (mid-rotation, waiting for a path
+        to come back, more to read) the next poll may return something as time passes alone."""
+        cur = self._cur
+        return (cur is not None and cur.retired_at is None and not self._queue and not self._pending
+                and not self._finished and cur.offset == cur.last_size)
+
     def watch(self) -> None:
         """Notice a rotation (one stat when nothing changed) and take note of the new files, held
         open while there is room, so none can vanish unread while we are busy with an older one."""
@@ -220,7 +241,7 @@ class Tailer:
         (its inode may already belong to another file)."""
         queue = self._queue
         for index, entry in enumerate(queue):
-            if entry.fd >= 0 or entry.loss is not None:
+            if entry.fd >= 0 or entry.loss is not None or entry.compressed:
                 continue
             if entry.stamp is None and st_path is not None and (st_path.st_dev, st_path.st_ino) == (entry.dev, entry.ino):
                 continue                                # still the live file
@@ -230,7 +251,7 @@ class Tailer:
                 entry.max_seen = max(entry.max_seen, found.size)
                 entry.retired_at = entry.retired_at or self._clock()
             elif found is not None:
-                queue[index] = lost_marker(found)
+                queue[index] = self._compressed_since(found, entry)
             else:
                 queue[index] = gone_marker(entry)
 
@@ -267,16 +288,22 @@ class Tailer:
         return live
 
     def _take_rotated(self, sib: _Sibling, now: float) -> _File:
-        """An open rotated file, tracked when no room is left, or a marker for one already
-        compressed or deleted."""
-        fd = -1
+        """An open rotated file, tracked when no room is left, an entry for a compressed one (read
+        at its turn), or a marker for one deleted."""
+        known_size = -1
         if not sib.compressed:
             try:
                 fd = os.open(sib.path, os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
-                pass
-        if fd < 0:
-            return lost_marker(sib)
+                gz = _listed(sib.path + GZIP_SUFFIX, sib.stamp)
+                if gz is None:
+                    return lost_marker(sib)
+                sib, known_size = gz, sib.size       # compressed since the listing
+        if sib.compressed:
+            entry = compressed_entry(sib, known_size)
+            entry.retired_at = now
+            entry.final_hint = True
+            return entry
         if self._open_count() < self._max_held:
             opened = self._file_of(fd, sib.path, offset=0, stamp=sib.stamp)
         else:
@@ -284,6 +311,13 @@ class Tailer:
         opened.retired_at = now
         opened.final_hint = True
         return opened
+
+    def _compressed_since(self, sib: _Sibling, entry: _File) -> _File:
+        """`entry`, a file we tracked, compressed before its turn into `sib`: read from there."""
+        compressed = compressed_entry(sib, entry.max_seen if entry.stamp is not None else -1)
+        compressed.retired_at = entry.retired_at or self._clock()
+        compressed.final_hint = True
+        return compressed
 
     def _tracked(self, fd: int, path: str, stamp: str | None) -> _File:
         """Remember a file by inode and first bytes without keeping it open (no room left)."""
@@ -301,7 +335,7 @@ class Tailer:
         for index, entry in enumerate(self._queue):
             if self._open_count() >= self._max_held:
                 return
-            if entry.fd < 0 and entry.loss is None:
+            if entry.fd < 0 and entry.loss is None and not entry.compressed:
                 self._queue[index] = self._resolve(entry)
 
     def _resolve(self, entry: _File) -> _File:
@@ -319,7 +353,7 @@ class Tailer:
                 pass
         for sib in candidates:
             if sib.compressed:
-                return lost_marker(sib)
+                return self._compressed_since(sib, entry)
             try:
                 fd = os.open(sib.path, os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
@@ -361,6 +395,9 @@ class Tailer:
             if f is not None and f.fd >= 0:
                 os.close(f.fd)
                 f.fd = -1
+            if f is not None and f.gz is not None:
+                f.gz.close()
+                f.gz = None
         self._cur = None
         self._queue.clear()
 
@@ -371,6 +408,8 @@ class Tailer:
     # -- reading the current file ---------------------------------------------------------------
     def _step(self, cur: _File, batch: TailBatch, budget: int) -> tuple[int, bool]:
         """Read from the current file; (bytes used, whether the poll should go on)."""
+        if cur.gz is not None:
+            return self._step_compressed(cur, batch, budget)
         # Asked before the final drain: once the successor holds data the runtime writes no more
         # here, so a drain after this answer sees every byte.
         ready = cur.retired_at is not None and self._successor_ready(cur)
@@ -402,6 +441,46 @@ class Tailer:
             return used, False
         self._finish(cur, batch)
         return used, True
+
+    def _step_compressed(self, cur: _File, batch: TailBatch, budget: int) -> tuple[int, bool]:
+        """Read on in a compressed file (final: nothing is written to it any more); at its end, or
+        where it is damaged, finish it, the unreadable rest counted as lost."""
+        reader = cur.gz
+        assert reader is not None
+        if reader.offset < cur.offset:
+            # A restored position: decompress up to it, a bounded piece per poll.
+            reader.skip(min(cur.offset - reader.offset, _SKIP_READS * budget))
+            if reader.offset < cur.offset and not reader.done:
+                return budget, False
+        used = 0
+        if reader.offset == cur.offset:
+            data = reader.read(budget)
+            if data:
+                batch.chunks.append(Chunk(cur.file_id, cur.path, cur.offset, data))
+                cur.offset += len(data)
+                cur.max_seen = max(cur.max_seen, cur.offset)
+                used = len(data)
+        if not reader.done:
+            return used, False
+        damage = reader.damage
+        if damage is not None:
+            self._pending.append(self._damage_loss(cur, reader))
+        self._finish(cur, batch)
+        if damage is not None:
+            # Not read to its end: a position of ours must never go on from the next file.
+            marker = cur.snapshot()
+            marker.last_mtime = cur.last_mtime
+            self._set_prev(marker)
+        return used, True
+
+    @staticmethod
+    def _damage_loss(cur: _File, reader: GzipReader) -> LossEvent:
+        # The size the trailer states, or the size we saw before the file was compressed; a value
+        # below what was read already cannot be true.
+        sizes = [size for size in (reader.trailer_size(), cur.known_size) if size >= cur.offset]
+        lost = max(sizes) - cur.offset if sizes else -1
+        return LossEvent(cur.path, LossReason.CORRUPT, lost, cur.offset,
+                         f"compressed file {reader.damage}; read up to uncompressed offset {cur.offset}")
 
     def _check_truncation(self, cur: _File, batch: TailBatch, size: int) -> bool:
         """Handle a file that shrank or was rewritten under us; True when the identity ended."""
@@ -457,7 +536,11 @@ class Tailer:
             batch.chunks[-1] = Chunk(fid, last.path, last.offset, last.data, True)
         else:
             batch.chunks.append(Chunk(fid, cur.path, cur.offset, b"", True))
-        os.close(cur.fd)
+        if cur.gz is not None:
+            cur.gz.close()
+            cur.gz = None
+        else:
+            os.close(cur.fd)
         cur.fd = -1
         self._cur = None
         self._prev = cur
@@ -474,19 +557,13 @@ class Tailer:
             if sib.key >= limit:
                 break
             if sib.compressed:
-                self._lose_whole(sib.path, "compressed before it was read")
-                self._set_prev(placeholder(sib))
+                self._open_compressed(prev, sib.path, sib.stamp, sib.mtime_ns)
                 return True
             try:
                 fd = os.open(sib.path, os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
-                gz = sib.path + GZIP_SUFFIX
-                if os.path.exists(gz):
-                    self._lose_whole(gz, "compressed before it was read")
-                else:
-                    self._pending.append(LossEvent(sib.path, LossReason.ROTATED_UNREAD, -1, 0,
-                                                   "deleted before it was read"))
-                self._set_prev(placeholder(sib, gz))
+                # compressed meanwhile (or deleted): its size as listed is what the .gz must hold
+                self._open_compressed(prev, sib.path + GZIP_SUFFIX, sib.stamp, sib.mtime_ns, sib.size)
                 return True
             opened = self._file_of(fd, sib.path, offset=0, stamp=sib.stamp)
             opened.retired_at = self._clock()
@@ -495,11 +572,16 @@ class Tailer:
             return True
         if self._queue:
             nxt = self._queue.popleft()
-            if nxt.fd < 0 and nxt.loss is None:
+            if nxt.fd < 0 and nxt.loss is None and not nxt.compressed:
                 nxt = self._resolve(nxt)
             if already_passed(prev, nxt):
                 if nxt.fd >= 0:
                     self._discard(nxt)
+                return True
+            if nxt.compressed:
+                # deleted before its turn, it lost what we saw: before compression, or in its trailer
+                seen = nxt.known_size if nxt.known_size >= 0 else (nxt.max_seen if nxt.head else -1)
+                self._open_compressed(prev, nxt.path, nxt.stamp, nxt.last_mtime, nxt.known_size, seen)
                 return True
             if nxt.loss is not None:
                 if nxt.loss.bytes_lost != 0:
@@ -577,10 +659,35 @@ class Tailer:
         self._known.append(opened)
         return opened
 
-    def _lose_whole(self, path: str, why: str) -> None:
-        size = _gzip_size(path)
-        if size != 0:                               # an empty file loses nothing
-            self._pending.append(LossEvent(path, LossReason.ROTATED_UNREAD, size, 0, why))
+    def _open_compressed(self, prev: _File | _NoFile, path: str, stamp: str, mtime_ns: int,
+                         known_size: int = -1, size_if_gone: int | None = None) -> None:
+        """Make a compressed sibling current, read from its first byte; one gone before its turn
+        (deleted by the kubelet) is a loss of `size_if_gone` bytes (by default the uncompressed
+        size seen before it was compressed, `known_size`; -1 unknown)."""
+        try:
+            reader = GzipReader(path)
+        except FileNotFoundError:
+            lost = known_size if size_if_gone is None else size_if_gone
+            if lost != 0:                          # an empty file loses nothing
+                self._pending.append(LossEvent(path, LossReason.ROTATED_UNREAD, lost, 0,
+                                               "deleted before it was read"))
+            marker = _File(-1, -1, -1, path, 0, b"", stamp=stamp)
+            marker.last_mtime = mtime_ns           # its place in rotation order, for what follows
+            self._set_prev(marker)
+            return
+        self._make_current(prev, self._compressed_file(reader, stamp, 0, known_size))
+
+    def _compressed_file(self, reader: GzipReader, stamp: str | None, offset: int, known_size: int) -> _File:
+        opened = _File(-1, reader.dev, reader.ino, reader.path, offset, reader.head, stamp=stamp)
+        opened.compressed = True
+        opened.gz = reader
+        opened.known_size = known_size
+        opened.max_seen = max(offset, reader.trailer_size())
+        opened.last_mtime = reader.mtime_ns
+        opened.retired_at = self._clock()
+        opened.final_hint = True
+        self._known.append(opened)
+        return opened
 
     # -- siblings ----------------------------------------------------------------------------------
     def _siblings(self) -> list[_Sibling]:
@@ -634,6 +741,17 @@ class Tailer:
 
     def _reopen(self, point: Reopen) -> bool:
         """Make the file `point` names current; False when the path names another file by now."""
+        if point.compressed:
+            try:
+                reader = GzipReader(point.path)
+            except FileNotFoundError:
+                return False
+            if (reader.dev, reader.ino) != (point.dev, point.ino) or not fingerprint_matches(point.fingerprint,
+                                                                                               reader.head):
+                reader.close()
+                return False
+            self._cur = self._compressed_file(reader, point.stamp, point.offset, -1)
+            return True
         try:
             fd = os.open(point.path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:

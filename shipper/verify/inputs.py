@@ -308,37 +308,15 @@ def _topic_list(topic: str | Iterable[str]) -> list[str]:
     return out
 
 
-def kafka_client_options(*, tls: bool = False, ca_file: str | None = None, cert_file: str | None = None,
-                         key_file: str | None = None, check_hostname: bool = True, sasl_mechanism: str | None = None,
-                         sasl_username: str | None = None, sasl_password_file: str | None = None) -> dict[str, Any]:
-    """aiokafka client options for TLS and SASL, from the command line's terms."""
-    import ssl
+def kafka_client_options(**terms: Any) -> dict[str, Any]:
+    """aiokafka client options for TLS and SASL, from the command line's terms: the shipper's own
+    (kafka/client.py), its errors turned into VerifyError for the command line."""
+    from ..kafka.client import KafkaSetupError, kafka_client_options as options_of
 
-    use_tls = tls or bool(ca_file or cert_file)
-    options: dict[str, Any] = {}
-    if use_tls:
-        try:
-            context = ssl.create_default_context(cafile=ca_file) if ca_file else ssl.create_default_context()
-            context.minimum_version = ssl.TLSVersion.TLSv1_2
-            context.check_hostname = check_hostname
-            if cert_file:
-                context.load_cert_chain(cert_file, key_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise VerifyError(f"TLS: cannot load certificates: {exc}") from None
-        options["ssl_context"] = context
-    if sasl_mechanism:
-        if not sasl_username or not sasl_password_file:
-            raise VerifyError("--sasl-mechanism needs --sasl-username and --sasl-password-file")
-        try:
-            password = Path(sasl_password_file).read_text().strip()
-        except OSError as exc:
-            raise VerifyError(f"SASL password file {sasl_password_file}: {exc.strerror}") from None
-        options.update(sasl_mechanism=sasl_mechanism, sasl_plain_username=sasl_username,
-                       sasl_plain_password=password)
-        options["security_protocol"] = "SASL_SSL" if use_tls else "SASL_PLAINTEXT"
-    elif use_tls:
-        options["security_protocol"] = "SSL"
-    return options
+    try:
+        return options_of(**terms)
+    except KafkaSetupError as exc:
+        raise VerifyError(str(exc)) from None
 
 
 async def prove_from_topic(bootstrap: str, topic: str, event_id: str, *, public_keys: dict[str, Any] | None = None,
@@ -350,7 +328,7 @@ async def prove_from_topic(bootstrap: str, topic: str, event_id: str, *, public_
     from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.errors import KafkaError
 
-    from ..kafka import partition_of
+    from ..kafka.wire import partition_of
     from .proof import ProofBuilder, ProofError
 
     try:

@@ -115,8 +115,8 @@ class Follower:
         return [i for i in self.node.journal if i.paths[0] == self.path and i.copy_of is None]
 
 
-def segments(chunks: list[Chunk | None]) -> list[tuple[int, int, int, bytes]]:
-    """(dev, ino, start, data) per identity run, checking offsets are contiguous within one."""
+def segments(chunks: list[Chunk | None]) -> list[tuple[int, int, int, bytes, str]]:
+    """(dev, ino, start, data, path) per identity run, checking offsets are contiguous within one."""
     out: list[list] = []
     open_run = False
     for chunk in chunks:
@@ -128,9 +128,9 @@ def segments(chunks: list[Chunk | None]) -> list[tuple[int, int, int, bytes]]:
             out[-1][3] += chunk.data
         else:
             assert not open_run, f"identity changed without end_of_file at {chunk.path}:{chunk.offset}"
-            out.append([fid.dev, fid.ino, chunk.offset, bytearray(chunk.data)])
+            out.append([fid.dev, fid.ino, chunk.offset, bytearray(chunk.data), chunk.path])
         open_run = not chunk.end_of_file
-    return [(d, i, s, bytes(b)) for d, i, s, b in out]
+    return [(d, i, s, bytes(b), p) for d, i, s, b, p in out]
 
 
 def account(follower: Follower) -> dict[str, int]:
@@ -139,10 +139,12 @@ def account(follower: Follower) -> dict[str, int]:
     insts = follower.instances()
     copies = {(c.dev, c.ino, c.serial): c for c in node.journal if c.copy_of is not None}
     delivered: dict[int, list[tuple[int, int]]] = defaultdict(list)
-    for dev, ino, start, data in segments(follower.chunks):
+    for dev, ino, start, data, path in segments(follower.chunks):
         if not data:
             continue
         candidates = [i for i in insts if (i.dev, i.ino) == (dev, ino)]
+        if path.endswith(".gz"):          # read from the compressed copy, whose inode is its own
+            candidates += [i for i in insts if path[:-3] in i.paths[1:]]
         candidates += [node.journal[c.copy_of] for (d, n, _), c in copies.items() if (d, n) == (dev, ino)]
         matches = [i for i in candidates if bytes(i.data[start:start + len(data)]) == data]
         assert matches, f"bytes at {start} of {dev}:{ino} match nothing written there"
