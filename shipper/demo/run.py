@@ -115,10 +115,33 @@ async def _demo(workdir: Path, broker: EmbeddedTansu, seconds: float, pods: int,
     _say()
     _say("shipper verify")
     verdict_ok = await _verify(broker.bootstrap, keys / "signing-key.pub.pem")
-    ok = totals["missing"] == 0 and totals["duplicates_conflicting"] == 0 and verdict_ok
+    _say()
+    _say("shipper prove (one record, checked offline against its signed checkpoint)")
+    proof_ok = await _prove(broker.bootstrap, keys / "signing-key.pub.pem", values, workdir / "proof.json")
+    ok = totals["missing"] == 0 and totals["duplicates_conflicting"] == 0 and verdict_ok and proof_ok
     _say()
     _say("RESULT: " + ("every line written is in Kafka, sealed and verified" if ok else "FAILED (see above)"))
     return 0 if ok else 1
+
+
+async def _prove(bootstrap: str, public_key: Path, values: list[bytes], out: Path) -> bool:
+    """What an auditor hands a third party: one record, its audit path and the signed checkpoint."""
+    import json
+
+    from ..verify import load_public_keys
+    from ..verify.inputs import prove_from_topic
+    from ..verify.proof import check_proof
+
+    keys = load_public_keys([str(public_key)])
+    records = [json.loads(value) for value in values]
+    logs = [record for record in records if "type" not in record]
+    event_id = logs[len(logs) // 2]["event_id"]
+    proof = await prove_from_topic(bootstrap, TOPIC, event_id, public_keys=keys, idle_timeout_s=2.0)
+    out.write_text(json.dumps(proof, indent=1))
+    ok, reason = check_proof(json.loads(out.read_text()), keys)
+    _say(f"  {event_id}: audit path of {len(proof['audit_path'])} hashes in a tree of {proof['tree_size']} "
+         f"records; offline check: {'OK' if ok else 'FAILED'} ({reason})")
+    return ok
 
 
 async def _verify(bootstrap: str, public_key: Path) -> bool:
