@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from shipper.reconcile import read_topic
-from shipper.simnode import SimNode
+from shipper.demo.reconcile import read_topic
+from shipper.demo.simnode import SimNode
 from tests.integration.test_pipeline_kafka import keys, run_verify
 from tests.support import ShipperProcess, new_topic, settle, wait_until, write_config
 
