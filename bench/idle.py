@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.run import cpu_seconds, start_broker  # noqa: E402
-from shipper.demo.embedded import free_port  # noqa: E402
+from tests.harness.ports import free_port  # noqa: E402
 from tests.support import ShipperProcess, scrape, write_config  # noqa: E402
 
 
