@@ -213,10 +213,20 @@ def _topic_list(topic: str | Iterable[str]) -> list[str]:
 
 def kafka_client_options(*, tls: bool = False, ca_file: str | None = None, cert_file: str | None = None,
                          key_file: str | None = None, check_hostname: bool = True, sasl_mechanism: str | None = None,
-                         sasl_username: str | None = None, sasl_password_file: str | None = None) -> dict[str, Any]:
+                         sasl_username: str | None = None, sasl_password_file: str | None = None,
+                         sasl_oauth_token_file: str | None = None) -> dict[str, Any]:
     """aiokafka client options for TLS and SASL, from the command line's terms."""
     import ssl
 
+    if sasl_mechanism == "OAUTHBEARER":
+        from ..kafka.client import KafkaSetupError, kafka_client_options as shipper_client_options
+
+        try:
+            return shipper_client_options(tls=tls, ca_file=ca_file, cert_file=cert_file, key_file=key_file,
+                                          check_hostname=check_hostname, sasl_mechanism=sasl_mechanism,
+                                          sasl_oauth_token_file=sasl_oauth_token_file)
+        except KafkaSetupError as exc:
+            raise VerifyError(str(exc)) from None
     use_tls = tls or bool(ca_file or cert_file)
     options: dict[str, Any] = {}
     if use_tls:

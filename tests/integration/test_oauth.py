@@ -7,6 +7,7 @@ Whatever happens to the token, nothing written is lost: it waits in the WAL.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 
@@ -201,3 +202,36 @@ def test_an_expired_then_a_wrong_token_fail_clearly_and_a_good_one_delivers_ever
         shipper.stop()
     assert_nothing_lost(broker, topic, node)
     assert_no_tokens_or_secrets_in(shipper.log_text(), expired, wrong, good)
+
+
+def test_verify_reads_over_oauthbearer_with_a_token_file_and_never_prints_it(tmp_path, secure_kafka_broker, node,
+                                                                               capsys):
+    from shipper.verify import cli_main
+
+    broker = secure_kafka_broker
+    topic = new_topic(broker, 1, "oauth-verify")
+    good = unsecured_jwt("verifier", lifetime_s=600)
+    path = token_file(tmp_path, good)
+    shipper = oauth_shipper(tmp_path, broker, topic, node, {"token_file": str(path)}).start()
+    try:
+        node.write(100)
+        wait_until(lambda: all_arrived(broker, topic, node), 60, "records to verify")
+        assert shipper.sigterm() == 0
+    finally:
+        shipper.stop()
+    args = ["--bootstrap-servers", broker.bootstrap_sasl_oauth, "--topic", topic, "--tls-ca-file", str(broker.ca_file),
+            "--sasl-mechanism", "OAUTHBEARER", "--sasl-oauth-token-file", str(path), "--idle-timeout", "3", "--json"]
+    # What verify concludes about the records is its own concern (tests/integration/test_verify_kafka.py);
+    # here: it read the whole topic over OAUTHBEARER (1: violations found, so it did read).
+    status = cli_main(args)
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert status in (0, 1) and report["meta"]["stopped"] == "end_offsets"
+    assert report["totals"]["records_read"] == sum(report["meta"]["end_offsets"].values()) >= 100
+    expired = unsecured_jwt("verifier", lifetime_s=-5)
+    token_file(tmp_path, expired)
+    assert cli_main(args) == 2              # no usable token: the run could not verify anything
+    captured = capsys.readouterr()
+    assert "shipper verify:" in captured.err
+    for token in (good, expired):
+        assert token not in captured.out + captured.err
