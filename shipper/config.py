@@ -12,6 +12,7 @@ import re
 from enum import Enum
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -132,6 +133,7 @@ class SaslMechanism(str, Enum):
     PLAIN = "PLAIN"
     SCRAM_SHA_256 = "SCRAM-SHA-256"
     SCRAM_SHA_512 = "SCRAM-SHA-512"
+    OAUTHBEARER = "OAUTHBEARER"
 
 
 class TlsConfig(_Section):
@@ -142,11 +144,60 @@ class TlsConfig(_Section):
     check_hostname: bool = Field(True, description="Verify the broker's host name against its certificate.")
 
 
+_LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+_SASL_EXTENSION_KEY = re.compile(r"[A-Za-z]+")
+_SASL_EXTENSION_VALUE = re.compile(r"[\x21-\x7E \t\r\n]*")      # RFC 7628 §3.1: VCHAR, space and white space
+
+
+class OAuthConfig(_Section):
+    token_file: str | None = Field(None, description="OAUTHBEARER: file holding the access token (a JWT), e.g. a "
+                                   "projected service-account token or a Secret that something else renews; "
+                                   "re-read when it changes. Instead of `token_endpoint_url`.")
+    token_endpoint_url: str | None = Field(None, description="OAUTHBEARER: the identity provider's OAuth 2 token "
+                                           "endpoint (`https://`; `http://` only to a loopback address). The shipper "
+                                           "gets tokens with the client_credentials grant and renews each at 80% of "
+                                           "its lifetime. Instead of `token_file`.")
+    client_id: str | None = Field(None, description="OAUTHBEARER: client id at the token endpoint.")
+    client_secret_file: str | None = Field(None, description="OAUTHBEARER: file holding the client secret (a "
+                                           "mounted Secret; read at every token request).")
+    scope: str | None = Field(None, description="OAUTHBEARER: scope to request, e.g. "
+                              "`https://<namespace>.servicebus.windows.net/.default` for Azure Event Hubs.")
+    client_auth: Literal["basic", "post"] = Field("basic", description="How the client authenticates to the token "
+                                                  "endpoint: `basic` (HTTP Basic) or `post` (in the form).")
+    ca_file: str | None = Field(None, description="CA bundle the token endpoint's certificate is verified against "
+                                "(system CAs when unset).")
+    timeout_s: float = Field(10.0, gt=0, le=120, description="Token request timeout.")
+    extensions: dict[str, str] = Field({}, description="SASL extensions sent with the token, e.g. Confluent "
+                                       "Cloud's `logicalCluster` and `identityPoolId`.")
+
+    @field_validator("token_endpoint_url")
+    @classmethod
+    def _https(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            if not parts.hostname or parts.scheme not in ("https", "http") or (
+                    parts.scheme == "http" and parts.hostname not in _LOOPBACK_HOSTS):
+                raise ValueError(f"{value!r}: the client secret goes there, so https:// (http:// only to a "
+                                 "loopback address)")
+        return value
+
+    @field_validator("extensions")
+    @classmethod
+    def _extension_syntax(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, text in value.items():
+            if not _SASL_EXTENSION_KEY.fullmatch(key) or key == "auth":
+                raise ValueError(f"extension name {key!r}: letters only, and not 'auth'")
+            if not _SASL_EXTENSION_VALUE.fullmatch(text):
+                raise ValueError(f"extension {key!r}: printable ASCII only")
+        return value
+
+
 class SaslConfig(_Section):
     mechanism: SaslMechanism = Field(SaslMechanism.SCRAM_SHA_512, description="SASL mechanism.")
-    username: str | None = Field(None, description="SASL user name.")
-    password_file: str | None = Field(None, description="File holding the SASL password (a mounted Secret; "
-                                      "re-read when it changes).")
+    username: str | None = Field(None, description="SASL user name (PLAIN, SCRAM).")
+    password_file: str | None = Field(None, description="File holding the SASL password (PLAIN, SCRAM; a mounted "
+                                      "Secret; re-read when it changes).")
+    oauth: OAuthConfig = OAuthConfig()
 
 
 class Compression(str, Enum):
@@ -193,9 +244,17 @@ class KafkaConfig(_Section):
     def _coherent_security(self) -> KafkaConfig:
         sasl = self.security_protocol in (SecurityProtocol.SASL_SSL, SecurityProtocol.SASL_PLAINTEXT)
         if self.security_protocol is SecurityProtocol.SASL_PLAINTEXT and not self.allow_sasl_without_tls:
-            raise ValueError("kafka.security_protocol SASL_PLAINTEXT sends the password in clear text; "
+            raise ValueError("kafka.security_protocol SASL_PLAINTEXT sends the password or token in clear text; "
                              "use SASL_SSL or set kafka.allow_sasl_without_tls: true")
-        if sasl and not (self.sasl.username and self.sasl.password_file):
+        if sasl and self.sasl.mechanism is SaslMechanism.OAUTHBEARER:
+            oauth = self.sasl.oauth
+            if bool(oauth.token_file) == bool(oauth.token_endpoint_url):
+                raise ValueError("kafka.sasl.mechanism OAUTHBEARER needs one of kafka.sasl.oauth.token_file and "
+                                 "kafka.sasl.oauth.token_endpoint_url")
+            if oauth.token_endpoint_url and not (oauth.client_id and oauth.client_secret_file):
+                raise ValueError("kafka.sasl.oauth.token_endpoint_url needs kafka.sasl.oauth.client_id and "
+                                 "kafka.sasl.oauth.client_secret_file")
+        elif sasl and not (self.sasl.username and self.sasl.password_file):
             raise ValueError("kafka.sasl.username and kafka.sasl.password_file are required with SASL")
         if bool(self.tls.cert_file) != bool(self.tls.key_file):
             raise ValueError("kafka.tls.cert_file and kafka.tls.key_file go together (mTLS)")

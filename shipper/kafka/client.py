@@ -3,8 +3,8 @@ when a Secret rotates or a refused batch spoils the idempotent sequence), and th
 stage's retry loops share.
 
 Options come from the configuration (`producer_options`) or from plain arguments
-(`kafka_client_options`, what `shipper verify` has from its command line); both build the TLS context
-and read the password file the same way.
+(`kafka_client_options`, what `shipper verify` has from its command line); both build the TLS context,
+read the password file and set up OAUTHBEARER's token source (oauth.py) the same way.
 """
 from __future__ import annotations
 
@@ -18,9 +18,10 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, KafkaError, UnsupportedVersionError
 
-from ..config import KafkaConfig, SecurityProtocol
+from ..config import KafkaConfig, SaslMechanism, SecurityProtocol
 from ..metrics import Metrics
-from .wire import _CODECS
+from .oauth import EndpointTokenSource, FileTokenSource, TokenSource
+from .wire import _CODECS, end_refused_oauthbearer_exchanges
 
 log = logging.getLogger("shipper.kafka")
 
@@ -56,16 +57,62 @@ def ssl_context_for(config: KafkaConfig) -> ssl.SSLContext | None:
     return _tls_context(tls.ca_file, tls.cert_file, tls.key_file, tls.check_hostname, "kafka.tls")
 
 
+def _token_source(*, token_file: str | None, endpoint_url: str | None, client_id: str | None,
+                  client_secret_file: str | None, scope: str | None, client_auth: str, ca_file: str | None,
+                  timeout_s: float, extensions: dict[str, str], backoff_ms: tuple[int, int], metrics: Metrics | None,
+                  names: dict[str, str]) -> TokenSource:
+    """The token source, once its files proved readable (a setup error otherwise, naming the option)."""
+    end_refused_oauthbearer_exchanges()
+    if token_file:
+        read_secret_file(token_file, names["token_file"])
+        return FileTokenSource(token_file, what=names["token_file"], extensions=extensions, metrics=metrics)
+    assert endpoint_url and client_id and client_secret_file
+    read_secret_file(client_secret_file, names["client_secret_file"])
+    context = _tls_context(ca_file, None, None, True, names["ca_file"]) if ca_file else None
+    first_ms, max_ms = backoff_ms
+    return EndpointTokenSource(endpoint_url, client_id, client_secret_file, scope=scope, client_auth=client_auth,
+                               ssl_context=context, timeout_s=timeout_s, backoff=lambda: backoff_delays(first_ms, max_ms),
+                               what=names["token_endpoint_url"], secret_what=names["client_secret_file"],
+                               extensions=extensions, metrics=metrics)
+
+
+def oauth_token_source(config: KafkaConfig, metrics: Metrics | None = None) -> TokenSource:
+    oauth = config.sasl.oauth
+    return _token_source(token_file=oauth.token_file, endpoint_url=oauth.token_endpoint_url,
+                         client_id=oauth.client_id, client_secret_file=oauth.client_secret_file, scope=oauth.scope,
+                         client_auth=oauth.client_auth, ca_file=oauth.ca_file, timeout_s=oauth.timeout_s,
+                         extensions=oauth.extensions, backoff_ms=(config.retry_backoff_ms, config.retry_backoff_max_ms),
+                         metrics=metrics, names={name: f"kafka.sasl.oauth.{name}" for name in (
+                             "token_file", "token_endpoint_url", "client_secret_file", "ca_file")})
+
+
 def kafka_client_options(*, tls: bool = False, ca_file: str | None = None, cert_file: str | None = None,
                          key_file: str | None = None, check_hostname: bool = True, sasl_mechanism: str | None = None,
-                         sasl_username: str | None = None, sasl_password_file: str | None = None) -> dict[str, Any]:
+                         sasl_username: str | None = None, sasl_password_file: str | None = None,
+                         sasl_oauth_token_file: str | None = None, sasl_oauth_token_endpoint_url: str | None = None,
+                         sasl_oauth_client_id: str | None = None, sasl_oauth_client_secret_file: str | None = None,
+                         sasl_oauth_scope: str | None = None) -> dict[str, Any]:
     """aiokafka client options for TLS and SASL, from the command line's terms (a CA or client
     certificate implies TLS). Raises KafkaSetupError, its message fit for the command line."""
     use_tls = tls or bool(ca_file or cert_file)
     options: dict[str, Any] = {}
     if use_tls:
         options["ssl_context"] = _tls_context(ca_file, cert_file, key_file, check_hostname, "TLS")
-    if sasl_mechanism:
+    if sasl_mechanism == "OAUTHBEARER":
+        endpoint = sasl_oauth_token_endpoint_url
+        if bool(sasl_oauth_token_file) == bool(endpoint) or endpoint and not (
+                sasl_oauth_client_id and sasl_oauth_client_secret_file):
+            raise KafkaSetupError("--sasl-mechanism OAUTHBEARER needs --sasl-oauth-token-file, or "
+                                  "--sasl-oauth-token-endpoint-url with --sasl-oauth-client-id and "
+                                  "--sasl-oauth-client-secret-file")
+        source = _token_source(token_file=sasl_oauth_token_file, endpoint_url=endpoint, client_id=sasl_oauth_client_id,
+                               client_secret_file=sasl_oauth_client_secret_file, scope=sasl_oauth_scope,
+                               client_auth="basic", ca_file=None, timeout_s=10.0, extensions={}, backoff_ms=(200, 10_000),
+                               metrics=None, names={"token_file": "OAuth token", "token_endpoint_url": "token endpoint",
+                                                    "client_secret_file": "OAuth client secret", "ca_file": "TLS"})
+        options.update(sasl_mechanism="OAUTHBEARER", sasl_oauth_token_provider=source)
+        options["security_protocol"] = "SASL_SSL" if use_tls else "SASL_PLAINTEXT"
+    elif sasl_mechanism:
         if not sasl_username or not sasl_password_file:
             raise KafkaSetupError("--sasl-mechanism needs --sasl-username and --sasl-password-file")
         options.update(sasl_mechanism=sasl_mechanism, sasl_plain_username=sasl_username,
@@ -76,7 +123,9 @@ def kafka_client_options(*, tls: bool = False, ca_file: str | None = None, cert_
     return options
 
 
-def producer_options(config: KafkaConfig, *, idempotent: bool) -> dict:
+def producer_options(config: KafkaConfig, *, idempotent: bool, token_source: TokenSource | None = None) -> dict:
+    """The producer's options; with OAUTHBEARER, `token_source` (the sink's, which outlives producers), or
+    a new one."""
     options = dict(
         bootstrap_servers=config.bootstrap_servers,
         client_id=config.client_id,
@@ -91,10 +140,17 @@ def producer_options(config: KafkaConfig, *, idempotent: bool) -> dict:
         security_protocol=config.security_protocol.value,
         ssl_context=ssl_context_for(config),
     )
-    if config.security_protocol in (SecurityProtocol.SASL_SSL, SecurityProtocol.SASL_PLAINTEXT):
+    if _uses_sasl(config) and config.sasl.mechanism is SaslMechanism.OAUTHBEARER:
+        options.update(sasl_mechanism="OAUTHBEARER",
+                       sasl_oauth_token_provider=token_source or oauth_token_source(config))
+    elif _uses_sasl(config):
         options.update(sasl_mechanism=config.sasl.mechanism.value, sasl_plain_username=config.sasl.username,
                        sasl_plain_password=read_secret_file(config.sasl.password_file, "kafka.sasl.password_file"))
     return options
+
+
+def _uses_sasl(config: KafkaConfig) -> bool:
+    return config.security_protocol in (SecurityProtocol.SASL_SSL, SecurityProtocol.SASL_PLAINTEXT)
 
 
 def backoff_delays(first_ms: int, max_ms: int):
@@ -115,12 +171,17 @@ class KafkaSink:
         self.codec = _CODECS[config.compression.value]
         self._partitions: dict[str, int] = {}
         self._secret_mtime: float | None = None
+        # One token source for every producer of this sink: its token and its refresher outlive restarts.
+        self.token_source: TokenSource | None = (
+            oauth_token_source(config, metrics)
+            if _uses_sasl(config) and config.sasl.mechanism is SaslMechanism.OAUTHBEARER else None)
 
     async def start(self, stopping: asyncio.Event) -> bool:
         """Connect, retrying forever with backoff; False when stopping was requested first."""
         delays = backoff_delays(self.config.retry_backoff_ms, self.config.retry_backoff_max_ms)
         while not stopping.is_set():
-            producer = AIOKafkaProducer(**producer_options(self.config, idempotent=self.idempotent))
+            producer = AIOKafkaProducer(**producer_options(self.config, idempotent=self.idempotent,
+                                                           token_source=self.token_source))
             try:
                 await producer.start()
             except (UnsupportedVersionError, KafkaError) as exc:
@@ -128,7 +189,9 @@ class KafkaSink:
                 if self._idempotence_unsupported(exc):
                     continue
                 self.metrics.send_errors.labels(reason=type(exc).__name__).inc()
-                log.warning("kafka not reachable yet: %s", _describe(exc))
+                # aiokafka's error says only that no broker could be reached; the token source knows why.
+                oauth = self.token_source.last_problem if self.token_source is not None else None
+                log.warning("kafka not reachable yet: %s%s", _describe(exc), f" ({oauth})" if oauth else "")
                 await wait_event(stopping, next(delays))
                 continue
             self.producer = producer
@@ -184,6 +247,8 @@ class KafkaSink:
         if self.producer is not None:
             await _quietly_stop(self.producer)
             self.producer = None
+        if self.token_source is not None:
+            await self.token_source.close()
 
 
 async def _quietly_stop(producer: AIOKafkaProducer) -> None:

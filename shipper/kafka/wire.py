@@ -1,11 +1,13 @@
 """Kafka's wire format for our records: v2 record batches built in one call per batch, compressed,
-and the partition a key maps to.
+and the partition a key maps to; and the end of a refused SASL OAUTHBEARER exchange.
 
 The only module that touches aiokafka internals (`_DefaultRecordBatchBuilderPy`, `BatchBuilder`'s
-private fields, `encode_varint_py`, `murmur2`). They are not aiokafka's public API, which is why
-aiokafka is pinned to >=0.14,<0.15 (pyproject.toml; 0.14.0 in constraints.txt): moving the pin means
+private fields, `encode_varint_py`, `murmur2`, `OAuthAuthenticator` and the connection's
+`authenticator_oauth`). They are not aiokafka's public API, which is why aiokafka is pinned to
+>=0.14,<0.15 (pyproject.toml; 0.14.0 in constraints.txt): moving the pin means
 tests/unit/test_kafka_records.py, which checks these batches against aiokafka's own builder and
-reader, must pass on the new version.
+reader, and tests/integration/test_oauth.py, which has the real broker refuse tokens, must pass on the
+new version.
 """
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ from array import array
 
 import crc32c
 import cramjam
+from aiokafka.conn import AIOKafkaConnection, OAuthAuthenticator
+from aiokafka.errors import SaslAuthenticationFailed
 from aiokafka.partitioner import murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
@@ -168,3 +172,38 @@ class _SpanBatch(BatchBuilder):
     def compress_now(self) -> None:
         self._builder.compress_now()
 
+
+
+class _OAuthBearerAuthenticator(OAuthAuthenticator):
+    """aiokafka 0.14's OAUTHBEARER client takes any answer to its token as success. A broker that refuses
+    the token answers with an error challenge instead (RFC 7628 §3.2.2, `{"status":"invalid_token"}`),
+    waiting for the client's %x01 that ends the exchange; aiokafka sends its next request instead, and
+    Kafka answers that with empty metadata and closes: a producer that "started" without a broker and
+    sends that time out. This one ends the exchange as the RFC says, so the broker fails it properly
+    (SaslAuthenticationFailed, error 58), and tells the token source either way."""
+
+    def __init__(self, *, sasl_oauth_token_provider) -> None:
+        super().__init__(sasl_oauth_token_provider=sasl_oauth_token_provider)
+        self._challenge: bytes | None = None
+
+    async def step(self, payload):
+        if not self._token_sent:
+            return await super().step(payload)
+        provider = self._sasl_oauth_token_provider
+        if not payload:
+            getattr(provider, "accepted", lambda: None)()
+            return None
+        if self._challenge is None:
+            self._challenge = bytes(payload)
+            getattr(provider, "refused", lambda challenge: None)(self._challenge)
+            return b"\x01", True
+        raise SaslAuthenticationFailed(self._challenge.decode(errors="replace"))
+
+
+def _authenticator_oauth(connection: AIOKafkaConnection) -> _OAuthBearerAuthenticator:
+    return _OAuthBearerAuthenticator(sasl_oauth_token_provider=connection._sasl_oauth_token_provider)
+
+
+def end_refused_oauthbearer_exchanges() -> None:
+    """Makes every aiokafka connection of this process use `_OAuthBearerAuthenticator` (idempotent)."""
+    AIOKafkaConnection.authenticator_oauth = _authenticator_oauth

@@ -169,16 +169,19 @@ def _read_options(parser: argparse.ArgumentParser) -> None:
     read.add_argument("--tls-cert-file", help="client certificate (PEM) for mutual TLS")
     read.add_argument("--tls-key-file", help="client private key (PEM) for mutual TLS")
     read.add_argument("--tls-no-hostname-check", action="store_true", help="do not check the brokers' host names")
-    read.add_argument("--sasl-mechanism", choices=["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])
+    read.add_argument("--sasl-mechanism", choices=["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"])
     read.add_argument("--sasl-username")
     read.add_argument("--sasl-password-file", help="file holding the SASL password (never printed)")
+    read.add_argument("--sasl-oauth-token-file", help="OAUTHBEARER: file holding the access token, re-read when it "
+                                                      "changes (never printed)")
 
 
 def _client_options(args) -> dict:
     return kafka_client_options(tls=args.tls, ca_file=args.tls_ca_file, cert_file=args.tls_cert_file,
                                 key_file=args.tls_key_file, check_hostname=not args.tls_no_hostname_check,
                                 sasl_mechanism=args.sasl_mechanism, sasl_username=args.sasl_username,
-                                sasl_password_file=args.sasl_password_file)
+                                sasl_password_file=args.sasl_password_file,
+                                sasl_oauth_token_file=args.sasl_oauth_token_file)
 
 
 def prove_main(argv: list[str]) -> int:

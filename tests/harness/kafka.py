@@ -33,13 +33,14 @@ from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import for_code
 
 from .certs import TlsMaterial, make_tls_material
+from .oauth import KAFKA_SCOPE, StaticTokenProvider
 from .ports import accepts_connections, free_ports, wait_until_bindable
 
 KAFKA_VERSION = "4.1.1"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FETCH_SCRIPT = REPO_ROOT / "scripts" / "fetch-kafka"
 
-PLAINTEXT, SSL, MTLS, SASL_SSL = "plaintext", "ssl", "mtls", "sasl_ssl"
+PLAINTEXT, SSL, MTLS, SASL_SSL, SASL_OAUTH = "plaintext", "ssl", "mtls", "sasl_ssl", "sasl_oauth"
 
 
 class BrokerStartError(RuntimeError):
@@ -301,7 +302,10 @@ class KafkaBroker(BrokerProcess):
 
     Plaintext only by default. With `tls`, it also listens with TLS (`bootstrap_ssl`: server certificate
     only; `bootstrap_mtls`: a client certificate is required), and with `sasl_users` too, SASL over TLS
-    (`bootstrap_sasl_ssl`; PLAIN and SCRAM users; SCRAM credentials are written at format time).
+    (`bootstrap_sasl_ssl`; PLAIN and SCRAM users; SCRAM credentials are written at format time). With
+    `oauth` and `tls`, SASL OAUTHBEARER over TLS (`bootstrap_sasl_oauth`), validated by Kafka's built-in
+    *unsecured* JWT validator (tokens with `alg: none`, see oauth.py), which requires the scope `kafka`
+    and, as managed services do, ends a session when its token expires (`connections.max.reauth.ms`).
     `config` overrides or adds broker properties. `fast_start` runs the JVM with the C1 compiler only: about
     a third less CPU to start (measured 6.0 -> 3.9 CPU-s), but slower under sustained load, so a benchmark
     passes False.
@@ -311,16 +315,20 @@ class KafkaBroker(BrokerProcess):
     exact_end_offsets = True
 
     def __init__(self, workdir: Path, *, tls: TlsMaterial | None = None, sasl_users: Iterable[SaslUser] = (),
-                 config: Mapping[str, str] | None = None, heap: str = "512m", fast_start: bool = True) -> None:
+                 oauth: bool = False, config: Mapping[str, str] | None = None, heap: str = "512m",
+                 fast_start: bool = True) -> None:
         self.tls = tls
         self.sasl_users = {user.mechanism: user for user in sasl_users}
-        if self.sasl_users and tls is None:
-            raise ValueError("SASL users need TLS material: the SASL listener is SASL_SSL")
+        if (self.sasl_users or oauth) and tls is None:
+            raise ValueError("SASL needs TLS material: the SASL listeners are SASL_SSL")
+        self.oauth = oauth
         listeners = [PLAINTEXT, "controller"]
         if tls is not None:
             listeners += [SSL, MTLS]
         if self.sasl_users:
             listeners.append(SASL_SSL)
+        if oauth:
+            listeners.append(SASL_OAUTH)
         super().__init__(workdir, listeners)
         self.data_dir = self.workdir / "data"
         self.server_log = self.workdir / "server.log"
@@ -332,9 +340,11 @@ class KafkaBroker(BrokerProcess):
 
     @classmethod
     def secure(cls, workdir: Path, **kwargs) -> KafkaBroker:
-        """Plaintext, TLS, mutual TLS and SASL_SSL listeners, with fresh certificates and the default users."""
+        """Plaintext, TLS, mutual TLS, SASL_SSL and OAUTHBEARER listeners, with fresh certificates and the
+        default users."""
         workdir = Path(workdir)
-        return cls(workdir, tls=make_tls_material(workdir / "tls"), sasl_users=DEFAULT_SASL_USERS, **kwargs)
+        return cls(workdir, tls=make_tls_material(workdir / "tls"), sasl_users=DEFAULT_SASL_USERS, oauth=True,
+                   **kwargs)
 
     @property
     def bootstrap_ssl(self) -> str:
@@ -347,6 +357,10 @@ class KafkaBroker(BrokerProcess):
     @property
     def bootstrap_sasl_ssl(self) -> str:
         return self.bootstrap_for(SASL_SSL)
+
+    @property
+    def bootstrap_sasl_oauth(self) -> str:
+        return self.bootstrap_for(SASL_OAUTH)
 
     @property
     def ca_file(self) -> Path:
@@ -379,6 +393,9 @@ class KafkaBroker(BrokerProcess):
             context.load_cert_chain(self.client_cert_file, self.client_key_file)
         if listener in (SSL, MTLS):
             return options | {"security_protocol": "SSL"}
+        if listener == SASL_OAUTH:
+            return options | {"security_protocol": "SASL_SSL", "sasl_mechanism": "OAUTHBEARER",
+                              "sasl_oauth_token_provider": StaticTokenProvider()}
         user = self.sasl_users[mechanism or "SCRAM-SHA-512"]
         return options | {"security_protocol": "SASL_SSL", "sasl_mechanism": user.mechanism,
                           "sasl_plain_username": user.username, "sasl_plain_password": user.password}
@@ -419,7 +436,7 @@ class KafkaBroker(BrokerProcess):
 
     def _properties(self) -> dict[str, str]:
         protocol_of = {PLAINTEXT: "PLAINTEXT", "controller": "PLAINTEXT", SSL: "SSL", MTLS: "SSL",
-                       SASL_SSL: "SASL_SSL"}
+                       SASL_SSL: "SASL_SSL", SASL_OAUTH: "SASL_SSL"}
         listeners = ",".join(f"{name.upper()}://127.0.0.1:{port}" for name, port in self.ports.items())
         advertised = ",".join(f"{name.upper()}://127.0.0.1:{port}" for name, port in self.ports.items()
                               if name != "controller")
@@ -470,6 +487,25 @@ class KafkaBroker(BrokerProcess):
                 module = ("org.apache.kafka.common.security.plain.PlainLoginModule required" + plain_users
                           if mechanism == "PLAIN" else "org.apache.kafka.common.security.scram.ScramLoginModule required")
                 properties[f"listener.name.sasl_ssl.{mechanism.lower()}.sasl.jaas.config"] = module + ";"
+        if self.oauth:
+            prefix = "listener.name.sasl_oauth."
+            properties |= {
+                prefix + "sasl.enabled.mechanisms": "OAUTHBEARER",
+                # The login part only matters for a broker that is itself a client on this listener; the
+                # validator options are read from the same JAAS entry.
+                prefix + "oauthbearer.sasl.jaas.config":
+                    "org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required"
+                    f' unsecuredLoginStringClaim_sub="broker" unsecuredValidatorRequiredScope="{KAFKA_SCOPE}"'
+                    ' unsecuredValidatorAllowableClockSkewMs="0";',
+                # Kafka 4.1 picks this handler itself for OAUTHBEARER when none is named (SaslChannelBuilder);
+                # named here so that the test broker's validator is plain to see.
+                prefix + "oauthbearer.sasl.server.callback.handler.class":
+                    "org.apache.kafka.common.security.oauthbearer.internals.unsecured."
+                    "OAuthBearerUnsecuredValidatorCallbackHandler",
+                # A session lives as long as its token (at most this): a request on an expired session
+                # closes the connection, so a client must come back with a fresh token (KIP-368).
+                prefix + "oauthbearer.connections.max.reauth.ms": "600000",
+            }
         return properties | self.extra_config
 
     def _tls(self) -> TlsMaterial:

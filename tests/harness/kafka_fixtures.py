@@ -31,7 +31,8 @@ def fresh_kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kaf
 
 @pytest.fixture(scope="session")
 def secure_kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
-    """Apache Kafka with PLAINTEXT, SSL, mutual-TLS and SASL_SSL (PLAIN, SCRAM-SHA-256/512) listeners."""
+    """Apache Kafka with PLAINTEXT, SSL, mutual-TLS, SASL_SSL (PLAIN, SCRAM-SHA-256/512) and OAUTHBEARER
+    (unsecured JWTs, see oauth.py) listeners."""
     with KafkaBroker.secure(tmp_path_factory.mktemp("secure-kafka")) as broker:
         yield broker
 
