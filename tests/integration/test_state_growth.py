@@ -50,6 +50,8 @@ class Figures:
     startup_s: float        # StateStore, load, Ingest
     restored_chains: int    # what a restart holds in memory
     in_memory_chains: int   # what the running ingest holds
+    acked_entries: int      # chains and sources in the acknowledgements' snapshot
+    meta_rows: int
     elapsed_s: float
 
 
@@ -94,7 +96,8 @@ def measure(driven: DrivenState, settings, state_dir: Path, tombstones_kept: int
     db = sqlite3.connect(state_dir / "state.db")
     try:
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        rows = [db.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for table in ("chains", "sources", "pruned")]
+        rows = [db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+                for table in ("chains", "sources", "pruned", "meta")]
     finally:
         db.close()
     db_bytes, _wal = state_files_bytes(state_dir)
@@ -107,8 +110,9 @@ def measure(driven: DrivenState, settings, state_dir: Path, tombstones_kept: int
     restored = len(restarted._restored_chains)
     restarted.close()
     store.close()
-    return Figures(pods, db_bytes, wal_bytes, *rows, startup_s, restored, len(driven.ingest._chains),
-                   time.perf_counter() - started)
+    acked = len(driven.acks.snapshot.chains) + len(driven.acks.snapshot.sources)
+    return Figures(pods, db_bytes, wal_bytes, *rows[:3], startup_s, restored, len(driven.ingest._chains), acked,
+                   rows[3], time.perf_counter() - started)
 
 
 def log_root(tmp_path: Path) -> Path:
@@ -132,7 +136,8 @@ def test_twenty_thousand_pods_leave_state_db_and_the_ingest_flat(tmp_path):
     kept = RESIDENTS + 1 + WAVE * (PRUNE_AFTER_S // 60 + PRUNE_AFTER_S // 4 // 60 + 1)
     for figure in figures:
         assert figure.chain_rows <= kept and figure.in_memory_chains <= kept and figure.restored_chains <= kept
-        assert figure.source_rows <= RESIDENTS
+        assert figure.source_rows <= RESIDENTS and figure.meta_rows == 1
+        assert figure.acked_entries <= kept + RESIDENTS
         assert figure.tombstones == figure.pods - figure.chain_rows + RESIDENTS + 1
         assert figure.wal_bytes <= 4 << 20
         assert figure.startup_s < 2.0, figure
