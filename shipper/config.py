@@ -120,6 +120,12 @@ class WalConfig(_Section):
 
 class StateConfig(_Section):
     dir: str = Field("/var/lib/audit-shipper", description="Directory of `state.db` (source positions, chain heads).")
+    prune_after_s: float = Field(3600, gt=0, description="A closed chain (its pod's log directory removed, the close "
+                                 "record acknowledged by Kafka) is deleted from `state.db` and from memory this long "
+                                 "after, leaving a tombstone (a file of it that comes back is refused and counted in "
+                                 "`audit_shipper_closed_chain_files_total`). The hour is far beyond the seconds in "
+                                 "which a close can still be followed by a record of the chain or race with its "
+                                 "directory, and keeps a node that starts a pod a second at a few thousand rows.")
 
 
 class SecurityProtocol(str, Enum):

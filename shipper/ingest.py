@@ -7,7 +7,12 @@ commits the batch and only then is any of it acknowledged as read.
 
 Loss (bytes rotated away unread, truncation, a record Kafka refused) becomes a gap record in the
 chain of the file it happened to. A chain is closed (a `close` record, then a checkpoint) when its
-files are gone for good.
+files are gone for good and its directory too: when its last file is dropped, or later, when the
+directory of a chain left without files goes (a source restored at start whose directory went while
+the shipper was down is opened for that: its loss is declared, then its chain closes). A closed chain
+is forgotten once state.db has pruned it (`forget`); its name stays as a tombstone, and a file of a
+closed or pruned chain that shows up again is refused, counted and logged, never read into a new
+chain under the old name.
 """
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ from typing import Callable
 
 from .batch import Batch, Run, Sealed
 from .config import Settings, SourceMode
-from .discover import DiscoveredFile, discover, discover_flat
+from .discover import DiscoveredFile, discover, discover_flat, parse_layout_path
 from .metrics import Metrics
 from .model import ChainCheckpoint, ContainerRef, LossEvent, SourceCheckpoint
 from .parse import Entries, EntryFlag, StreamParser
@@ -65,6 +70,7 @@ class _Chain:
     since_checkpoint: int = 0
     last_checkpoint: float = field(default_factory=time.monotonic)
     sources: int = 0
+    directory: str = ""                 # of its last file: when it goes, so does the stream
 
 
 @dataclass(slots=True)
@@ -128,6 +134,10 @@ class Ingest:
                         settings.sources.poll_interval_s)
         metrics.watch_inotify.set(1 if self.watcher.enabled else 0)
         self._last_full_poll = float("-inf")
+        self._tombstones = snapshot.tombstones.copy()
+        self._forgotten: deque[list[str]] = deque()      # chains state.db pruned, from the event loop
+        self._refused: set[tuple[str, str]] = set()      # files of closed chains (path, state), logged once
+        self._restored_swept = False
         self._rejected_seen: set[str] = set()
         self._external_gaps: deque[_ExternalGap] = deque()
         self._stats = SealStats()
@@ -147,6 +157,28 @@ class Ingest:
             head, closed = self._restored_head(name)
             chain = self._chains[name] = _Chain(head, ref, self._template_topic(ref), closed)
         return chain
+
+    def forget(self, names: list[str]) -> None:
+        """Chains state.db has pruned (closed, acknowledged, quiet for state.prune_after_s): dropped from
+        memory at the next cycle. Called from the event loop, while a cycle may run."""
+        self._forgotten.append(names)
+
+    def _forget_pruned(self) -> None:
+        while self._forgotten:
+            gone = set()
+            for name in self._forgotten.popleft():
+                chain = self._chains.get(name)
+                if chain is not None and not chain.closed:
+                    continue            # state.db prunes closed chains only; an open one is never forgotten
+                self._chains.pop(name, None)
+                self._restored_chains.pop(name, None)
+                self._manifest_dirty.discard(name)
+                gone.add(name)
+            if not gone:
+                continue
+            self._tombstones.add(gone)
+            for key in [key for key, saved in self._restored_sources.items() if saved.chain in gone]:
+                del self._restored_sources[key]
 
     def _restored_head(self, name: str) -> tuple[ChainHead, bool]:
         restored = self._restored_chains.get(name)
@@ -182,8 +214,12 @@ class Ingest:
         for found in result.files:
             if found.path not in self._sources and len(self._sources) < config.max_open_files:
                 self._add_source(found)
+        if not self._restored_swept:
+            self._restored_swept = True
+            self._open_restored_without_directory()
         self.metrics.files_tracked.set(len(self._sources))
         self._sync_watches(result.dirs)
+        self.metrics.chains.set(sum(1 for chain in self._chains.values() if not chain.closed))
 
     def _sync_watches(self, scanned: list[str]) -> None:
         """Watch every directory discovery listed (new pods and containers show up there) and each
@@ -196,6 +232,26 @@ class Ingest:
         for reason in ("limit", "error"):
             self.metrics.watch_unwatched_dirs.labels(reason=reason).set(reasons.count(reason))
         self.metrics.watched_dirs.set(len(watcher.watched))
+
+    def _open_restored_without_directory(self) -> None:
+        """Sources restored at start whose directory is gone (the pod was deleted while the shipper was
+        down) are never discovered again: opened anyway, the tailer declares what it cannot read and
+        finishes, and their chain closes, instead of their rows and chain staying in state.db for good."""
+        config = self.sources_config
+        if config.mode is SourceMode.sidecar:
+            return
+        for key, saved in list(self._restored_sources.items()):
+            if key in self._sources or len(self._sources) >= config.max_open_files \
+                    or os.path.isdir(os.path.dirname(key)):
+                continue
+            restored = self._restored_chains.get(saved.chain)
+            if restored is not None and restored.closed:
+                continue
+            for root in config.roots:
+                ref = parse_layout_path(key, root)
+                if isinstance(ref, ContainerRef) and ref.chain == saved.chain:
+                    self._add_source(DiscoveredFile(key, ref))
+                    break
 
     def reconfigure(self, settings: Settings) -> None:
         """A reloaded configuration (reload.py changes only what may change while running): new source
@@ -223,8 +279,13 @@ class Ingest:
                             pod_uid=env.get("POD_UID", self.node), container="app", restart_count=0)
 
     def _add_source(self, found: DiscoveredFile) -> None:
+        name = found.ref.chain
+        if name not in self._chains and name not in self._restored_chains and name in self._tombstones:
+            self._refuse(found.path, name, "pruned")
+            return
         chain = self._chain(found.ref)
         if chain.closed:
+            self._refuse(found.path, name, "closed")
             return
         saved = self._restored_sources.pop(found.path, None)
         position = saved.position if saved is not None else None
@@ -232,6 +293,20 @@ class Ingest:
         self._sources[found.path] = _Source(found.path, found.ref, tailer, None, time.monotonic(), saved,
                                             directory=os.path.dirname(found.path))
         chain.sources += 1
+        chain.directory = os.path.dirname(found.path)
+
+    def _refuse(self, path: str, chain: str, state: str) -> None:
+        """A file of a chain that has ended: its directory came back (a stale copy, or a static pod
+        whose manifest was put back: same pod UID). Reading it into the ended chain would break what its
+        close record says, and a new chain under the same name would fork it: it is not read."""
+        if (path, state) in self._refused:
+            return
+        if len(self._refused) >= 4096:
+            self._refused.clear()           # logged again then, rather than remembered without bound
+        self._refused.add((path, state))
+        self.metrics.closed_chain_files.labels(state=state).inc()
+        log.warning("not reading %s: its chain %s is closed%s (its log directory was removed before)", path, chain,
+                    " and pruned from state.db" if state == "pruned" else "")
 
     def _new_parser(self, source: _Source) -> StreamParser:
         config = self.sources_config
@@ -256,6 +331,7 @@ class Ingest:
 
     def collect(self, max_record_bytes: int) -> tuple[Batch, list[Callable[[], None]]] | None:
         """Read, parse, seal; returns the batch and callbacks to run once it is durable, or None."""
+        self._forget_pruned()
         now = time.monotonic()
         config = self.sources_config
         watcher = self.watcher
@@ -268,6 +344,7 @@ class Ingest:
             # A directory that cannot be watched, or is not there yet (a root), announces nothing.
             rescan_s = config.discover_interval_s if watcher.unwatched or watcher.missing else config.watch_rescan_s
             rediscover = changes.structure or now - self._last_discovery >= rescan_s
+        discovered = rediscover
         if rediscover:
             self._last_discovery = now
             self._discover()
@@ -294,6 +371,8 @@ class Ingest:
             emitted += self._control(chain, TYPE_GAP, body, gap.loss.path, observed, runs, _gap_members(gap.loss))
             self.metrics.gap_records.labels(reason=gap.loss.reason.value).inc()
             callbacks.append(gap.done)
+        if discovered:
+            emitted += self._close_orphaned(observed, runs)
         finished: list[str] = []
         for key in sorted(self._sources, key=_source_order(self._sources)):
             source = self._sources[key]
@@ -444,12 +523,24 @@ class Ingest:
         emitted = 0
         if chain.sources == 0 and not os.path.isdir(os.path.dirname(key)):
             # The container's directory is gone and all its files are drained: the stream ended.
-            emitted += self._control(chain, TYPE_CLOSE, "stream ended: files removed and drained", key, observed, runs)
-            chain.closed = True
-            self.metrics.chains_closed.inc()
-            emitted += self._checkpoint(chain, observed, runs)
+            emitted += self._close(chain, key, observed, runs)
         self.metrics.files_tracked.set(len(self._sources))
         return emitted
+
+    def _close_orphaned(self, observed: str, runs: dict[str, Run]) -> int:
+        """Chains whose last file was dropped while their directory stayed (the runtime removed a dead
+        container's log, say), when the directory goes later: their stream has ended too."""
+        emitted = 0
+        for chain in self._chains.values():
+            if chain.sources == 0 and not chain.closed and chain.directory and not os.path.isdir(chain.directory):
+                emitted += self._close(chain, chain.directory, observed, runs)
+        return emitted
+
+    def _close(self, chain: _Chain, path: str, observed: str, runs: dict[str, Run]) -> int:
+        emitted = self._control(chain, TYPE_CLOSE, "stream ended: files removed and drained", path, observed, runs)
+        chain.closed = True
+        self.metrics.chains_closed.inc()
+        return emitted + self._checkpoint(chain, observed, runs)
 
     # -- checkpoints -----------------------------------------------------------------------------
     def _checkpoints(self, observed: str, runs: dict[str, Run], force: bool) -> int:

@@ -42,6 +42,15 @@ class Metrics:
         self.chains = Gauge(p + "chains", "Open hash chains", registry=r)
         self.chains_closed = Counter(p + "chains_closed_total", "Chains ended by a close record (the pod's log "
                                      "directory removed and its files drained)", registry=r)
+        self.closed_chain_files = Counter(p + "closed_chain_files_total", "Log files not read because their chain "
+                                          "is closed (`closed`) or was closed and pruned from state.db (`pruned`): "
+                                          "a pod's log directory that came back after it was removed; once per path",
+                                          ["state"], registry=r)
+        # state.db
+        self.state_bytes = Gauge(p + "state_bytes", "Bytes of state.db and its -wal file on disk", registry=r)
+        self.state_pruned = Counter(p + "state_pruned_total", "Rows pruned from state.db: `chains` closed, "
+                                    "acknowledged and quiet for state.prune_after_s, and `sources` still naming them",
+                                    ["kind"], registry=r)
         # WAL
         self.wal_bytes = Gauge(p + "wal_bytes", "Bytes in WAL segments on disk", registry=r)
         self.wal_limit_bytes = Gauge(p + "wal_limit_bytes", "Configured WAL size limit", registry=r)

@@ -2,8 +2,9 @@
 
 Owns no logic of a stage, only the order of things: a batch is committed to the WAL before the
 sender may see it; the frames the sender finishes go to the acknowledgements, which this flushes
-every ACK_INTERVAL_S (the state snapshot moves with the acks); SIGTERM stops reading, attests every
-chain, waits for acks up to the grace period and closes cleanly.
+every ACK_INTERVAL_S (the state snapshot moves with the acks, and state.db is pruned there, the
+ingest told what went); SIGTERM stops reading, attests every chain, waits for acks up to the grace
+period and closes cleanly.
 """
 from __future__ import annotations
 
@@ -70,6 +71,7 @@ class Pipeline:
         self.metrics.wal_limit_bytes.set(settings.wal.max_bytes)
         self.metrics.wal_bytes.set(wal.bytes_on_disk)
         self.metrics.wal_segments.set(wal.segment_count)
+        self.metrics.state_bytes.set(state.bytes_on_disk)
         return wal, state, ingest
 
     async def run(self, stopping: asyncio.Event) -> None:
@@ -84,7 +86,9 @@ class Pipeline:
             ingest.add_external_gap(chain, loss, seq, record_hash, lambda: done.done() or done.set_result(None))
             await done
 
-        acks = self.acks = Acknowledgements(state, self._snapshot, wal, self.metrics)
+        # The ack flusher prunes state.db too, and hands the chains it pruned to the ingest.
+        acks = self.acks = Acknowledgements(state, self._snapshot, wal, self.metrics,
+                                            prune_after_s=self.settings.state.prune_after_s, on_pruned=ingest.forget)
         sender = self.sender = Sender(wal, acks, sink, self.metrics, write_gap,
                                       hot_limit_bytes=2 * self.settings.wal.commit_bytes)
         sender.make_visible(wal.written)

@@ -151,12 +151,20 @@ class SimNode:
         self.pods_dir.mkdir(parents=True, exist_ok=True)
         self.containers_dir.mkdir(parents=True, exist_ok=True)
         self.containers: list[SimContainer] = []
-        for p in range(pods):
-            self._add_pod(p, containers_per_pod)
+        self._pods_added = 0
+        self.add_pods(pods, containers_per_pod)
 
     # -- setup -----------------------------------------------------------------------------------
     def _hex(self, bits: int) -> str:
         return f"{self._rng.getrandbits(bits):0{bits // 4}x}"
+
+    def add_pods(self, count: int, containers_per_pod: int = 1) -> list[SimContainer]:
+        """New pods (their log directories, empty live files and links), as kubelet starts them."""
+        first = len(self.containers)
+        for _ in range(count):
+            self._add_pod(self._pods_added, containers_per_pod)
+            self._pods_added += 1
+        return self.containers[first:]
 
     def _add_pod(self, index: int, containers: int) -> None:
         rng = self._rng

@@ -8,6 +8,7 @@ import json
 import sqlite3
 import stat
 import struct
+import time
 
 import pytest
 
@@ -178,3 +179,166 @@ def test_acknowledgements_merge_frames_persist_the_snapshot_then_the_cursor_and_
     assert wal.acked == ends[2]
     assert snapshot.chains == {"u/app": later} and set(snapshot.sources) == {"a", "b"}
     assert StateStore(tmp_path / "state").load().chains == {"u/app": later}
+
+
+class FakeClock:
+    """Wall-clock seconds the test moves by hand."""
+
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def closed(seq: int) -> ChainCheckpoint:
+    return ChainCheckpoint(seq, bytes([seq]) * 32, True, Frontier(seq, bytes(32) * seq.bit_count()))
+
+
+def test_prune_deletes_chains_closed_and_quiet_long_enough_with_the_sources_naming_them(tmp_path):
+    clock = FakeClock()
+    store = StateStore(tmp_path, clock=clock)
+    unselected = SourceCheckpoint(SOURCE.file_id, "/var/log/pods/ns_q_w/app/0.log", 10, "w/app")
+    store.save({"a": SOURCE, "w": unselected}, {"u/app": CHAIN, "w/app": closed(3)}, WalPosition(1, 10))
+    clock.now += 50
+    store.save({}, {"v/app": closed(4)}, WalPosition(1, 20))
+    clock.now += 60
+    pruned = store.prune(100)
+    assert pruned.chains == ["w/app"] and pruned.sources == ["w"]
+    snapshot = store.load()
+    assert set(snapshot.chains) == {"u/app", "v/app"} and set(snapshot.sources) == {"a"}
+    assert "w/app" in snapshot.tombstones and "v/app" not in snapshot.tombstones
+    clock.now += 10
+    store.save({}, {"v/app": closed(5)}, WalPosition(1, 30))     # it moved: its time starts again
+    clock.now += 60
+    assert store.prune(100).chains == []
+    clock.now += 40
+    assert store.prune(100).chains == ["v/app"]
+    assert store.prune(100) == store.prune(100) == type(pruned)([], [])
+    assert store.load().chains == {"u/app": CHAIN}          # an open chain is never pruned, however old
+
+
+def test_tombstones_keep_the_newest_and_survive_a_restart(tmp_path):
+    clock = FakeClock()
+    store = StateStore(tmp_path, tombstones_kept=3, clock=clock)
+    for index in range(5):
+        store.save({}, {f"c{index}/app": closed(index + 1)}, WalPosition(1, index + 1))
+        clock.now += 10
+        store.prune(5)
+    store.close()
+    tombstones = StateStore(tmp_path, tombstones_kept=3).load().tombstones
+    assert len(tombstones) == 3
+    assert [f"c{index}/app" in tombstones for index in range(5)] == [False, False, True, True, True]
+    tombstones.add(["c5/app"])
+    assert "c2/app" not in tombstones and "c5/app" in tombstones and len(tombstones) == 3
+
+
+def test_pruning_gives_the_pages_back_so_the_file_shrinks(tmp_path):
+    clock = FakeClock()
+    store = StateStore(tmp_path, clock=clock)
+    frontier = Frontier((1 << 20) - 1, bytes(32) * 20)      # a big tree: every row takes room
+    many = {f"{index:032x}/app": ChainCheckpoint(1 << 20, bytes(32), True, frontier) for index in range(3000)}
+    store.save({}, many, WalPosition(1, 1))
+    db = sqlite3.connect(tmp_path / "state.db")
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    full = (tmp_path / "state.db").stat().st_size
+    clock.now += 10
+    assert len(store.prune(5).chains) == 3000
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    emptied = (tmp_path / "state.db").stat().st_size
+    assert full > 2_000_000 and emptied < full / 10, (full, emptied)
+    assert store.bytes_on_disk == emptied + (tmp_path / "state.db-wal").stat().st_size
+
+
+def test_a_state_db_without_closed_times_gets_them_and_can_give_pages_back(tmp_path):
+    """A state.db of the release before pruning: its closed chains count as closed since the upgrade,
+    and the file is converted once so that pruning can shrink it."""
+    db = sqlite3.connect(tmp_path / "state.db")
+    db.executescript("""
+        CREATE TABLE sources (key TEXT PRIMARY KEY, dev INTEGER, ino INTEGER, fingerprint TEXT, path TEXT,
+                              offset INTEGER, chain TEXT);
+        CREATE TABLE chains (chain TEXT PRIMARY KEY, seq INTEGER, hash TEXT, closed INTEGER, tree BLOB);
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);
+        INSERT INTO chains VALUES ('u/app', 41, '%s', 0, NULL);
+        INSERT INTO chains VALUES ('w/app', 9, '%s', 1, NULL);
+        INSERT INTO meta VALUES ('position', '2 512');
+    """ % ("ee" * 32, "dd" * 32))
+    db.commit()
+    db.close()
+    clock = FakeClock()
+    store = StateStore(tmp_path, clock=clock)
+    assert sqlite3.connect(tmp_path / "state.db").execute("PRAGMA auto_vacuum").fetchone()[0] == 2
+    assert set(store.load().chains) == {"u/app", "w/app"}
+    clock.now += 99
+    assert store.prune(100).chains == []
+    clock.now += 1
+    assert store.prune(100).chains == ["w/app"]
+    assert set(store.load().chains) == {"u/app"} and store.load().position == WalPosition(2, 512)
+
+
+def test_acknowledgements_prune_at_their_cadence_even_when_idle_and_say_what_went(tmp_path):
+    wal = Wal(tmp_path / "wal", max_bytes=1 << 20, segment_bytes=4096)
+    ends = [wal.append([b"x" * 100]) for _ in range(2)]
+    wal.sync()
+    wall, steady = FakeClock(), FakeClock(0.0)
+    store = StateStore(tmp_path / "state", clock=wall)
+    snapshot = store.load()
+    metrics = Metrics()
+    told: list[list[str]] = []
+    acks = Acknowledgements(store, snapshot, wal, metrics, prune_after_s=40, on_pruned=told.append, clock=steady)
+    assert acks.prune_every_s == 10
+    gone = SourceCheckpoint(SOURCE.file_id, "/var/log/pods/ns_p_u/app/1.log", 5, "u/app")
+
+    async def run() -> None:
+        acks.frame_acknowledged(ends[0], {"a": SOURCE, "b": gone, "c": None}, {"u/app": CHAIN, "v/app": closed(2)})
+        await acks.flush()
+        assert set(snapshot.sources) == {"a", "b"}          # a dropped source leaves no key behind
+        acks.frame_acknowledged(ends[1], {"b": None}, {"u/app": closed(8)})
+        wall.now += 5
+        await acks.flush()
+        wall.now += 36
+        await acks.flush()                # not yet its time
+        assert told == []
+        steady.now += 10
+        await acks.flush()                # nothing pending: it prunes all the same
+        assert told == [["v/app"]]
+        wall.now += 5
+        steady.now += 10
+        await acks.flush()
+
+    asyncio.run(run())
+    assert told == [["v/app"], ["u/app"]]
+    assert snapshot.chains == {} and snapshot.sources == {}
+    assert "u/app" in snapshot.tombstones and "v/app" in snapshot.tombstones
+    assert metrics.state_pruned.labels(kind="chains")._value.get() == 2
+    assert metrics.state_pruned.labels(kind="sources")._value.get() == 1      # "a" still named u/app
+    assert metrics.state_bytes._value.get() == store.bytes_on_disk > 0
+    assert StateStore(tmp_path / "state").load().sources == {}
+
+
+def test_flushes_run_one_at_a_time_on_the_one_connection(tmp_path):
+    wal = Wal(tmp_path / "wal", max_bytes=1 << 20, segment_bytes=4096)
+    ends = [wal.append([b"x" * 100]) for _ in range(2)]
+    wal.sync()
+    store = StateStore(tmp_path / "state")
+    inside = []
+
+    class Watched:
+        def save(self, *args) -> None:
+            inside.append(1)
+            assert len(inside) == 1, "two saves at once"
+            time.sleep(0.05)
+            store.save(*args)
+            inside.pop()
+
+    acks = Acknowledgements(Watched(), Snapshot(), wal, Metrics())
+
+    async def run() -> None:
+        acks.frame_acknowledged(ends[0], {"a": SOURCE}, {})
+        first = asyncio.ensure_future(acks.flush())
+        await asyncio.sleep(0.01)
+        acks.frame_acknowledged(ends[1], {"b": SOURCE}, {})
+        await asyncio.gather(first, acks.flush())
+
+    asyncio.run(run())
+    assert set(store.load().sources) == {"a", "b"} and wal.acked == ends[1]
