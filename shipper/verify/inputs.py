@@ -192,6 +192,28 @@ def verify_file(path: str | Path | list, *, public_keys: dict[str, Any] | None =
     return report
 
 
+async def _started_consumer(bootstrap: str, client_id: str, client_options: dict):
+    """A consumer without a group (nothing is committed) that reads from the beginning, started; or
+    VerifyError when the brokers cannot be reached."""
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.errors import KafkaError
+
+    options = dict(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                   auto_offset_reset="earliest", client_id=client_id, max_partition_fetch_bytes=16 << 20,
+                   fetch_max_bytes=64 << 20)
+    options.update(client_options)
+    consumer = AIOKafkaConsumer(**options)
+    try:
+        await consumer.start()
+    except (KafkaError, OSError) as exc:
+        try:
+            await asyncio.wait_for(consumer.stop(), 10)
+        except (asyncio.TimeoutError, KafkaError, OSError):
+            pass
+        raise VerifyError(f"cannot connect to Kafka at {bootstrap}: {exc}") from None
+    return consumer
+
+
 async def verify_topic(bootstrap: str, topic: str | list[str], *, public_keys: dict[str, Any] | None = None,
                        idle_timeout_s: float = 5.0, timeout_s: float | None = None, window: int = DEFAULT_WINDOW,
                        require_attested: bool = False, require_complete: bool = False,
@@ -209,7 +231,7 @@ async def verify_topic(bootstrap: str, topic: str | list[str], *, public_keys: d
     also stops after `idle_timeout_s` without any new record (a partition that never reaches its end
     offset is then a violation `incomplete_read`), and after `timeout_s` in all.
     """
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import TopicPartition
     from aiokafka.errors import KafkaError
 
     topics = _topic_list(topic)
@@ -218,20 +240,8 @@ async def verify_topic(bootstrap: str, topic: str | list[str], *, public_keys: d
     verifier, now = _new_verifier(public_keys, now, trusted_heads, dict(
         window=window, require_attested=require_attested, require_complete=require_complete,
         allow_absent_chains=allow_absent_chains, stale_after_s=stale_after_s))
-    options = dict(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                   auto_offset_reset="earliest", client_id="shipper-verify", max_partition_fetch_bytes=16 << 20,
-                   fetch_max_bytes=64 << 20)
-    options.update(client_options)
-    consumer = AIOKafkaConsumer(**options)
     started = _time.monotonic()
-    try:
-        await consumer.start()
-    except (KafkaError, OSError) as exc:
-        try:
-            await asyncio.wait_for(consumer.stop(), 10)
-        except (asyncio.TimeoutError, KafkaError, OSError):
-            pass
-        raise VerifyError(f"cannot connect to Kafka at {bootstrap}: {exc}") from None
+    consumer = await _started_consumer(bootstrap, "shipper-verify", client_options)
     stopped = "end_offsets"
     try:
         # consumer.topics() fetches this too but returns only names; partitions_for_topic reads a cache
@@ -325,7 +335,7 @@ async def prove_from_topic(bootstrap: str, topic: str, event_id: str, *, public_
     shipper partitions), from the beginning, until the first checkpoint after the record that is good
     for one of the keys (any, with no keys) or the partition's end. ProofError when there is no proof
     to make, VerifyError when Kafka cannot be read."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import TopicPartition
     from aiokafka.errors import KafkaError
 
     from ..kafka.wire import partition_of
@@ -336,20 +346,8 @@ async def prove_from_topic(bootstrap: str, topic: str, event_id: str, *, public_
     except ValueError as exc:
         raise ProofError(str(exc)) from None
     chain_key = builder.chain.encode()
-    options = dict(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                   auto_offset_reset="earliest", client_id="shipper-prove", max_partition_fetch_bytes=16 << 20,
-                   fetch_max_bytes=64 << 20)
-    options.update(client_options)
-    consumer = AIOKafkaConsumer(**options)
     started = _time.monotonic()
-    try:
-        await consumer.start()
-    except (KafkaError, OSError) as exc:
-        try:
-            await asyncio.wait_for(consumer.stop(), 10)
-        except (asyncio.TimeoutError, KafkaError, OSError):
-            pass
-        raise VerifyError(f"cannot connect to Kafka at {bootstrap}: {exc}") from None
+    consumer = await _started_consumer(bootstrap, "shipper-prove", client_options)
     try:
         cluster = await consumer._client.fetch_all_metadata()
         partitions = cluster.partitions_for_topic(topic)
