@@ -185,8 +185,10 @@ class DirWatcher:
         self.unwatched.pop(path, None)
         self._wd_of[path] = wd
         self._dirs_of.setdefault(wd, []).append(path)
-        # What changed between our last look and the watch is announced by nothing: look once.
+        # What changed between our last look and the watch is announced by nothing: look once, both at
+        # the files in it and for directories made in it meanwhile (a new pod's container directory, say).
         self._changes.dirs.add(path)
+        self._changes.structure = True
 
     def _remove(self, path: str) -> None:
         wd = self._wd_of.pop(path)

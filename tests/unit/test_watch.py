@@ -311,3 +311,23 @@ def test_preflight_refuses_inotify_where_it_cannot_be_had(monkeypatch, tmp_path)
     with pytest.raises(ConfigError, match="sources.watch"):
         preflight(settings)
     preflight(load_settings(None, node_name="n", sources={"watch": "auto"}, enrich={"kubernetes": False}))
+
+
+def test_a_directory_made_inside_a_new_one_before_its_watch_is_still_found(tmp_path):
+    """A new pod's directory is listed, and its container directory made, before the watch on the pod
+    directory exists: nothing announces it, so a new watch asks for a rediscovery."""
+    root = tmp_path / "pods"
+    root.mkdir()
+    w = DirWatcher("inotify")
+    try:
+        w.sync({str(root)})
+        w.take()
+        pod = root / "ns_p_9"
+        pod.mkdir()
+        assert w.take().structure                      # the root announces the pod directory
+        (pod / "app").mkdir()                          # ... made before the pod directory is watched
+        (pod / "app" / "0.log").write_bytes(b"x\n")
+        w.sync({str(root), str(pod)})
+        assert w.take().structure, "the new watch must ask to look for what was made before it"
+    finally:
+        w.close()
