@@ -2,8 +2,9 @@
  * implementations: the CRI line loop (StreamParser's Python loop), the sealing loop
  * (records.seal_entries_py) with the redaction prefilter (enrich.redact.default_candidate), correlation
  * ids (enrich.correlation.Correlator.extract), and the Kafka record batch body and its snappy block
- * (kafka_records_py, _snappy_block_py). The Python code stays the specification: tests feed both the
- * same inputs and require byte-identical output. */
+ * (kafka_records_py, _snappy_block_py), and the verifier's record decoder (verify.scan.verify_scan_py).
+ * The Python code stays the specification: tests feed both the same inputs and require byte-identical
+ * output. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
@@ -12,6 +13,7 @@
 #include "merkle.h"
 #include "parse.h"
 #include "seal.h"
+#include "verify.h"
 
 static struct PyModuleDef native_module = {
     PyModuleDef_HEAD_INIT, "shipper._native", "Native hot path of audit-shipper.", -1, NULL, NULL, NULL, NULL, NULL,
@@ -22,7 +24,8 @@ PyMODINIT_FUNC PyInit__native(void) {
     if (module == NULL)
         return NULL;
     if (correlate_register(module) < 0 || seal_register(module) < 0 || kafka_register(module) < 0
-        || parse_register(module) < 0 || merkle_register(module) < 0) {
+        || parse_register(module) < 0 || merkle_register(module) < 0
+        || verify_register(module) < 0) {
         Py_DECREF(module);
         return NULL;
     }
