@@ -342,6 +342,7 @@ class Verifier:
             type_ = record.get("type", "")
             if type(seq) is not int or seq < 1 or type(name) is not str or not name:
                 raise TypeError("seal.seq must be an integer >= 1 and seal.chain a non-empty string")
+            name.encode()       # a lone surrogate in the name: malformed here, not a crash further on
             if len(prev_hex) != 64 or len(hash_hex) != 64:
                 raise ValueError("seal.prev and seal.hash must be 64 hex digits")
             prev = bytes.fromhex(prev_hex)
@@ -356,7 +357,8 @@ class Verifier:
             digest = _sha256(b"%s%d:%s,%d:%s,%d:%s,%d:%s,%d:%s," % (
                 prev, len(seq_b), seq_b, len(time_b), time_b, len(stream_b), stream_b, len(body_b), body_b,
                 len(type_b), type_b)).digest()
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+            # RecursionError: json.loads of a value nested thousands deep, which only a rewrite writes
             self._violation(None, MALFORMED, None, f"not an audit-shipper/v1 record: {_short(exc)}")
             return
         state = self.chains.get(name)

@@ -1338,3 +1338,15 @@ def test_any_single_change_to_a_note_chain_is_detected(change, data):
         record[change] = record[change] + "x"
         topic.replace("uid-1/app", seq, record)
     assert not spec_verify(topic).ok
+
+
+@pytest.mark.parametrize("value", [
+    b'{"attributes":' + b"[" * 100_000 + b"]" * 100_000 + b'}',
+    '{"seal":{"chain":"a/\\ud800","seq":1,"prev":"%s","hash":"%s"},"body":"","time":"","stream":""}'
+    % ("0" * 64, "0" * 64),
+])
+def test_a_value_nested_beyond_recursion_or_with_a_lone_surrogate_chain_is_malformed_not_a_crash(value):
+    verifier = Verifier()
+    verifier.feed(value, partition=0, offset=7)
+    report = verifier.finish()
+    assert not report.ok and report.totals["malformed"] == 1
