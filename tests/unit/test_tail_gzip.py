@@ -15,12 +15,12 @@ from shipper.config import load_settings
 from shipper.enrich import build_provider
 from shipper.ingest import Ingest
 from shipper.metrics import Metrics
-from shipper.model import FINGERPRINT_BYTES, ContainerRef, FileId, LossReason, SourcePosition
+from shipper.model import FINGERPRINT_BYTES, FileId, LossReason
 from shipper.state import Snapshot
-from shipper.tail import Tailer, fingerprint
+from shipper.tail import fingerprint
 from shipper.tail.compressed import GzipReader
+from tests.unit.test_tail import REF, live, tailer  # noqa: F401 (live is a fixture)
 
-REF = ContainerRef("ns", "pod", "uid-1", "app", 0)
 
 
 def lines(tag: str, n: int, start: int = 0) -> bytes:
@@ -51,19 +51,6 @@ def kubelet_rotate(live: Path, stamp: str) -> Path:
     live.write_bytes(b"")
     return target
 
-
-@pytest.fixture
-def live(tmp_path: Path) -> Path:
-    d = tmp_path / "pods" / "ns_pod_uid-1" / "app"
-    d.mkdir(parents=True)
-    path = d / "0.log"
-    path.write_bytes(b"")
-    return path
-
-
-def tailer(path: Path, position: SourcePosition | None = None, **kw) -> Tailer:
-    kw.setdefault("settle_s", 0.0)
-    return Tailer(str(path), REF, position, **kw)
 
 
 def read_then_stop(live: Path, tail_record, commit_at: int | None = None, **kw):
