@@ -210,6 +210,9 @@ class ProofBuilder:
         raise ProofError(f"no usable checkpoint{signed} after {self.event_id}: {why}")
 
 
+_SEAL_MEMBERS = frozenset(("chain", "seq", "prev", "hash"))
+
+
 def check_proof(proof: Any, public_keys: dict[str, Any]) -> tuple[bool, str]:
     """(ok, one line saying why) for a proof object: the record hashes to the leaf, the audit path leads
     from it to the root of the checkpoint, whose signature is good for one of `public_keys`, which is of
@@ -236,6 +239,8 @@ def _check_proof(proof: Any, public_keys: dict[str, Any]) -> tuple[bool, str]:
         stated = bytes.fromhex(record["seal"]["hash"])
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         return False, f"the proof's record is not an audit-shipper/v1 record: {type(exc).__name__}: {str(exc)[:200]}"
+    if set(record["seal"]) != _SEAL_MEMBERS:
+        return False, "the proof's record has a seal with other members than chain, seq, prev and hash"
     event_id = f"{chain}:{seq}"
     if proof["event_id"] != event_id or record.get("event_id") != event_id:
         return False, (f"the proof is for {proof['event_id']!r}, its record is {event_id!r} (event_id "
