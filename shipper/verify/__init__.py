@@ -1,9 +1,11 @@
 """`shipper verify`: the auditor's check of the hash chains, checkpoints and manifests in a topic or a file.
 
 A face that only re-exports. One file per concern: report (the stable kinds, Issue, ChainResult, Report),
-window (the bounded duplicate window), verifier (Verifier, the pure streaming judge), proof (per-record
-proofs, made and checked), inputs (keys, files, Kafka, saved heads), command (`shipper verify` and
-`shipper prove` arguments and exit status). The checkpoint and manifest formats live in seal.py.
+window (the bounded duplicate window), chain (what is kept per chain), tree (a chain's Merkle tree),
+attribution (the pod a chain's records name), signatures (the auditor's keys), verifier (Verifier, the
+pure streaming judge), proof (per-record proofs, made and checked), inputs (keys, files, Kafka, saved
+heads), command (`shipper verify` and `shipper prove` arguments and exit status). The checkpoint and
+manifest formats live in seal.py.
 """
 from __future__ import annotations
 

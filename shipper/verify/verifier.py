@@ -27,7 +27,7 @@ How a record is judged (each rule is named by a test in tests/unit/test_verify.p
 - TREE (notes): the verifier folds each chain's record hashes, from its first seq while the chain is
   contiguous, into an RFC 6962 frontier; a trusted checkpoint whose tree covers exactly those records
   must have the same root (TREE_MISMATCH), else its tree is unchecked (a finding). A tree restarted by
-  an upgraded shipper is rebuilt from the last TREE_RECENT_LEAVES leaves when it starts among them.
+  an upgraded shipper is rebuilt from the last tree.RECENT_LEAVES leaves when it starts among them.
 - ATTRIBUTION (notes): every record of a container chain must carry, in its resource, the identity
   (namespace, pod, pod uid, container, node) its trusted checkpoints attest, else MISATTRIBUTED names
   it; records before the first such checkpoint wait in buckets by distinct identity (bounded).
@@ -51,13 +51,11 @@ import re
 from collections import Counter
 from typing import Any, Iterable
 
-from cryptography.hazmat.primitives import serialization
-
-from .. import note
-from ..merkle import EMPTY_ROOT, Frontier
 from ..seal import (CHAIN_ORIGIN_PREFIX, NODE_ORIGIN_PREFIX, SCHEMA, TYPE_CHECKPOINT, TYPE_CLOSE, TYPE_GAP,
-                    TYPE_MANIFEST, BadCheckpoint, BadManifest, genesis_hash, identity_values, link, parse_checkpoint,
-                    parse_checkpoint_note, parse_manifest, parse_manifest_note, signature_valid)
+                    TYPE_MANIFEST, BadCheckpoint, BadManifest, genesis_hash, link, parse_checkpoint,
+                    parse_checkpoint_note, parse_manifest, parse_manifest_note)
+from .attribution import NO_IDENTITY, attested_identity
+from .chain import MANIFEST_CHAIN_PREFIX, NO_PARTITION, ChainState, Claim, Missing
 from .report import (AFTER_CLOSE, ALTERED, BAD_SIGNATURE, BROKEN_LINK, CHAIN_ABSENT, CHECKPOINT_MISMATCH,
                      CONFLICTING_DUPLICATE, CONTINUES_FROM_COPY, ENVELOPE_MISMATCH, GAP, GAP_EXPLAINS_MISSING,
                      GAP_MISMATCH, GAP_RECORD_PRESENT, IDENTITY_MISMATCH, ISSUES_KEPT_PER_CHAIN, KEY_ALIAS, MALFORMED,
@@ -65,23 +63,15 @@ from .report import (AFTER_CLOSE, ALTERED, BAD_SIGNATURE, BROKEN_LINK, CHAIN_ABS
                      REPLAYED_LATE, STALE, STARTS_AT_SEQ, TAIL_REMOVED, TREE_MISMATCH, TREE_UNCHECKED,
                      TRUSTED_HEAD_MISMATCH, UNATTESTED, UNATTESTED_TAIL, UNKNOWN_KEY, UNSIGNED, ChainResult, Issue,
                      Report, _where)
-from .window import _prefix, _Window
+from .signatures import BAD, GOOD, UNCHECKED, UNKNOWN, UNSIGNED as NOT_SIGNED, KeyRing
+from .tree import PENDING_MAX
+from .window import _prefix
 
-MANIFEST_CHAIN_PREFIX = "node/"
 CONTROL_TYPES = frozenset((TYPE_GAP, TYPE_CHECKPOINT, TYPE_CLOSE, TYPE_MANIFEST))
 DEFAULT_WINDOW = 100_000
 DEFAULT_MAX_OPEN_RANGES = 10_000
 DEFAULT_MAX_DECLARED = 100_000
 DEFAULT_STALE_AFTER_S = 900.0
-#: Leaves a chain keeps unfolded (32 bytes each): a tree restarted among them can still be rebuilt.
-TREE_RECENT_LEAVES = 4096
-_TREE_PENDING_MAX = 2 * TREE_RECENT_LEAVES * 32
-#: Leaves kept aside per chain after a hole (a record refused and declared by a gap, a crash replay).
-TREE_FUTURE_MAX = 1024
-#: Distinct identities remembered per chain for its records before its first trusted checkpoint.
-MAX_IDENTITIES_BUFFERED = 16
-_IDENTITY_FIELDS = ("namespace", "pod", "pod-uid", "container", "node")
-_NO_IDENTITY = ("", "", "", "", "")
 _RFC3339 = re.compile(r"(\d{4})-(\d\d)-(\d\d)[Tt](\d\d):(\d\d):(\d\d)(\.\d{1,9})?([Zz]|[+-]\d\d:\d\d)")
 
 
@@ -100,30 +90,6 @@ def _headers_match(headers: Iterable[tuple[str, bytes]], event_id: str) -> bool:
 
 
 _SCHEMA_BYTES = SCHEMA.encode()
-
-
-class _Missing:
-    """Seqs lo..hi not (yet) seen, between the record before (its hash `expected_prev`, None when unknown)
-    and the record after (`after_seq`, whose prev claims the hash of hi). Late records fill it from lo;
-    `first_lo`..lo-1 are the ones that arrived late so far."""
-
-    __slots__ = ("lo", "hi", "first_lo", "expected_prev", "after_seq", "after_prev", "after_where", "before_start",
-                 "filled", "fill_where")
-
-    def __init__(self, lo: int, hi: int, expected_prev: bytes | None, after_seq: int, after_prev: bytes,
-                 after_where: tuple, before_start: bool) -> None:
-        self.lo = self.first_lo = lo
-        self.hi = hi
-        self.expected_prev = expected_prev
-        self.after_seq = after_seq
-        self.after_prev = after_prev
-        self.after_where = after_where
-        self.before_start = before_start
-        self.filled = 0
-        self.fill_where: tuple | None = None
-
-
-_NO_PARTITION: tuple = ("", -1)
 
 
 def rfc3339_epoch(text: object) -> float | None:
@@ -145,92 +111,6 @@ def rfc3339_epoch(text: object) -> float | None:
     return seconds + (float(match.group(7)) if match.group(7) else 0.0)
 
 
-class _Claim:
-    """A head someone trusted attests for a chain: a manifest in the topic, or a saved head."""
-
-    __slots__ = ("seq", "hash", "where", "source")
-
-    def __init__(self, seq: int, digest: bytes, where: tuple, source: str) -> None:
-        self.seq, self.hash, self.where, self.source = seq, digest, where, source
-
-
-class ChainState:
-    """What the verifier keeps of one chain between its records: head, counters, duplicate window, open
-    missing ranges, gap declarations, manifest claim and the issues kept so far."""
-
-    __slots__ = ("name", "key", "partition", "partitions", "records", "log_records", "control", "first_seq", "head_seq",
-                 "head_hash", "head_alternatives", "links", "dups_exact", "dups_conflicting", "gaps", "gap_bytes",
-                 "gap_reasons", "checkpoints", "last_good_cp", "last_consistent_cp", "closed_at", "window", "ranges",
-                 "declared", "declared_dropped", "just_filled", "claim_seq", "claim_hash", "claim_where",
-                 "violations", "findings", "violation_counts", "finding_counts", "tree", "tree_start", "tree_next",
-                 "tree_pending", "tree_future", "tree_anchored", "tree_broken_at", "trees_checked", "trees_unchecked",
-                 "tree_unchecked_first", "attributed", "identity", "identity_seq", "identity_buckets",
-                 "identity_recent",
-                 "identity_overflow", "attested_time", "attested_time_text", "attested_where", "head_record",
-                 "head_record_seq", "trusted")
-
-    def __init__(self, name: str, window: int) -> None:
-        self.name = name
-        self.key = name.encode()
-        self.partition: tuple = _NO_PARTITION
-        self.partitions: list[tuple[str | None, int | None]] = []
-        self.records = 0
-        self.log_records = 0
-        self.control: Counter = Counter()
-        self.first_seq: int | None = None
-        self.head_seq = 0
-        self.head_hash = genesis_hash(name)
-        self.head_alternatives: list[bytes] = []
-        self.links = 0
-        self.dups_exact = 0
-        self.dups_conflicting = 0
-        self.gaps = 0
-        self.gap_bytes = 0
-        self.gap_reasons: Counter = Counter()
-        self.checkpoints: Counter = Counter()
-        self.last_good_cp: int | None = None          # seq of the last checkpoint/manifest with a good signature
-        self.last_consistent_cp: int | None = None    # ... consistent with the chain (when no keys are given)
-        self.closed_at: int | None = None
-        self.window = _Window(window)
-        self.ranges: list[_Missing] = []
-        self.declared: dict[int, tuple[str, int, tuple]] = {}   # missing_seq -> (hash hex, gap seq, where)
-        self.declared_dropped = 0
-        self.just_filled: _Missing | None = None
-        self.claim_seq = 0
-        self.claim_hash: bytes | None = None
-        self.claim_where: tuple = (None, None, None)
-        self.violations: list[Issue] = []
-        self.findings: list[Issue] = []
-        self.violation_counts: Counter = Counter()
-        self.finding_counts: Counter = Counter()
-        # The Merkle tree of seqs tree_start..tree_next-1: `tree` folds the first ones, `tree_pending`
-        # holds the latest leaves (packed); tree_next is 0 once a hole stops it.
-        self.tree = Frontier()
-        self.tree_start = 1
-        self.tree_next = 1
-        self.tree_pending = bytearray()
-        self.tree_future: dict[int, bytes] | None = None     # leaves after a hole, until it is filled
-        self.tree_anchored = False
-        self.tree_broken_at: int | None = None
-        self.trees_checked = 0
-        self.trees_unchecked = 0
-        self.tree_unchecked_first: tuple | None = None      # (seq, where, reason)
-        # Attribution: the attested identity (a tuple in Identity's order), and before it is known the
-        # records seen, by distinct identity: identity -> [count, [(seq, where), ...], identity as feed reads it].
-        self.attributed = not name.startswith(MANIFEST_CHAIN_PREFIX)
-        self.identity: tuple | None = None
-        self.identity_seq: tuple | None = None               # (checkpoint seq, where) that attested it
-        self.identity_buckets: dict[tuple, list] | None = {}
-        self.identity_recent: list | None = None             # the bucket feed adds to without a call
-        self.identity_overflow = 0
-        self.attested_time: float | None = None
-        self.attested_time_text: str | None = None
-        self.attested_where: tuple = (None, None, None)
-        self.head_record: dict | None = None                 # latest trusted checkpoint / manifest record
-        self.head_record_seq = 0
-        self.trusted: _Claim | None = None                   # a saved head (--trusted-heads)
-
-
 # how _place judged a record
 _EXACT, _CONFLICT, _NEW, _FILL, _UNJUDGED = range(5)
 
@@ -249,19 +129,10 @@ class Verifier:
                  now: float | None = None, stale_after_s: float = DEFAULT_STALE_AFTER_S) -> None:
         if window < 1:
             raise ValueError("window must be at least 1")
-        self.public_keys = dict(public_keys or {})
+        self.keys = KeyRing(public_keys)
+        self.public_keys = self.keys.keys
         self.now = now
         self.stale_after_s = stale_after_s
-        # a note's signature line names its key and key hash: the same keys as note verifier keys
-        self.note_keys: list[note.VerifierKey] = []
-        self._raw_keys: dict[bytes, str] = {}
-        for key_name, public_key in self.public_keys.items():
-            raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-            self._raw_keys.setdefault(raw, key_name)
-            try:
-                self.note_keys.append(note.VerifierKey(key_name, raw))
-            except note.BadNote:
-                pass    # a label no note can carry (a space, a plus): it can only sign legacy statements
         self.trusted_heads: dict[str, tuple[int, dict]] = {}
         self.window = window
         self.require_attested = require_attested
@@ -375,19 +246,22 @@ class Verifier:
         if digest != stated:
             self._violation(state, ALTERED, seq, "its time, stream, body or type does not hash to its stated hash: "
                                                  "the record was changed")
-        if state.attributed:
+        attribution = state.attribution
+        if attribution is not None:
             resource = record.get("resource")
             identity = (resource.get("k8s.namespace.name", ""), resource.get("k8s.pod.name", ""),
                         resource.get("k8s.pod.uid", ""), resource.get("k8s.container.name", ""),
-                        resource.get("k8s.node.name", "")) if type(resource) is dict else _NO_IDENTITY
-            if identity != state.identity:
-                bucket = state.identity_recent
+                        resource.get("k8s.node.name", "")) if type(resource) is dict else NO_IDENTITY
+            if identity != attribution.identity:
+                bucket = attribution.recent
                 if bucket is not None and bucket[2] == identity:
                     bucket[0] += 1
                     if len(bucket[1]) < ISSUES_KEPT_PER_CHAIN:
                         bucket[1].append((seq, where))
                 else:
-                    self._attribute(state, seq, identity, resource)
+                    carried = attribution.observe(seq, identity, resource, where)
+                    if carried is not None:
+                        self._violation(state, MISATTRIBUTED, seq, attribution.misattributed_detail(carried))
         if seq == state.head_seq + 1 and prev == state.head_hash:
             # the common case, kept free of calls: the next link of the chain
             state.links += 1
@@ -397,14 +271,16 @@ class Verifier:
             state.head_hash = stated
             if state.head_alternatives:
                 state.head_alternatives = []
-            if seq == state.tree_next:
-                pending = state.tree_pending
-                if len(pending) >= _TREE_PENDING_MAX:
-                    self._fold_tree(state)
+            tree = state.tree
+            if seq == tree.next:
+                pending = tree.pending
+                if len(pending) >= PENDING_MAX:
+                    tree.fold()
+                    pending = tree.pending
                 pending += stated
-                state.tree_next = seq + 1
+                tree.next = seq + 1
             else:
-                self._tree_add(state, seq, stated)
+                tree.add(seq, stated)
             window = state.window
             index = seq % window.capacity
             if seq == window.high + 1 and index < len(window.hashes):
@@ -469,7 +345,7 @@ class Verifier:
 
     def _note_partition(self, state: ChainState, topic: str | None, partition: int | None) -> None:
         location = (topic, partition)
-        if state.partition is not _NO_PARTITION and location not in state.partitions:
+        if state.partition is not NO_PARTITION and location not in state.partitions:
             self._finding(state, MULTIPLE_PARTITIONS, None,
                           f"chain found in {_partition_label(*location)} after {_partition_label(*state.partition)}: "
                           "order across partitions is not defined (were partitions added to the topic?)")
@@ -499,9 +375,9 @@ class Verifier:
         if seq > head:
             if state.first_seq is None:
                 state.first_seq = seq
-                self._open_range(state, _Missing(1, seq - 1, genesis_hash(state.name), seq, prev, where, True))
+                self._open_range(state, Missing(1, seq - 1, genesis_hash(state.name), seq, prev, where, True))
             else:
-                self._open_range(state, _Missing(head + 1, seq - 1, state.head_hash, seq, prev, where, False))
+                self._open_range(state, Missing(head + 1, seq - 1, state.head_hash, seq, prev, where, False))
             self._advance(state, seq, stated, where)
             return _NEW
         # seq <= head: a duplicate, a late record, or one too old to judge
@@ -537,105 +413,28 @@ class Verifier:
         if state.head_alternatives:
             state.head_alternatives = []
         state.window.put(seq, _prefix(stated), where[2] if where[2] is not None else -1)
-        if state.first_seq == seq and state.tree_start == 1 and seq > 1:
-            # the topic holds the chain from a later seq (retention): its tree starts there
-            state.tree_start = state.tree_next = seq
-        self._tree_add(state, seq, stated)
-
-    # -- the Merkle tree of a chain ------------------------------------------------------------------
-    def _fold_tree(self, state: ChainState, keep: int = TREE_RECENT_LEAVES) -> None:
-        """Fold all but the latest `keep` leaves into the frontier."""
-        pending = state.tree_pending
-        cut = len(pending) - 32 * keep
-        if cut > 0:
-            state.tree = state.tree.extend_packed(bytes(pending[:cut]))
-            del pending[:cut]
-
-    def _tree_add(self, state: ChainState, seq: int, digest: bytes) -> None:
-        """The leaf of seq: appended when it is the next one (with the later ones that came before it),
-        kept aside (boundedly) when records before it are still missing, ignored when already in."""
-        next_seq = state.tree_next
-        if not next_seq or seq < next_seq:
-            return
-        if seq > next_seq:
-            future = state.tree_future
-            if future is None:
-                future = state.tree_future = {}
-            if len(future) >= TREE_FUTURE_MAX:
-                self._stop_tree(state, next_seq)
-            else:
-                future.setdefault(seq, digest)
-            return
-        pending = state.tree_pending
-        future = state.tree_future
-        while True:
-            if len(pending) >= _TREE_PENDING_MAX:
-                self._fold_tree(state)
-                pending = state.tree_pending
-            pending += digest
-            next_seq += 1
-            if not future or next_seq not in future:
-                break
-            digest = future.pop(next_seq)
-        state.tree_next = next_seq
-
-    def _stop_tree(self, state: ChainState, seq: int) -> None:
-        """Too many records after a hole at seq: the chain's tree cannot be rebuilt past it."""
-        state.tree_next = 0
-        state.tree_broken_at = seq
-        state.tree_pending = bytearray()
-        state.tree_future = None
-        state.tree = Frontier()
+        if state.first_seq == seq and state.tree.start == 1 and seq > 1:
+            state.tree.starts_at(seq)
+        state.tree.add(seq, stated)
 
     def _check_tree(self, state: ChainState, seq: int, what: str, size: int, root: bytes) -> None:
         """The tree a trusted checkpoint (or manifest) at `seq` states: `size` leaves ending at seq - 1."""
-        start = seq - size
-        if size == 0:
-            ok, reason = root == EMPTY_ROOT, ""
-        elif state.tree_next != seq + 1:
-            ok, reason = None, (f"seq {state.tree_next} is not in the topic" if state.tree_next else
-                                f"the chain has a hole at seq {state.tree_broken_at} that no later record filled")
-        else:
-            pending = state.tree_pending
-            first_pending = state.tree_next - len(pending) // 32
-            if start == state.tree_start:
-                self._fold_tree(state, keep=1)
-                ok, reason = state.tree.root() == root, ""
-            elif start >= first_pending:
-                # a tree restarted by the shipper (state from a release without trees): rebuilt from the
-                # leaves still at hand, and the chain's tree starts there from now on
-                offset = 32 * (start - first_pending)
-                tree = Frontier().extend_packed(bytes(pending[offset:-32]))
-                ok, reason = tree.root() == root, ""
-                state.tree, state.tree_start = tree, start
-                del pending[:-32]
-            elif start < state.tree_start:
-                ok, reason = None, (f"its tree starts at seq {start}, the topic holds the chain from seq "
-                                    f"{state.tree_start}")
-            else:
-                ok, reason = None, (f"its tree restarts at seq {start}, more than {TREE_RECENT_LEAVES} records "
-                                    "before it")
+        ok, reason = state.tree.judge(seq, size, root)
         if ok is None:
-            state.trees_unchecked += 1
-            if state.tree_unchecked_first is None:
-                state.tree_unchecked_first = (seq, self._where, reason)
-            return
-        if ok:
-            state.trees_checked += 1
-            state.tree_anchored = True
-            return
-        self._violation(state, TREE_MISMATCH, seq, f"the {what}'s Merkle root over seqs {start}..{seq - 1} is not "
-                                                   "that of those records in the topic: a record was changed, "
-                                                   "inserted, removed or reordered")
+            state.tree.note_unchecked(seq, self._where, reason)
+        elif not ok:
+            self._violation(state, TREE_MISMATCH, seq, f"the {what}'s Merkle root over seqs {seq - size}..{seq - 1} "
+                            "is not that of those records in the topic: a record was changed, inserted, removed or "
+                            "reordered")
 
-    def _open_range(self, state: ChainState, missing: _Missing) -> None:
+    def _open_range(self, state: ChainState, missing: Missing) -> None:
         if missing.lo > missing.hi:
             return
         state.ranges.append(missing)
         if len(state.ranges) > self.max_open_ranges:
             self._close_range(state, state.ranges.pop(0), sorted(state.declared))
 
-    def _fill(self, state: ChainState, missing: _Missing, seq: int, prev: bytes, stated: bytes, where: tuple) -> int:
+    def _fill(self, state: ChainState, missing: Missing, seq: int, prev: bytes, stated: bytes, where: tuple) -> int:
         """A record inside a missing range arrived late."""
         offset = where[2] if where[2] is not None else -1
         if seq == missing.lo:
@@ -644,7 +443,7 @@ class Verifier:
                 return _UNJUDGED
             state.links += 1
             state.window.put(seq, _prefix(stated), offset)
-            self._tree_add(state, seq, stated)
+            state.tree.add(seq, stated)
             missing.lo = seq + 1
             missing.expected_prev = stated
             missing.filled += 1
@@ -657,11 +456,11 @@ class Verifier:
         # Its predecessor is still missing: the range splits around it, and it becomes the first late
         # arrival of the part after it.
         state.window.put(seq, _prefix(stated), offset)
-        self._tree_add(state, seq, stated)
+        state.tree.add(seq, stated)
         if missing.filled:
             self._report_fill(state, missing, replayed=False)
             missing.filled, missing.first_lo, missing.fill_where = 0, missing.lo, None
-        late = _Missing(seq + 1, missing.hi, stated, missing.after_seq, missing.after_prev, missing.after_where, False)
+        late = Missing(seq + 1, missing.hi, stated, missing.after_seq, missing.after_prev, missing.after_where, False)
         late.first_lo, late.filled, late.fill_where = seq, 1, where
         missing.hi = seq - 1
         missing.after_seq, missing.after_prev, missing.after_where = seq, prev, where
@@ -671,7 +470,7 @@ class Verifier:
             self._range_filled(state, late, stated)
         return _FILL
 
-    def _range_filled(self, state: ChainState, missing: _Missing, last_hash: bytes) -> None:
+    def _range_filled(self, state: ChainState, missing: Missing, last_hash: bytes) -> None:
         """The last seq of a range arrived: it must link forward, and the next record says whether this
         was a reorder or a crash replay."""
         if last_hash == missing.after_prev:
@@ -690,7 +489,7 @@ class Verifier:
         if missing is not None:
             self._report_fill(state, missing, replayed)
 
-    def _report_fill(self, state: ChainState, missing: _Missing, replayed: bool) -> None:
+    def _report_fill(self, state: ChainState, missing: Missing, replayed: bool) -> None:
         last = missing.first_lo + missing.filled - 1
         seqs = f"seq {missing.first_lo}" if last == missing.first_lo else f"seqs {missing.first_lo}..{last}"
         after = f"seq {missing.after_seq} ({_where(*missing.after_where)})"
@@ -702,95 +501,42 @@ class Verifier:
                             "reordered in the topic", missing.fill_where, last)
 
     # -- control records -----------------------------------------------------------------------------
-    def _judge_signatures(self, what: str, statement: str, signatures: tuple, note_body: str | None
-                          ) -> tuple[str, str, str]:
-        """(status, violation detail, key alias detail) of a checkpoint's or manifest's signatures: status
-        good | unchecked (no keys given) | unsigned | bad_signature | unknown_key. `note_body` is the whole
-        note for a SPEC-15 note (its `signatures` are (name, key hash)), None for a legacy statement (its
-        `signatures` are (key id, signature))."""
-        keys = self.public_keys
-        if not signatures:
-            return "unsigned", f"the {what} carries no signature", ""
-        if not keys:
-            return "unchecked", "", ""
-        if note_body is not None:
-            return self._judge_note(what, note_body, signatures)
-        good, bad, unknown, alias = [], [], [], ""
-        for key_id, signature in signatures:
-            key = keys.get(key_id)
-            if key is not None:
-                (good if signature_valid(key, statement, signature) else bad).append(key_id)
-                continue
-            # A key id is the signer's label (seal.key_id may rename it): a known key may stand behind it.
-            known = next((known for known, candidate in keys.items()
-                          if signature_valid(candidate, statement, signature)), None)
-            if known is None:
-                unknown.append(key_id)
-            else:
-                good.append(key_id)
-                alias = f"the {what} is signed as key {key_id!r} by known key {known}"
-        return self._signature_verdict(what, good, bad, unknown, alias)
-
-    def _judge_note(self, what: str, body: str, signatures: tuple) -> tuple[str, str, str]:
-        opened = note.open_note(body, self.note_keys)
-        good = [key.name for key in opened.verified]
-        unknown, alias = [], ""
-        for name, key_hash in opened.unknown:
-            # Signed under another name (seal.key_id): the key hash covers the name, so try each known
-            # key under the name the line gives.
-            for raw, known in self._raw_keys.items():
-                try:
-                    candidate = note.VerifierKey(name, raw)
-                except note.BadNote:
-                    break
-                if candidate.key_hash == key_hash and note.open_note(body, [candidate]).trusted:
-                    good.append(name)
-                    alias = f"the {what} is signed as key {name!r} by known key {known}"
-                    break
-            else:
-                unknown.append(name)
-        return self._signature_verdict(what, good, list(opened.bad), unknown, alias)
-
-    def _signature_verdict(self, what: str, good: list, bad: list, unknown: list, alias: str) -> tuple[str, str, str]:
-        if bad:
-            return "bad_signature", (f"the {what}'s signature by key {', '.join(bad)} does not verify: its "
-                                     "statement or signature was changed"), alias
-        if good:
-            return "good", "", alias
-        return "unknown_key", (f"the {what} is signed by unknown key {', '.join(unknown)}: none of the "
-                               f"{len(self.public_keys)} public keys given verifies it"), alias
-
     def _signatures(self, state: ChainState, seq: int, what: str, statement: str, signatures: tuple,
                     note_body: str | None = None) -> str:
         """The status of _judge_signatures, its violation (bad, unknown key, unsigned when keys are given)
         and key alias finding reported."""
-        status, detail, alias = self._judge_signatures(what, statement, signatures, note_body)
+        status, detail, alias = self.keys.judge(what, statement, signatures, note_body)
         if alias:
             self._finding(state, KEY_ALIAS, seq, alias)
-        if status == "bad_signature":
+        if status == BAD:
             self._violation(state, BAD_SIGNATURE, seq, detail)
-        elif status == "unknown_key":
+        elif status == UNKNOWN:
             self._violation(state, UNKNOWN_KEY, seq, detail)
-        elif status == "unsigned" and self.public_keys:
+        elif status == NOT_SIGNED and self.public_keys:
             self._violation(state, UNSIGNED, seq, detail)
         return status
 
     def _trusted_status(self, status: str) -> bool:
         """Whether a statement may be believed: a good signature, or any consistent one without keys."""
-        return status == "good" or not self.public_keys
+        return status == GOOD or not self.public_keys
+
+    def _signed(self, state: ChainState, seq: int, type_: str, body: str) -> tuple[Any, bool, str] | None:
+        """A checkpoint's or manifest's body parsed (a SPEC-15 note or a legacy statement) and its signatures
+        judged: (parsed, is a note, status), or None when it is malformed (reported)."""
+        try:
+            parsed, notes, statement = parse_signed(type_, body)
+        except (BadCheckpoint, BadManifest) as exc:
+            state.checkpoints["malformed"] += 1
+            self._violation(state, MALFORMED, seq, f"{type_} body: {exc}")
+            return None
+        status = self._signatures(state, seq, type_, statement, parsed.signatures, body if notes else None)
+        return parsed, notes, status
 
     def _checkpoint(self, state: ChainState, seq: int, prev: bytes, body: str, record: dict) -> None:
-        notes = body.startswith(CHAIN_ORIGIN_PREFIX)
-        try:
-            parsed = parse_checkpoint_note(body) if notes else parse_checkpoint(body)
-        except BadCheckpoint as exc:
-            state.checkpoints["malformed"] += 1
-            self._violation(state, MALFORMED, seq, f"checkpoint body: {exc}")
+        signed = self._signed(state, seq, TYPE_CHECKPOINT, body)
+        if signed is None:
             return
-        if notes:
-            status = self._signatures(state, seq, "checkpoint", parsed.text, parsed.signatures, body)
-        else:
-            status = self._signatures(state, seq, "checkpoint", parsed.statement, parsed.signatures)
+        parsed, notes, status = signed
         state.checkpoints[status] += 1
         problems = []
         if parsed.chain != state.name:
@@ -807,18 +553,18 @@ class Verifier:
             state.checkpoints["inconsistent"] += 1
             self._violation(state, CHECKPOINT_MISMATCH, seq, "the checkpoint statement " + "; ".join(problems))
             return
-        if status == "good":
+        if status == GOOD:
             state.last_good_cp = seq
         if not self.public_keys:
             state.last_consistent_cp = seq
         if not self._trusted_status(status):
             return
         self._attested_at(state, parsed.time, self._where)
-        if status in ("good", "unchecked"):
+        if status in (GOOD, UNCHECKED):
             self._keep_head(state, seq, record)
         if notes:
             self._check_tree(state, seq, "checkpoint", parsed.tree_size, parsed.root)
-            if state.attributed:
+            if state.attribution is not None:
                 self._attest_identity(state, seq, parsed.identity)
 
     def _keep_head(self, state: ChainState, seq: int, record: dict) -> None:
@@ -831,68 +577,21 @@ class Verifier:
         if epoch is not None and (state.attested_time is None or epoch >= state.attested_time):
             state.attested_time, state.attested_time_text, state.attested_where = epoch, time_text, where
 
-    # -- attribution ---------------------------------------------------------------------------------
-    def _attribute(self, state: ChainState, seq: int, seen: tuple, resource: object) -> None:
-        """A record whose resource identity (`seen`, as feed read it) is not (yet) known to be the
-        attested one."""
-        identity = identity_values(resource)
-        if identity == state.identity:
-            return      # a null where the attested value is empty
-        if state.identity is not None:
-            self._misattributed(state, seq, identity, self._where)
-            return
-        buckets = state.identity_buckets
-        if buckets is None:
-            return
-        bucket = buckets.get(identity)
-        if bucket is None:
-            if len(buckets) >= MAX_IDENTITIES_BUFFERED:
-                # Evict the rarest: the chain's true identity, carried by most records, stays.
-                rarest = min(buckets, key=lambda seen: buckets[seen][0])
-                state.identity_overflow += buckets.pop(rarest)[0]
-                state.identity_recent = None
-            bucket = buckets[identity] = [0, [], None]
-        bucket[0] += 1
-        if len(bucket[1]) < ISSUES_KEPT_PER_CHAIN:
-            bucket[1].append((seq, self._where))
-        if identity == seen:
-            # the next records most likely carry it too: feed counts them without a call
-            bucket[2] = seen
-            state.identity_recent = bucket
-
-    def _misattributed(self, state: ChainState, seq: int, identity: tuple, where: tuple) -> None:
-        attested = state.identity
-        differ = ", ".join(f"{field} {value!r}" for field, value, expected in zip(_IDENTITY_FIELDS, identity, attested)
-                           if value != expected)
-        wanted = ", ".join(f"{field} {expected!r}" for field, value, expected in
-                           zip(_IDENTITY_FIELDS, identity, attested) if value != expected)
-        checkpoint_seq, checkpoint_where = state.identity_seq
-        self._violation(state, MISATTRIBUTED, seq, f"its resource names {differ}; the chain's checkpoint at seq "
-                        f"{checkpoint_seq} ({_where(*checkpoint_where)}) attests {wanted}", where)
-
     def _attest_identity(self, state: ChainState, seq: int, attested: Any) -> None:
-        identity = (attested.namespace, attested.pod, attested.pod_uid, attested.container, attested.node)
-        if state.identity is not None:
-            if identity != state.identity:
-                first_seq, first_where = state.identity_seq
-                self._violation(state, IDENTITY_MISMATCH, seq, "the checkpoint attests " + ", ".join(
-                    f"{field} {value!r}" for field, value in zip(_IDENTITY_FIELDS, identity)) +
-                    f"; the checkpoint at seq {first_seq} ({_where(*first_where)}) attests " + ", ".join(
-                    f"{field} {value!r}" for field, value in zip(_IDENTITY_FIELDS, state.identity)))
+        attribution = state.attribution
+        identity = attested_identity(attested)
+        waited = attribution.attest(identity, seq, self._where)
+        if waited is None:
+            self._violation(state, IDENTITY_MISMATCH, seq, attribution.mismatch_detail(identity))
             return
-        state.identity, state.identity_seq = identity, (seq, self._where)
-        buckets, state.identity_buckets, state.identity_recent = state.identity_buckets or {}, None, None
-        for seen, (count, examples, _) in buckets.items():
-            if seen == identity:
-                continue
-            for example_seq, example_where in examples:
-                self._misattributed(state, example_seq, seen, example_where)
-            state.violation_counts[MISATTRIBUTED] += count - len(examples)
-        if state.identity_overflow:
-            self._violation(state, MISATTRIBUTED, None, f"the chain's records before its first checkpoint carry more "
-                            f"than {MAX_IDENTITIES_BUFFERED} distinct identities, so all but one are not the attested "
-                            f"one; {state.identity_overflow} of them, of the rarest identities, were not kept and "
-                            "could not be judged one by one")
+        examples, uncounted = waited
+        first = attribution.attested_by == (seq, self._where)
+        for example_seq, carried, example_where in examples:
+            self._violation(state, MISATTRIBUTED, example_seq, attribution.misattributed_detail(carried), example_where)
+        if uncounted:
+            state.violation_counts[MISATTRIBUTED] += uncounted
+        if first and attribution.overflow:
+            self._violation(state, MISATTRIBUTED, None, attribution.overflow_detail())
 
     def _gap(self, state: ChainState, seq: int, body: str) -> None:
         try:
@@ -935,7 +634,7 @@ class Verifier:
         if len(missing_hash) == 64:
             try:
                 # the refused record is a leaf of the chain's tree: its declared hash stands in for it
-                self._tree_add(state, missing_seq, bytes.fromhex(missing_hash))
+                state.tree.add(missing_seq, bytes.fromhex(missing_hash))
             except ValueError:
                 pass
         if len(state.declared) >= self.max_declared:
@@ -944,17 +643,10 @@ class Verifier:
         state.declared[missing_seq] = (missing_hash.lower(), seq, self._where)
 
     def _manifest(self, state: ChainState, seq: int, prev: bytes, body: str, record: dict) -> None:
-        notes = body.startswith(NODE_ORIGIN_PREFIX)
-        try:
-            parsed = parse_manifest_note(body) if notes else parse_manifest(body)
-        except BadManifest as exc:
-            state.checkpoints["malformed"] += 1
-            self._violation(state, MALFORMED, seq, f"manifest body: {exc}")
+        signed = self._signed(state, seq, TYPE_MANIFEST, body)
+        if signed is None:
             return
-        if notes:
-            status = self._signatures(state, seq, "manifest", parsed.text, parsed.signatures, body)
-        else:
-            status = self._signatures(state, seq, "manifest", parsed.statement, parsed.signatures)
+        parsed, notes, status = signed
         state.checkpoints["manifest_" + status] += 1
         if state.name != MANIFEST_CHAIN_PREFIX + parsed.node:
             self._violation(state, MANIFEST_MISMATCH, seq, f"a manifest of node {parsed.node!r} in chain {state.name}")
@@ -970,7 +662,7 @@ class Verifier:
                 state.checkpoints["inconsistent"] += 1
                 self._violation(state, CHECKPOINT_MISMATCH, seq, "the manifest " + "; ".join(problems))
                 return
-        if status == "good":
+        if status == GOOD:
             state.last_good_cp = seq
         elif self.public_keys:
             return   # a manifest we cannot trust attests nothing
@@ -978,20 +670,23 @@ class Verifier:
             state.last_consistent_cp = seq
         where = self._where
         self._attested_at(state, parsed.time, where)
-        if status in ("good", "unchecked"):
+        if status in (GOOD, UNCHECKED):
             self._keep_head(state, seq, record)
         if notes:
             self._check_tree(state, seq, "manifest", parsed.tree_size, parsed.root)
         for chain, head_seq, head_hash in parsed.heads:
-            target = self._state(chain)
-            self._attested_at(target, parsed.time, where)
-            if head_seq > target.claim_seq:
-                target.claim_seq, target.claim_hash, target.claim_where = head_seq, head_hash, where
-            if 0 < head_seq <= target.head_seq and target.window.covers(head_seq):
-                known, _ = target.window.get(head_seq)
-                if known and known != _prefix(head_hash):
-                    self._violation(target, MANIFEST_MISMATCH, head_seq, f"the manifest at {_where(*where)} attests "
-                                    f"another hash for seq {head_seq}", where)
+            self._claim(self._state(chain), head_seq, head_hash, parsed.time, where)
+
+    def _claim(self, target: ChainState, head_seq: int, head_hash: bytes, time_text: str, where: tuple) -> None:
+        """A trusted manifest at `where` attests the head (head_seq, head_hash) of the target chain."""
+        self._attested_at(target, time_text, where)
+        if head_seq > target.claim_seq:
+            target.claim_seq, target.claim_hash, target.claim_where = head_seq, head_hash, where
+        if 0 < head_seq <= target.head_seq and target.window.covers(head_seq):
+            known, _ = target.window.get(head_seq)
+            if known and known != _prefix(head_hash):
+                self._violation(target, MANIFEST_MISMATCH, head_seq, f"the manifest at {_where(*where)} attests "
+                                f"another hash for seq {head_seq}", where)
 
     def _check_claim(self, state: ChainState, seq: int, stated: bytes) -> None:
         if state.claim_hash is not None and stated != state.claim_hash:
@@ -1022,7 +717,7 @@ class Verifier:
             for chain, seq, digest, what in claims:
                 state = self._state(chain)
                 if state.trusted is None or seq > state.trusted.seq:
-                    state.trusted = _Claim(seq, digest, (None, None, None), f"the {what} saved in {source}")
+                    state.trusted = Claim(seq, digest, (None, None, None), f"the {what} saved in {source}")
             name, seq = record["seal"]["chain"], record["seal"]["seq"]
             if seq > self.trusted_heads.get(name, (0, None))[0]:
                 self.trusted_heads[name] = (seq, record)
@@ -1040,25 +735,20 @@ class Verifier:
         if link(prev, seq, record["time"].encode(), record["stream"].encode(), body.encode(),
                 type_.encode()) != stated:
             raise ValueError(f"the record {name}:{seq} does not hash to its stated hash")
+        if type_ not in (TYPE_CHECKPOINT, TYPE_MANIFEST):
+            raise ValueError(f"the record {name}:{seq} is not a checkpoint or a manifest")
+        parsed, notes, statement = parse_signed(type_, body)
         if type_ == TYPE_CHECKPOINT:
-            notes = body.startswith(CHAIN_ORIGIN_PREFIX)
-            parsed = parse_checkpoint_note(body) if notes else parse_checkpoint(body)
-            statement = parsed.text if notes else parsed.statement
             consistent = parsed.chain == name and parsed.seq == seq - 1 and parsed.head_hash == prev
             heads: tuple = ()
-        elif type_ == TYPE_MANIFEST:
-            notes = body.startswith(NODE_ORIGIN_PREFIX)
-            parsed = parse_manifest_note(body) if notes else parse_manifest(body)
-            statement = parsed.text if notes else parsed.statement
+        else:
             consistent = name == MANIFEST_CHAIN_PREFIX + parsed.node and (
                 not notes or (parsed.seq == seq - 1 and parsed.head_hash == prev))
             heads = parsed.heads
-        else:
-            raise ValueError(f"the record {name}:{seq} is not a checkpoint or a manifest")
         if not consistent:
             raise ValueError(f"the {type_} {name}:{seq} does not attest its own chain and head")
-        status, detail, _ = self._judge_signatures(type_, statement, parsed.signatures, body if notes else None)
-        if self.public_keys and status != "good":
+        status, detail, _ = self.keys.judge(type_, statement, parsed.signatures, body if notes else None)
+        if self.public_keys and status != GOOD:
             raise ValueError(f"{name}:{seq}: {detail}")
         claims = [(name, seq, stated, f"{type_} {name}:{seq}")]
         claims += [(chain, head_seq, head_hash, f"manifest {name}:{seq}") for chain, head_seq, head_hash in heads
@@ -1093,11 +783,12 @@ class Verifier:
             self._finish_attestation(state)
             self._finish_tree(state)
             self._finish_staleness(state)
-            state.identity_buckets = state.identity_recent = None
+            if state.attribution is not None:
+                state.attribution.release()
         self._finished = self._build_report()
         return self._finished
 
-    def _close_range(self, state: ChainState, missing: _Missing, declared_seqs: list[int]) -> None:
+    def _close_range(self, state: ChainState, missing: Missing, declared_seqs: list[int]) -> None:
         if missing.filled:
             self._report_fill(state, missing, replayed=False)
         start = bisect.bisect_left(declared_seqs, missing.lo)
@@ -1148,13 +839,13 @@ class Verifier:
                         "removed", where, claim_seq)
 
     def _finish_tree(self, state: ChainState) -> None:
-        if state.trees_unchecked:
-            seq, where, reason = state.tree_unchecked_first
-            self._finding(state, TREE_UNCHECKED, seq, f"{state.trees_unchecked} of "
-                          f"{state.trees_unchecked + state.trees_checked} checkpoint trees could not be recomputed, "
+        tree = state.tree
+        if tree.unchecked:
+            seq, where, reason = tree.unchecked_first
+            self._finding(state, TREE_UNCHECKED, seq, f"{tree.unchecked} of "
+                          f"{tree.unchecked + tree.checked} checkpoint trees could not be recomputed, "
                           f"the first at seq {seq}: {reason}", where)
-        state.tree_pending = bytearray()
-        state.tree_future = None
+        tree.release()
 
     def _finish_staleness(self, state: ChainState) -> None:
         if self.now is None or state.closed_at is not None or state.attested_time is None or not state.records:
@@ -1162,7 +853,7 @@ class Verifier:
         age = self.now - state.attested_time
         if age <= self.stale_after_s:
             return
-        if state.attributed:
+        if state.attribution is not None:
             what, since = "its latest checkpoint or manifest mention", "the chain has not been attested since"
         else:
             what, since = "the node's last manifest", "the node has written none since"
@@ -1213,8 +904,8 @@ class Verifier:
                 gap_bytes=state.gap_bytes, gap_reasons=dict(state.gap_reasons), checkpoints=dict(state.checkpoints),
                 last_good_checkpoint_seq=attested, unattested_records=self._unattested(state), closed=closed,
                 attested_seq=state.claim_seq or None, violation_counts=dict(state.violation_counts),
-                identity=dict(zip(_IDENTITY_FIELDS, state.identity)) if state.identity is not None else None,
-                trees_checked=state.trees_checked, trees_unchecked=state.trees_unchecked,
+                identity=state.attribution.as_dict() if state.attribution is not None else None,
+                trees_checked=state.tree.checked, trees_unchecked=state.tree.unchecked,
                 last_attested_time=state.attested_time_text,
                 finding_counts=dict(state.finding_counts), violations=list(state.violations),
                 findings=list(state.findings))
@@ -1243,6 +934,18 @@ class Verifier:
 
 _SUMMED = ("records", "log_records", "links_verified", "duplicates_exact", "duplicates_conflicting", "gaps",
            "gap_bytes", "unattested_records", "trees_checked", "trees_unchecked")
+
+
+def parse_signed(type_: str, body: str) -> tuple[Any, bool, str]:
+    """A checkpoint's or manifest's body: (parsed, whether it is a SPEC-15 note, the signed text).
+    BadCheckpoint / BadManifest when it is neither a note nor a legacy statement."""
+    if type_ == TYPE_CHECKPOINT:
+        notes = body.startswith(CHAIN_ORIGIN_PREFIX)
+        parsed = parse_checkpoint_note(body) if notes else parse_checkpoint(body)
+    else:
+        notes = body.startswith(NODE_ORIGIN_PREFIX)
+        parsed = parse_manifest_note(body) if notes else parse_manifest(body)
+    return parsed, notes, parsed.text if notes else parsed.statement
 
 
 def _partition_label(topic: str | None, partition: int | None) -> str:

@@ -74,11 +74,15 @@ def test_kafka_never_imports_state_ingest_or_sqlite():
             assert not _touches(MODULES[module], forbidden), f"{module} imports {forbidden}"
 
 
-def test_the_judge_imports_only_its_report_its_window_and_the_seal():
-    allowed = ("shipper.verify.report", "shipper.verify.window", "shipper.seal", "shipper.merkle", "shipper.note")
-    for name in MODULES["shipper.verify.verifier"]:
+JUDGE = ("report", "window", "chain", "tree", "attribution", "signatures", "verifier")
+
+
+@pytest.mark.parametrize("part", JUDGE)
+def test_the_judge_imports_only_its_own_parts_and_the_seal(part):
+    allowed = tuple(f"shipper.verify.{name}" for name in JUDGE) + ("shipper.seal", "shipper.merkle", "shipper.note")
+    for name in MODULES[f"shipper.verify.{part}"]:
         if name.startswith("shipper"):
-            assert name.startswith(allowed), f"verify/verifier.py imports {name}"
+            assert name.startswith(allowed), f"verify/{part}.py imports {name}"
 
 
 def test_verify_uses_nothing_of_the_shipping_path_but_the_kafka_client_and_partitioner():

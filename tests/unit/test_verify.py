@@ -1062,7 +1062,7 @@ def test_TREE_a_tree_restarted_by_an_upgraded_shipper_is_rebuilt_and_checked():
 
 
 def test_TREE_a_restart_further_back_than_the_leaves_kept_is_unchecked():
-    from shipper.verify.verifier import TREE_RECENT_LEAVES
+    from shipper.verify.tree import RECENT_LEAVES as TREE_RECENT_LEAVES
 
     node = FakeNode()
     app = node.chain("uid-1/app")
@@ -1146,7 +1146,7 @@ def test_ATTRIBUTION_counts_are_exact_and_examples_bounded():
 
 
 def test_ATTRIBUTION_many_identities_before_the_first_checkpoint_stay_bounded_and_counted():
-    from shipper.verify.verifier import MAX_IDENTITIES_BUFFERED
+    from shipper.verify.attribution import MAX_IDENTITIES_BUFFERED
 
     topic = spec_node().topic()
     for seq in range(1, 61):
@@ -1155,7 +1155,8 @@ def test_ATTRIBUTION_many_identities_before_the_first_checkpoint_stay_bounded_an
     for part, offset, key, value in topic.rows():
         verifier.feed(value, key, part, offset, topic="logs")
         state = verifier.chains.get("uid-1/app")
-        assert state is None or state.identity_buckets is None or len(state.identity_buckets) <= MAX_IDENTITIES_BUFFERED
+        buckets = state.attribution.buckets if state is not None else None
+        assert buckets is None or len(buckets) <= MAX_IDENTITIES_BUFFERED
     report = verifier.finish()
     named = [issue for issue in report.chain("uid-1/app").violations if issue.seq is not None]
     assert len(named) == MAX_IDENTITIES_BUFFERED - 1 and all(issue.seq <= 60 for issue in named)
