@@ -3,6 +3,7 @@ seen yet (`Missing`) and the heads others attest for it (`Claim`). Data only: ve
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 
 from ..seal import genesis_hash
 from .attribution import Attribution
@@ -42,6 +43,38 @@ class Claim:
 
     def __init__(self, seq: int, digest: bytes, where: tuple, source: str) -> None:
         self.seq, self.hash, self.where, self.source = seq, digest, where, source
+
+
+@dataclass(slots=True, frozen=True)
+class RelayedClaim:
+    """What a part of a split verify learned of a chain it read no record of, for the part that holds the
+    chain: the highest head a trusted manifest attests (claim_*), the latest time a trusted statement
+    mentions it (attested_*), a saved head (trusted_*). JSON-ready: hashes in hex, places as lists."""
+
+    chain: str
+    claim_seq: int = 0
+    claim_hash: str = ""
+    claim_where: tuple = (None, None, None)
+    attested_time: str | None = None
+    attested_where: tuple = (None, None, None)
+    trusted_seq: int = 0
+    trusted_hash: str = ""
+    trusted_source: str = ""
+
+    @classmethod
+    def of(cls, state: ChainState) -> RelayedClaim:
+        trusted = state.trusted
+        return cls(state.name, state.claim_seq, state.claim_hash.hex() if state.claim_hash else "",
+                   tuple(state.claim_where), state.attested_time_text, tuple(state.attested_where),
+                   trusted.seq if trusted else 0, trusted.hash.hex() if trusted else "",
+                   trusted.source if trusted else "")
+
+    def to_dict(self) -> dict:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RelayedClaim:
+        return cls(**{name: tuple(value) if name.endswith("_where") else value for name, value in data.items()})
 
 
 class ChainState:

@@ -3,6 +3,7 @@ their human and JSON renderings."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -159,6 +160,30 @@ class Report:
     findings: list[Issue]
     totals: dict[str, Any]
     meta: dict[str, Any] = field(default_factory=dict)
+    outside_counts: dict[str, int] = field(default_factory=dict)   # violations by kind not tied to a chain
+
+    @classmethod
+    def assemble(cls, results: dict[str, ChainResult], violations: list[Issue], findings: list[Issue],
+                 outside_counts: dict[str, int], records_read: int, meta: dict[str, Any]) -> Report:
+        """The report of these chain results and violations outside chains, its totals summed here."""
+        totals: Counter = Counter()
+        violation_kinds: Counter = Counter(outside_counts)
+        control_records: Counter = Counter()
+        for result in results.values():
+            for name in _SUMMED:
+                totals[name] += getattr(result, name)
+            totals["complete_chains"] += result.complete
+            totals["stale_chains"] += bool(result.finding_counts.get(STALE))
+            violation_kinds.update(result.violation_counts)
+            control_records.update(result.control_records)
+        out: dict[str, Any] = {"chains": len(results), "records_read": records_read,
+                               "malformed": outside_counts.get(MALFORMED, 0)}
+        for name in _SUMMED + ("complete_chains", "stale_chains"):
+            out[name] = totals[name]
+        out["control_records"] = dict(control_records)
+        out["violations"] = sum(violation_kinds.values())
+        out["violation_kinds"] = dict(violation_kinds)
+        return cls(results, violations, findings, out, meta, dict(outside_counts))
 
     @property
     def violation_count(self) -> int:
@@ -257,5 +282,88 @@ class Report:
         return "\n".join(lines) + "\n"
 
 
+_SUMMED = ("records", "log_records", "links_verified", "duplicates_exact", "duplicates_conflicting", "gaps",
+           "gap_bytes", "unattested_records", "trees_checked", "trees_unchecked")
+
+
 def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def issue_from_dict(data: dict[str, Any]) -> Issue:
+    return Issue(data["kind"], data["chain"], data["seq"], data["topic"], data["partition"], data["offset"],
+                 data["detail"], data.get("seq_last"))
+
+
+def chain_result_from_dict(data: dict[str, Any]) -> ChainResult:
+    fields = {name: value for name, value in data.items() if name not in ("ok", "violations", "findings")}
+    return ChainResult(**fields, violations=[issue_from_dict(issue) for issue in data["violations"]],
+                       findings=[issue_from_dict(issue) for issue in data["findings"]])
+
+
+def report_part(report: Report) -> dict[str, Any]:
+    """A report as one part of a split verify (`merge_reports` joins them): JSON-ready, totals left out."""
+    return {"chains": [result.to_dict() for result in report.chains.values()],
+            "violations": [issue.to_dict() for issue in report.violations],
+            "findings": [issue.to_dict() for issue in report.findings],
+            "outside_counts": report.outside_counts, "records_read": report.totals["records_read"],
+            "meta": report.meta}
+
+
+def report_from_part(part: dict[str, Any]) -> Report:
+    results = {data["chain"]: chain_result_from_dict(data) for data in part["chains"]}
+    return Report.assemble(results, [issue_from_dict(issue) for issue in part["violations"]],
+                           [issue_from_dict(issue) for issue in part["findings"]], part["outside_counts"],
+                           part["records_read"], part["meta"])
+
+
+def merge_reports(parts: list[Report], meta: dict[str, Any]) -> Report:
+    """One report of the parts of a split verify, each of other partitions. A chain found in the parts of
+    two partitions (partitions added to the topic) is judged in each part alone; its results are added
+    up and the merged chain carries a MULTIPLE_PARTITIONS finding."""
+    results: dict[str, ChainResult] = {}
+    violations: list[Issue] = []
+    findings: list[Issue] = []
+    outside: Counter = Counter()
+    records_read = 0
+    for part in parts:
+        for name, result in part.chains.items():
+            results[name] = _added(results[name], result) if name in results else result
+        violations += part.violations
+        findings += part.findings
+        outside.update(part.outside_counts)
+        records_read += part.totals["records_read"]
+    merged_meta = dict(parts[0].meta) if parts else {}
+    merged_meta.update(meta)
+    return Report.assemble(results, violations[:_OUTSIDE_KEPT], findings[:_OUTSIDE_KEPT], dict(outside),
+                           records_read, merged_meta)
+
+
+_OUTSIDE_KEPT = 1000
+
+
+def _added(first: ChainResult, second: ChainResult) -> ChainResult:
+    merged = ChainResult(chain=first.chain, partitions=first.partitions + [p for p in second.partitions
+                                                                            if p not in first.partitions])
+    for name in _SUMMED:
+        setattr(merged, name, getattr(first, name) + getattr(second, name))
+    for name in ("control_records", "gap_reasons", "checkpoints", "violation_counts", "finding_counts"):
+        setattr(merged, name, dict(Counter(getattr(first, name)) + Counter(getattr(second, name))))
+    seqs = [seq for seq in (first.first_seq, second.first_seq) if seq is not None]
+    merged.first_seq = min(seqs) if seqs else None
+    merged.last_seq = max(first.last_seq, second.last_seq)
+    goods = [seq for seq in (first.last_good_checkpoint_seq, second.last_good_checkpoint_seq) if seq is not None]
+    merged.last_good_checkpoint_seq = max(goods) if goods else None
+    claims = [seq for seq in (first.attested_seq, second.attested_seq) if seq is not None]
+    merged.attested_seq = max(claims) if claims else None
+    merged.closed = first.closed or second.closed
+    merged.complete = False
+    merged.identity = first.identity or second.identity
+    merged.last_attested_time = max(filter(None, (first.last_attested_time, second.last_attested_time)), default=None)
+    merged.violations = (first.violations + second.violations)[:ISSUES_KEPT_PER_CHAIN]
+    note = Issue(MULTIPLE_PARTITIONS, first.chain, None, None, None, None,
+                 f"chain found in {', '.join(merged.partitions)}, read by different parts of a split verify: each "
+                 "part was judged alone (were partitions added to the topic?)")
+    merged.findings = ([note] + first.findings + second.findings)[:ISSUES_KEPT_PER_CHAIN]
+    merged.finding_counts[MULTIPLE_PARTITIONS] = merged.finding_counts.get(MULTIPLE_PARTITIONS, 0) + 1
+    return merged

@@ -55,7 +55,7 @@ from ..seal import (CHAIN_ORIGIN_PREFIX, NODE_ORIGIN_PREFIX, SCHEMA, TYPE_CHECKP
                     TYPE_MANIFEST, BadCheckpoint, BadManifest, genesis_hash, link, parse_checkpoint,
                     parse_checkpoint_note, parse_manifest, parse_manifest_note)
 from .attribution import NO_IDENTITY, attested_identity
-from .chain import MANIFEST_CHAIN_PREFIX, NO_PARTITION, ChainState, Claim, Missing
+from .chain import MANIFEST_CHAIN_PREFIX, NO_PARTITION, ChainState, Claim, Missing, RelayedClaim
 from .report import (AFTER_CLOSE, ALTERED, BAD_SIGNATURE, BROKEN_LINK, CHAIN_ABSENT, CHECKPOINT_MISMATCH,
                      CONFLICTING_DUPLICATE, CONTINUES_FROM_COPY, ENVELOPE_MISMATCH, GAP, GAP_EXPLAINS_MISSING,
                      GAP_MISMATCH, GAP_RECORD_PRESENT, IDENTITY_MISMATCH, ISSUES_KEPT_PER_CHAIN, KEY_ALIAS, MALFORMED,
@@ -574,7 +574,12 @@ class Verifier:
     def _attested_at(self, state: ChainState, time_text: str, where: tuple) -> None:
         """A trusted statement about the chain at `time_text` (for STALE)."""
         epoch = rfc3339_epoch(time_text)
-        if epoch is not None and (state.attested_time is None or epoch >= state.attested_time):
+        if epoch is None:
+            return
+        # of statements with the same time, the one furthest into the topic: the same whatever the order
+        # partitions are read in, or a split verify hands the claims over
+        if state.attested_time is None or epoch > state.attested_time or (
+                epoch == state.attested_time and _place_key(where) > _place_key(state.attested_where)):
             state.attested_time, state.attested_time_text, state.attested_where = epoch, time_text, where
 
     def _attest_identity(self, state: ChainState, seq: int, attested: Any) -> None:
@@ -680,13 +685,17 @@ class Verifier:
     def _claim(self, target: ChainState, head_seq: int, head_hash: bytes, time_text: str, where: tuple) -> None:
         """A trusted manifest at `where` attests the head (head_seq, head_hash) of the target chain."""
         self._attested_at(target, time_text, where)
+        self._head_claim(target, head_seq, head_hash, where)
+
+    def _head_claim(self, target: ChainState, head_seq: int, head_hash: bytes, where: tuple) -> None:
         if head_seq > target.claim_seq:
             target.claim_seq, target.claim_hash, target.claim_where = head_seq, head_hash, where
         if 0 < head_seq <= target.head_seq and target.window.covers(head_seq):
-            known, _ = target.window.get(head_seq)
+            known, known_offset = target.window.get(head_seq)
             if known and known != _prefix(head_hash):
+                # named where the record sits, as when the manifest comes first (_check_claim)
                 self._violation(target, MANIFEST_MISMATCH, head_seq, f"the manifest at {_where(*where)} attests "
-                                f"another hash for seq {head_seq}", where)
+                                f"another hash for seq {head_seq}", (*target.partition, known_offset))
 
     def _check_claim(self, state: ChainState, seq: int, stated: bytes) -> None:
         if state.claim_hash is not None and stated != state.claim_hash:
@@ -694,10 +703,39 @@ class Verifier:
                                                            f"another hash for seq {seq}")
 
     def _check_trusted(self, state: ChainState, seq: int, stated: bytes) -> None:
-        trusted = state.trusted
-        if stated != trusted.hash:
-            self._violation(state, TRUSTED_HEAD_MISMATCH, seq, f"{trusted.source} attests another record at seq "
-                                                               f"{seq}: the chain was rewritten after it was saved")
+        if stated != state.trusted.hash:
+            self._trusted_mismatch(state, seq)
+
+    def _trusted_mismatch(self, state: ChainState, seq: int) -> None:
+        self._violation(state, TRUSTED_HEAD_MISMATCH, seq, f"{state.trusted.source} attests another record at seq "
+                                                           f"{seq}: the chain was rewritten after it was saved")
+
+    # -- a verify split across processes or machines (parallel.py, group.py) -------------------------
+    def relay_claims(self) -> list[RelayedClaim]:
+        """What this verifier learned of chains it read no record of (manifest heads, mentions, saved
+        heads), taken out of it: another part of a split verify holds those chains, or none does."""
+        relayed = []
+        for name in [name for name, state in self.chains.items() if not state.records]:
+            relayed.append(RelayedClaim.of(self.chains.pop(name)))
+        return relayed
+
+    def apply_claims(self, claims: Iterable[RelayedClaim]) -> None:
+        """Claims other parts relayed (relay_claims), judged as if their manifests had been read here after
+        every record; a chain of no record here is taken on (it is tail_removed or chain_absent)."""
+        for claim in claims:
+            state = self._state(claim.chain)
+            if claim.attested_time is not None:
+                self._attested_at(state, claim.attested_time, claim.attested_where)
+            if claim.claim_seq:
+                self._head_claim(state, claim.claim_seq, bytes.fromhex(claim.claim_hash), claim.claim_where)
+            if claim.trusted_seq and (state.trusted is None or claim.trusted_seq > state.trusted.seq):
+                state.trusted = Claim(claim.trusted_seq, bytes.fromhex(claim.trusted_hash), (None, None, None),
+                                      claim.trusted_source)
+                seq = claim.trusted_seq
+                if seq <= state.head_seq and state.window.covers(seq):
+                    known, _ = state.window.get(seq)
+                    if known and known != _prefix(state.trusted.hash):
+                        self._trusted_mismatch(state, seq)
 
     def unmet_claims(self) -> int:
         """Chains a manifest attests further than the records read so far (a live topic may still bring them)."""
@@ -887,9 +925,6 @@ class Verifier:
 
     def _build_report(self) -> Report:
         results: dict[str, ChainResult] = {}
-        totals: Counter = Counter()
-        violation_kinds: Counter = Counter(self.violation_counts)
-        control_records: Counter = Counter()
         for state in self.chains.values():
             attested = self._attested(state)
             closed = state.closed_at is not None
@@ -912,28 +947,12 @@ class Verifier:
             result.complete = bool(attested_close and not state.violation_counts and state.first_seq == 1
                                    and self.public_keys)
             results[state.name] = result
-            for name in _SUMMED:
-                totals[name] += getattr(result, name)
-            totals["complete_chains"] += result.complete
-            violation_kinds.update(state.violation_counts)
-            control_records.update(state.control)
-        totals_out: dict[str, Any] = {"chains": len(results), "records_read": self.records,
-                                      "malformed": self.violation_counts.get(MALFORMED, 0)}
-        for name in _SUMMED + ("complete_chains",):
-            totals_out[name] = totals[name]
-        totals_out["stale_chains"] = sum(1 for state in self.chains.values() if state.finding_counts.get(STALE))
-        totals_out["control_records"] = dict(control_records)
-        totals_out["violations"] = sum(violation_kinds.values())
-        totals_out["violation_kinds"] = dict(violation_kinds)
         meta = {"signatures": "checked" if self.public_keys else "unchecked", "public_keys": sorted(self.public_keys),
                 "window": self.window, "require_attested": self.require_attested,
                 "require_complete": self.require_complete, "stale_after_s": self.stale_after_s,
                 "now": self.now, "trusted_heads": len(self.trusted_heads)}
-        return Report(results, list(self.violations), list(self.findings), totals_out, meta)
-
-
-_SUMMED = ("records", "log_records", "links_verified", "duplicates_exact", "duplicates_conflicting", "gaps",
-           "gap_bytes", "unattested_records", "trees_checked", "trees_unchecked")
+        return Report.assemble(results, list(self.violations), list(self.findings), dict(self.violation_counts),
+                               self.records, meta)
 
 
 def parse_signed(type_: str, body: str) -> tuple[Any, bool, str]:
@@ -946,6 +965,11 @@ def parse_signed(type_: str, body: str) -> tuple[Any, bool, str]:
         notes = body.startswith(NODE_ORIGIN_PREFIX)
         parsed = parse_manifest_note(body) if notes else parse_manifest(body)
     return parsed, notes, parsed.text if notes else parsed.statement
+
+
+def _place_key(where: tuple) -> tuple:
+    topic, partition, offset = where
+    return (topic or "", -1 if partition is None else partition, -1 if offset is None else offset)
 
 
 def _partition_label(topic: str | None, partition: int | None) -> str:
