@@ -12,6 +12,8 @@ from pathlib import Path
 
 from .inputs import (VerifyError, _topic_list, kafka_client_options, load_public_keys, prove_from_topic, verify_file,
                      verify_topic)
+from .parallel import verify_topic_parallel
+from .progress import MODES, Progress
 from .verifier import DEFAULT_STALE_AFTER_S, DEFAULT_WINDOW, rfc3339_epoch
 
 
@@ -54,8 +56,14 @@ def _cli_parser() -> argparse.ArgumentParser:
                            help="write the latest signed checkpoint/manifest record of every chain read (keep it "
                                 "outside the topic; give it to a later run as --trusted-heads)")
     _read_options(parser)
+    scale = parser.add_argument_group("scaling out")
+    scale.add_argument("--workers", type=int, default=1, metavar="N",
+                       help="verify the topic's partitions in N processes on this machine (default 1)")
     out = parser.add_argument_group("output")
     out.add_argument("--json", action="store_true", help="print the report as JSON")
+    out.add_argument("--progress", choices=MODES, default="auto",
+                     help="progress of a topic verify on standard error: a line on a terminal (tty), JSON lines "
+                          "(json), or none; auto: the line when standard error is a terminal (default)")
     return parser
 
 
@@ -86,24 +94,40 @@ def cli_main(argv: list[str]) -> int:
         if now is None:
             print(f"shipper verify: --now {args.now!r} is not an RFC 3339 time (2026-11-28T18:00:00Z)", file=sys.stderr)
             return 2
-    options = dict(require_attested=args.require_attested, require_complete=args.require_complete,
-                   allow_absent_chains=args.allow_absent_chains, window=args.window,
-                   stale_after_s=args.stale_after if args.stale_after > 0 else math.inf, now=now,
-                   trusted_heads=args.trusted_heads, save_heads=args.save_heads)
+    if args.workers < 1:
+        print("shipper verify: --workers must be at least 1", file=sys.stderr)
+        return 2
+    if args.workers > 1 and args.file:
+        print("shipper verify: --workers splits a topic's partitions; a file is read by one process", file=sys.stderr)
+        return 2
+    judge = dict(require_attested=args.require_attested, require_complete=args.require_complete,
+                 allow_absent_chains=args.allow_absent_chains, window=args.window,
+                 stale_after_s=args.stale_after if args.stale_after > 0 else math.inf)
+    progress = Progress(args.progress) if topics else None
     try:
         keys = load_public_keys(args.public_key)
         if args.file:
-            report = verify_file(args.file, public_keys=keys, **options)
+            report = verify_file(args.file, public_keys=keys, now=now, trusted_heads=args.trusted_heads,
+                                 save_heads=args.save_heads, **judge)
+        elif args.workers > 1:
+            report = verify_topic_parallel(args.bootstrap_servers, topics, args.workers, public_keys=args.public_key,
+                                           client_terms=_client_terms(args), idle_timeout_s=args.idle_timeout,
+                                           timeout_s=args.timeout, now=now, trusted_heads=args.trusted_heads,
+                                           save_heads_to=args.save_heads, progress=progress, **judge)
         else:
-            client = _client_options(args)
+            client = kafka_client_options(**_client_terms(args))
             report = asyncio.run(verify_topic(args.bootstrap_servers, topics, public_keys=keys,
-                                              idle_timeout_s=args.idle_timeout, timeout_s=args.timeout,
-                                              **options, **client))
+                                              idle_timeout_s=args.idle_timeout, timeout_s=args.timeout, now=now,
+                                              trusted_heads=args.trusted_heads, save_heads=args.save_heads,
+                                              progress=progress, **judge, **client))
     except VerifyError as exc:
         print(f"shipper verify: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    finally:
+        if progress is not None:
+            progress.close()
     sys.stdout.write(report.to_json(indent=2) + "\n" if args.json else report.human())
     if args.save_heads and not args.json:
         print(f"saved the heads of {report.meta.get('saved_heads', 0)} chains to {args.save_heads}", file=sys.stderr)
@@ -176,12 +200,13 @@ def _read_options(parser: argparse.ArgumentParser) -> None:
                                                       "changes (never printed)")
 
 
-def _client_options(args) -> dict:
-    return kafka_client_options(tls=args.tls, ca_file=args.tls_ca_file, cert_file=args.tls_cert_file,
-                                key_file=args.tls_key_file, check_hostname=not args.tls_no_hostname_check,
-                                sasl_mechanism=args.sasl_mechanism, sasl_username=args.sasl_username,
-                                sasl_password_file=args.sasl_password_file,
-                                sasl_oauth_token_file=args.sasl_oauth_token_file)
+def _client_terms(args) -> dict:
+    """The TLS/SASL terms of the command line (file paths and names, never secrets): kafka_client_options
+    turns them into aiokafka options, in each process that connects."""
+    return dict(tls=args.tls, ca_file=args.tls_ca_file, cert_file=args.tls_cert_file, key_file=args.tls_key_file,
+                check_hostname=not args.tls_no_hostname_check, sasl_mechanism=args.sasl_mechanism,
+                sasl_username=args.sasl_username, sasl_password_file=args.sasl_password_file,
+                sasl_oauth_token_file=args.sasl_oauth_token_file)
 
 
 def prove_main(argv: list[str]) -> int:
@@ -193,7 +218,7 @@ def prove_main(argv: list[str]) -> int:
         keys = load_public_keys(args.public_key)
         proof = asyncio.run(prove_from_topic(args.bootstrap_servers, args.topic, args.event_id, public_keys=keys,
                                              idle_timeout_s=args.idle_timeout, timeout_s=args.timeout,
-                                             **_client_options(args)))
+                                             **kafka_client_options(**_client_terms(args))))
     except ProofError as exc:
         print(f"shipper prove: {exc}", file=sys.stderr)
         return 1

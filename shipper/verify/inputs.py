@@ -10,7 +10,8 @@ import sys
 import time as _time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
 
 from .. import note
 from ..seal import key_id_of, load_public_key
@@ -97,9 +98,10 @@ def load_trusted_heads(verifier: Verifier, path: str | Path) -> int:
         raise VerifyError(f"trusted heads {path}: {exc}") from None
 
 
-def save_heads(verifier: Verifier, path: str | Path, now: float) -> int:
-    """Write the latest trusted checkpoint/manifest record per chain (atomically: a file next to it, renamed)."""
-    heads = verifier.latest_heads()
+def save_heads(verifier: Verifier | list[dict], path: str | Path, now: float) -> int:
+    """Write the latest trusted checkpoint/manifest record per chain (of a verifier, or given: see
+    latest_of), atomically: a file next to it, renamed."""
+    heads = verifier.latest_heads() if isinstance(verifier, Verifier) else verifier
     saved = {"format": HEADS_FORMAT, "saved_at": rfc3339(now), "heads": heads}
     target = Path(path)
     temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
@@ -110,6 +112,17 @@ def save_heads(verifier: Verifier, path: str | Path, now: float) -> int:
         temporary.unlink(missing_ok=True)
         raise VerifyError(f"saving heads to {path}: {exc.strerror}") from None
     return len(heads)
+
+
+def latest_of(*head_lists: list[dict]) -> list[dict]:
+    """Per chain the head record of the highest seq among several verifiers' latest_heads(), by chain."""
+    heads: dict[str, dict] = {}
+    for records in head_lists:
+        for record in records:
+            name, seq = record["seal"]["chain"], record["seal"]["seq"]
+            if name not in heads or seq > heads[name]["seal"]["seq"]:
+                heads[name] = record
+    return [heads[name] for name in sorted(heads)]
 
 
 def rfc3339(epoch: float) -> str:
@@ -219,21 +232,12 @@ async def verify_topic(bootstrap: str, topic: str | list[str], *, public_keys: d
                        require_attested: bool = False, require_complete: bool = False,
                        allow_absent_chains: bool = False, now: float | None = None,
                        stale_after_s: float = DEFAULT_STALE_AFTER_S, trusted_heads: str | Path | None = None,
-                       save_heads: str | Path | None = None, **client_options) -> Report:
+                       save_heads: str | Path | None = None, progress: Callable[[int, int], None] | None = None,
+                       **client_options) -> Report:
     """Read every partition of the topic(s) from the beginning, without a consumer group (nothing is
     committed), and verify. `client_options` go to AIOKafkaConsumer (security_protocol, ssl_context,
-    sasl_mechanism, sasl_plain_username, sasl_plain_password, ...).
-
-    When to stop: the end offsets are captured at the start. Once every partition has been read up to
-    them, reading goes on until a poll brings nothing new (at most `idle_timeout_s` more): Tansu reports
-    a partition's end offset as the start of its last batch, so the end offset alone would leave that
-    batch unread, and on a live topic it lets records written together with a manifest arrive. Reading
-    also stops after `idle_timeout_s` without any new record (a partition that never reaches its end
-    offset is then a violation `incomplete_read`), and after `timeout_s` in all.
-    """
-    from aiokafka import TopicPartition
-    from aiokafka.errors import KafkaError
-
+    sasl_mechanism, sasl_plain_username, sasl_plain_password, ...); `progress(records read, records to
+    read)` is called as reading goes (see read_partitions for when it stops)."""
     topics = _topic_list(topic)
     if not topics:
         raise VerifyError("no topic given")
@@ -242,23 +246,92 @@ async def verify_topic(bootstrap: str, topic: str | list[str], *, public_keys: d
         allow_absent_chains=allow_absent_chains, stale_after_s=stale_after_s))
     started = _time.monotonic()
     consumer = await _started_consumer(bootstrap, "shipper-verify", client_options)
-    stopped = "end_offsets"
+    try:
+        assigned = await topic_partitions(consumer, topics)
+        reading = await read_partitions(verifier, consumer, assigned, idle_timeout_s=idle_timeout_s,
+                                        timeout_s=timeout_s, progress=progress)
+    finally:
+        await _stop(consumer)
+    report = _finish(verifier, now, trusted_heads, save_heads)
+    report.meta.update(reading.meta(topics, verifier.records, _time.monotonic() - started, idle_timeout_s))
+    return report
+
+
+@dataclass(slots=True)
+class Reading:
+    """How a read of partitions to their end offsets went: why it stopped (end_offsets, idle, timeout),
+    and per TopicPartition the offsets it began at, was to end at, and reached."""
+
+    stopped: str
+    begins: dict
+    ends: dict
+    reached: dict
+
+    def meta(self, topics: list[str], records: int, elapsed: float, idle_timeout_s: float) -> dict[str, Any]:
+        return dict(source="kafka", topics=topics, partitions=len(self.ends), stopped=self.stopped,
+                    idle_timeout_s=idle_timeout_s,
+                    end_offsets={f"{tp.topic}/{tp.partition}": end for tp, end in sorted(self.ends.items())},
+                    elapsed_s=round(elapsed, 3), records_per_s=round(records / elapsed) if elapsed > 0 else None)
+
+
+async def topic_partitions(consumer, topics: list[str]) -> list:
+    """Every TopicPartition of the topics; VerifyError names a topic that does not exist."""
+    from aiokafka import TopicPartition
+    from aiokafka.errors import KafkaError
+
     try:
         # consumer.topics() fetches this too but returns only names; partitions_for_topic reads a cache
         # that may not know the topic yet
         cluster = await consumer._client.fetch_all_metadata()
-        assigned = []
-        for name in topics:
-            partitions = cluster.partitions_for_topic(name)
-            if not partitions:
-                raise VerifyError(f"topic {name!r} does not exist")
-            assigned += [TopicPartition(name, number) for number in sorted(partitions)]
+    except (KafkaError, OSError) as exc:
+        raise VerifyError(f"reading the metadata of {', '.join(topics)}: {exc}") from None
+    assigned = []
+    for name in topics:
+        partitions = cluster.partitions_for_topic(name)
+        if not partitions:
+            raise VerifyError(f"topic {name!r} does not exist")
+        assigned += [TopicPartition(name, number) for number in sorted(partitions)]
+    return assigned
+
+
+async def offset_range(consumer, assigned: list) -> tuple[dict, dict]:
+    """(first offsets, end offsets) of the partitions now."""
+    from aiokafka.errors import KafkaError
+
+    try:
+        return await consumer.beginning_offsets(assigned), await consumer.end_offsets(assigned)
+    except (KafkaError, OSError) as exc:
+        raise VerifyError(f"reading the offsets of {_partitions_text(assigned)}: {exc}") from None
+
+
+async def read_partitions(verifier: Verifier, consumer, assigned: list, *, idle_timeout_s: float,
+                          timeout_s: float | None, begins: dict | None = None, ends: dict | None = None,
+                          wait_for_claims: bool = True,
+                          progress: Callable[[int, int], None] | None = None) -> Reading:
+    """Feed the verifier every record of the partitions, from their beginning to their end offsets
+    (captured now unless given), in offset order per partition.
+
+    When to stop: once every partition has been read up to its end offset, reading goes on until a poll
+    brings nothing new (at most `idle_timeout_s` more): Tansu reports a partition's end offset as the
+    start of its last batch, so the end offset alone would leave that batch unread, and on a live topic
+    it lets records written together with a manifest arrive (`wait_for_claims`: while a manifest attests
+    more than was read). Reading also stops after `idle_timeout_s` without any new record (a partition
+    that never reaches its end offset is then a violation `incomplete_read`), and after `timeout_s` in all.
+    """
+    from aiokafka.errors import KafkaError
+
+    started = _time.monotonic()
+    stopped = "end_offsets"
+    try:
         consumer.assign(assigned)
-        await consumer.seek_to_beginning(*assigned)
-        begins = await consumer.beginning_offsets(assigned)
-        ends = await consumer.end_offsets(assigned)
+        if begins is None or ends is None:
+            begins, ends = await offset_range(consumer, assigned)
+        for tp in assigned:
+            consumer.seek(tp, begins[tp])
         reached = {tp: begins[tp] for tp in assigned}
         pending = {tp for tp in assigned if ends[tp] > begins[tp]}
+        total = sum(max(0, ends[tp] - begins[tp]) for tp in assigned)
+        done = 0
         idle_since = _time.monotonic()
         drain_since: float | None = None
         settle_ms = int(min(idle_timeout_s, 1.0) * 1000)
@@ -272,9 +345,12 @@ async def verify_topic(bootstrap: str, topic: str | list[str], *, public_keys: d
                     for message in messages:
                         feed(message.value, message.key, message.partition, message.offset, topic=message.topic,
                              headers=message.headers)
+                    done += messages[-1].offset + 1 - reached[tp]
                     reached[tp] = messages[-1].offset + 1
                     if tp in pending and reached[tp] >= ends[tp]:
                         pending.discard(tp)
+                if progress is not None:
+                    progress(done, total)
             elif pending:
                 # transaction markers move the position without a record
                 for tp in list(pending):
@@ -282,7 +358,8 @@ async def verify_topic(bootstrap: str, topic: str | list[str], *, public_keys: d
                         pending.discard(tp)
             if not pending:
                 drain_since = now if drain_since is None else drain_since
-                if (not batch and not verifier.unmet_claims()) or now - drain_since >= idle_timeout_s:
+                if (not batch and not (wait_for_claims and verifier.unmet_claims())) \
+                        or now - drain_since >= idle_timeout_s:
                     break
             elif now - idle_since >= idle_timeout_s:
                 stopped = "idle"
@@ -294,20 +371,22 @@ async def verify_topic(bootstrap: str, topic: str | list[str], *, public_keys: d
             verifier.add_violation(INCOMPLETE_READ, f"read up to offset {reached[tp]} of end offset {ends[tp]} "
                                    f"(stopped: {stopped})", tp.topic, tp.partition, reached[tp])
     except (KafkaError, OSError) as exc:
-        raise VerifyError(f"reading {', '.join(topics)}: {exc}") from None
-    finally:
-        try:
-            await asyncio.wait_for(consumer.stop(), 10)
-        except (asyncio.TimeoutError, KafkaError):
-            pass
-    report = _finish(verifier, now, trusted_heads, save_heads)
-    elapsed = _time.monotonic() - started
-    report.meta.update(source="kafka", topics=topics, partitions=len(assigned), stopped=stopped,
-                       idle_timeout_s=idle_timeout_s,
-                       end_offsets={f"{tp.topic}/{tp.partition}": ends[tp] for tp in assigned},
-                       elapsed_s=round(elapsed, 3),
-                       records_per_s=round(verifier.records / elapsed) if elapsed > 0 else None)
-    return report
+        raise VerifyError(f"reading {_partitions_text(assigned)}: {exc}") from None
+    return Reading(stopped, begins, ends, reached)
+
+
+def _partitions_text(assigned: list) -> str:
+    topics = sorted({tp.topic for tp in assigned})
+    return ", ".join(topics)
+
+
+async def _stop(consumer) -> None:
+    from aiokafka.errors import KafkaError
+
+    try:
+        await asyncio.wait_for(consumer.stop(), 10)
+    except (asyncio.TimeoutError, KafkaError):
+        pass
 
 
 def _topic_list(topic: str | Iterable[str]) -> list[str]:
@@ -385,8 +464,5 @@ async def prove_from_topic(bootstrap: str, topic: str, event_id: str, *, public_
     except (KafkaError, OSError) as exc:
         raise VerifyError(f"reading {topic}: {exc}") from None
     finally:
-        try:
-            await asyncio.wait_for(consumer.stop(), 10)
-        except (asyncio.TimeoutError, KafkaError):
-            pass
+        await _stop(consumer)
     return builder.proof()

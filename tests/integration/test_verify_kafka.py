@@ -54,9 +54,9 @@ async def read_back(broker, name: str) -> Topic:
     return topic
 
 
-async def publish(broker, what: str, topic: Topic) -> str:
+async def publish(broker, what: str, topic: Topic, partitions: int = PARTITIONS) -> str:
     name = new_topic_name(what)
-    await broker.create_topic(name, PARTITIONS)
+    await broker.create_topic(name, partitions)
     await produce(broker.client_options(), name, topic)
     return name
 
