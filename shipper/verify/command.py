@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .inputs import (VerifyError, _topic_list, kafka_client_options, load_public_keys, prove_from_topic, verify_file,
                      verify_topic)
+from .group import verify_group
 from .parallel import verify_topic_parallel
 from .progress import MODES, Progress
 from .verifier import DEFAULT_STALE_AFTER_S, DEFAULT_WINDOW, rfc3339_epoch
@@ -59,6 +60,12 @@ def _cli_parser() -> argparse.ArgumentParser:
     scale = parser.add_argument_group("scaling out")
     scale.add_argument("--workers", type=int, default=1, metavar="N",
                        help="verify the topic's partitions in N processes on this machine (default 1)")
+    scale.add_argument("--group", metavar="NAME",
+                       help="verify as a member of Kafka consumer group NAME: run the same command on several "
+                            "machines; the group's members split the partitions, and each prints the whole report")
+    scale.add_argument("--exchange-topic", metavar="TOPIC",
+                       help="with --group: the one-partition topic the members exchange claims and report parts on "
+                            "(default audit-shipper-verify.<group>, created when absent)")
     out = parser.add_argument_group("output")
     out.add_argument("--json", action="store_true", help="print the report as JSON")
     out.add_argument("--progress", choices=MODES, default="auto",
@@ -97,8 +104,12 @@ def cli_main(argv: list[str]) -> int:
     if args.workers < 1:
         print("shipper verify: --workers must be at least 1", file=sys.stderr)
         return 2
-    if args.workers > 1 and args.file:
-        print("shipper verify: --workers splits a topic's partitions; a file is read by one process", file=sys.stderr)
+    if (args.workers > 1 or args.group) and args.file:
+        print("shipper verify: --workers and --group split a topic's partitions; a file is read by one process",
+              file=sys.stderr)
+        return 2
+    if args.workers > 1 and args.group:
+        print("shipper verify: give --workers or --group, not both (run one member per process)", file=sys.stderr)
         return 2
     judge = dict(require_attested=args.require_attested, require_complete=args.require_complete,
                  allow_absent_chains=args.allow_absent_chains, window=args.window,
@@ -109,6 +120,13 @@ def cli_main(argv: list[str]) -> int:
         if args.file:
             report = verify_file(args.file, public_keys=keys, now=now, trusted_heads=args.trusted_heads,
                                  save_heads=args.save_heads, **judge)
+        elif args.group:
+            client = kafka_client_options(**_client_terms(args))
+            report = asyncio.run(verify_group(args.bootstrap_servers, topics, args.group, public_keys=keys,
+                                              verifier_options=judge, now=now, idle_timeout_s=args.idle_timeout,
+                                              timeout_s=args.timeout, trusted_heads=args.trusted_heads,
+                                              save_heads_to=args.save_heads, exchange_topic=args.exchange_topic,
+                                              progress=progress, **client))
         elif args.workers > 1:
             report = verify_topic_parallel(args.bootstrap_servers, topics, args.workers, public_keys=args.public_key,
                                            client_terms=_client_terms(args), idle_timeout_s=args.idle_timeout,

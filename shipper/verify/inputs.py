@@ -306,8 +306,9 @@ async def offset_range(consumer, assigned: list) -> tuple[dict, dict]:
 
 async def read_partitions(verifier: Verifier, consumer, assigned: list, *, idle_timeout_s: float,
                           timeout_s: float | None, begins: dict | None = None, ends: dict | None = None,
-                          wait_for_claims: bool = True,
-                          progress: Callable[[int, int], None] | None = None) -> Reading:
+                          wait_for_claims: bool = True, assign: bool = True,
+                          progress: Callable[[int, int], None] | None = None,
+                          interrupted: Callable[[], bool] | None = None) -> Reading:
     """Feed the verifier every record of the partitions, from their beginning to their end offsets
     (captured now unless given), in offset order per partition.
 
@@ -317,13 +318,16 @@ async def read_partitions(verifier: Verifier, consumer, assigned: list, *, idle_
     it lets records written together with a manifest arrive (`wait_for_claims`: while a manifest attests
     more than was read). Reading also stops after `idle_timeout_s` without any new record (a partition
     that never reaches its end offset is then a violation `incomplete_read`), and after `timeout_s` in all.
+    A consumer in a group has its partitions already (`assign` False); `interrupted()` true (its group
+    rebalanced) ends the read at once, stopped "interrupted".
     """
     from aiokafka.errors import KafkaError
 
     started = _time.monotonic()
     stopped = "end_offsets"
     try:
-        consumer.assign(assigned)
+        if assign:
+            consumer.assign(assigned)
         if begins is None or ends is None:
             begins, ends = await offset_range(consumer, assigned)
         for tp in assigned:
@@ -367,6 +371,8 @@ async def read_partitions(verifier: Verifier, consumer, assigned: list, *, idle_
             if timeout_s is not None and now - started >= timeout_s:
                 stopped = "timeout"
                 break
+            if interrupted is not None and interrupted():
+                return Reading("interrupted", begins, ends, reached)
         for tp in sorted(pending):
             verifier.add_violation(INCOMPLETE_READ, f"read up to offset {reached[tp]} of end offset {ends[tp]} "
                                    f"(stopped: {stopped})", tp.topic, tp.partition, reached[tp])

@@ -272,7 +272,9 @@ class Report:
         if meta.get("source") == "kafka":
             how = {"end_offsets": "to their end offsets", "idle": f"until idle ({meta.get('idle_timeout_s')}s)",
                    "timeout": "until the timeout"}.get(meta.get("stopped"), meta.get("stopped"))
-            lines.append(f"read: {meta['partitions']} partitions of {', '.join(meta['topics'])} {how} in "
+            by = (f" by {meta['workers']} worker processes" if meta.get("workers") else
+                  f" by {meta['members']} members of group {meta.get('group')}" if meta.get("members") else "")
+            lines.append(f"read: {meta['partitions']} partitions of {', '.join(meta['topics'])} {how}{by} in "
                          f"{meta['elapsed_s']}s ({meta['records_per_s']} records/s)")
         if meta.get("trusted_heads"):
             lines.append(f"trusted heads: {meta['trusted_heads']} chains from {meta.get('trusted_heads_file')}")

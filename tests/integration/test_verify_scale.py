@@ -95,3 +95,33 @@ def test_a_wrong_public_key_is_a_violation_in_every_worker(kafka_broker, tampere
                      str(other), "--workers", "2", "--json"]) == 1
     report = json.loads(capsys.readouterr().out)
     assert report["totals"]["violation_kinds"]["unknown_key"] > 0
+
+
+def run_member(bootstrap: str, topic: str, group: str, key_file: str, *extra: str):
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "shipper.cli", "verify", "--bootstrap-servers", bootstrap,
+                             "--topic", topic, "--public-key", key_file, "--group", group, "--json",
+                             "--now", "2026-11-28T18:04:00Z", "--idle-timeout", "3", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_a_group_of_two_members_splits_the_partitions_and_both_report_the_whole_verdict(
+        kafka_broker, tampered_topic, key_file):
+    group = f"audit-{tampered_topic}"
+    members = [run_member(kafka_broker.bootstrap, tampered_topic, group, key_file) for _ in range(2)]
+    outcomes = [member.communicate(timeout=240) for member in members]
+    reports = []
+    for member, (out, err) in zip(members, outcomes):
+        assert member.returncode == 1, err
+        reports.append(json.loads(out))
+    single = asyncio.run(verify_topic(kafka_broker.bootstrap, tampered_topic, public_keys=KEYS, now=SPEC_END + 60))
+    for report in reports:
+        assert report["meta"]["members"] == 2 and report["meta"]["group"] == group
+        assert sorted(report["meta"]["member_partitions"]) == [PARTITIONS // 2, PARTITIONS // 2]
+        assert report["totals"] == single.to_dict()["totals"]
+        assert report["chains"] == single.to_dict()["chains"]
+    # the manifest naming uid-1/app's removed tail sits in another partition than the chain
+    (removed,) = [chain for chain in reports[0]["chains"] if chain["chain"] == "uid-1/app"][0]["violations"]
+    assert (removed["kind"], removed["seq"], removed["seq_last"]) == ("tail_removed", 300, 314)
