@@ -21,7 +21,7 @@ class Missing:
     `first_lo`..lo-1 are the ones that arrived late so far."""
 
     __slots__ = ("lo", "hi", "first_lo", "expected_prev", "after_seq", "after_prev", "after_where", "before_start",
-                 "filled", "fill_where")
+                 "filled", "fill_where", "opened_at")
 
     def __init__(self, lo: int, hi: int, expected_prev: bytes | None, after_seq: int, after_prev: bytes,
                  after_where: tuple, before_start: bool) -> None:
@@ -34,6 +34,7 @@ class Missing:
         self.before_start = before_start
         self.filled = 0
         self.fill_where: tuple | None = None
+        self.opened_at = 0.0                                  # monotonic clock (follow mode settles on it)
 
 
 class Claim:
@@ -86,7 +87,8 @@ class ChainState:
                  "gap_reasons", "checkpoints", "last_good_cp", "last_consistent_cp", "closed_at", "window", "ranges",
                  "declared", "declared_dropped", "just_filled", "claim_seq", "claim_hash", "claim_where",
                  "violations", "findings", "violation_counts", "finding_counts", "tree", "attribution",
-                 "attested_time", "attested_time_text", "attested_where", "head_record", "head_record_seq", "trusted")
+                 "attested_time", "attested_time_text", "attested_where", "head_record", "head_record_seq", "trusted",
+                 "claim_at", "claim_judged", "stale_judged")
 
     def __init__(self, name: str, window: int) -> None:
         self.name = name
@@ -131,3 +133,8 @@ class ChainState:
         self.head_record: dict | None = None                 # latest trusted checkpoint / manifest record
         self.head_record_seq = 0
         self.trusted: Claim | None = None                    # a saved head (--trusted-heads)
+        # following a live topic (Closing.settle): when the claim last rose, the claim seq and the
+        # attestation time already judged
+        self.claim_at = 0.0
+        self.claim_judged = 0
+        self.stale_judged: float | None = None

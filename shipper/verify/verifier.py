@@ -43,26 +43,25 @@ How a record is judged (each rule is named by a test in tests/unit/test_verify.p
 """
 from __future__ import annotations
 
-import bisect
 import calendar
 import hashlib
 import json
 import re
+import time
 from collections import Counter
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from ..seal import (CHAIN_ORIGIN_PREFIX, NODE_ORIGIN_PREFIX, SCHEMA, TYPE_CHECKPOINT, TYPE_CLOSE, TYPE_GAP,
                     TYPE_MANIFEST, BadCheckpoint, BadManifest, genesis_hash, link, parse_checkpoint,
                     parse_checkpoint_note, parse_manifest, parse_manifest_note)
 from .attribution import NO_IDENTITY, attested_identity
+from .closing import Closing, _partition_label
 from .chain import MANIFEST_CHAIN_PREFIX, NO_PARTITION, ChainState, Claim, Missing, RelayedClaim
-from .report import (AFTER_CLOSE, ALTERED, BAD_SIGNATURE, BROKEN_LINK, CHAIN_ABSENT, CHECKPOINT_MISMATCH,
-                     CONFLICTING_DUPLICATE, CONTINUES_FROM_COPY, ENVELOPE_MISMATCH, GAP, GAP_EXPLAINS_MISSING,
-                     GAP_MISMATCH, GAP_RECORD_PRESENT, IDENTITY_MISMATCH, ISSUES_KEPT_PER_CHAIN, KEY_ALIAS, MALFORMED,
-                     MANIFEST_MISMATCH, MISATTRIBUTED, MISSING, MULTIPLE_PARTITIONS, OUT_OF_WINDOW, REORDERED,
-                     REPLAYED_LATE, STALE, STARTS_AT_SEQ, TAIL_REMOVED, TREE_MISMATCH, TREE_UNCHECKED,
-                     TRUSTED_HEAD_MISMATCH, UNATTESTED, UNATTESTED_TAIL, UNKNOWN_KEY, UNSIGNED, ChainResult, Issue,
-                     Report, _where)
+from .report import (AFTER_CLOSE, ALTERED, BAD_SIGNATURE, BROKEN_LINK, CHECKPOINT_MISMATCH, CONFLICTING_DUPLICATE,
+                     CONTINUES_FROM_COPY, ENVELOPE_MISMATCH, GAP, GAP_MISMATCH, GAP_RECORD_PRESENT, IDENTITY_MISMATCH,
+                     ISSUES_KEPT_PER_CHAIN, KEY_ALIAS, MALFORMED, MANIFEST_MISMATCH, MISATTRIBUTED,
+                     MULTIPLE_PARTITIONS, OUT_OF_WINDOW, REORDERED, REPLAYED_LATE, TREE_MISMATCH,
+                     TRUSTED_HEAD_MISMATCH, UNKNOWN_KEY, UNSIGNED, Issue, Report, _where)
 from .signatures import BAD, GOOD, UNCHECKED, UNKNOWN, UNSIGNED as NOT_SIGNED, KeyRing
 from .tree import PENDING_MAX
 from .window import _prefix
@@ -115,7 +114,7 @@ def rfc3339_epoch(text: object) -> float | None:
 _EXACT, _CONFLICT, _NEW, _FILL, _UNJUDGED = range(5)
 
 
-class Verifier:
+class Verifier(Closing):
     """Feed record values in topic order (per partition), then `finish()` for the report.
 
     public_keys: key id -> Ed25519 public key (see load_public_keys); none = signatures unchecked.
@@ -147,6 +146,8 @@ class Verifier:
         self.findings: list[Issue] = []
         self._where: tuple = (None, None, None)
         self._finished: Report | None = None
+        #: called with (issue, is a violation) as each is found (follow mode reports them as they come)
+        self.on_issue: Callable[[Issue, bool], None] | None = None
 
     # -- bookkeeping ---------------------------------------------------------------------------------
     def window_size(self, chain: str) -> int:
@@ -168,6 +169,8 @@ class Verifier:
                    seq_last: int | None = None) -> None:
         topic, partition, offset = where if where is not None else self._where
         issue = Issue(kind, state.name if state else None, seq, topic, partition, offset, detail, seq_last)
+        if self.on_issue is not None:
+            self.on_issue(issue, True)
         if state is None:
             self.violation_counts[kind] += 1
             if len(self.violations) < 1000:
@@ -180,9 +183,12 @@ class Verifier:
     def _finding(self, state: ChainState, kind: str, seq: int | None, detail: str, where: tuple | None = None,
                  seq_last: int | None = None) -> None:
         topic, partition, offset = where if where is not None else self._where
+        issue = Issue(kind, state.name, seq, topic, partition, offset, detail, seq_last)
+        if self.on_issue is not None:
+            self.on_issue(issue, False)
         state.finding_counts[kind] += 1
         if len(state.findings) < ISSUES_KEPT_PER_CHAIN:
-            state.findings.append(Issue(kind, state.name, seq, topic, partition, offset, detail, seq_last))
+            state.findings.append(issue)
 
     def add_violation(self, kind: str, detail: str, topic: str | None = None, partition: int | None = None,
                       offset: int | None = None) -> None:
@@ -430,6 +436,7 @@ class Verifier:
     def _open_range(self, state: ChainState, missing: Missing) -> None:
         if missing.lo > missing.hi:
             return
+        missing.opened_at = time.monotonic()
         state.ranges.append(missing)
         if len(state.ranges) > self.max_open_ranges:
             self._close_range(state, state.ranges.pop(0), sorted(state.declared))
@@ -689,6 +696,7 @@ class Verifier:
 
     def _head_claim(self, target: ChainState, head_seq: int, head_hash: bytes, where: tuple) -> None:
         if head_seq > target.claim_seq:
+            target.claim_at = time.monotonic()
             target.claim_seq, target.claim_hash, target.claim_where = head_seq, head_hash, where
         if 0 < head_seq <= target.head_seq and target.window.covers(head_seq):
             known, known_offset = target.window.get(head_seq)
@@ -731,6 +739,7 @@ class Verifier:
             if claim.trusted_seq and (state.trusted is None or claim.trusted_seq > state.trusted.seq):
                 state.trusted = Claim(claim.trusted_seq, bytes.fromhex(claim.trusted_hash), (None, None, None),
                                       claim.trusted_source)
+                state.claim_at = time.monotonic()
                 seq = claim.trusted_seq
                 if seq <= state.head_seq and state.window.covers(seq):
                     known, _ = state.window.get(seq)
@@ -756,6 +765,7 @@ class Verifier:
                 state = self._state(chain)
                 if state.trusted is None or seq > state.trusted.seq:
                     state.trusted = Claim(seq, digest, (None, None, None), f"the {what} saved in {source}")
+                    state.claim_at = time.monotonic()
             name, seq = record["seal"]["chain"], record["seal"]["seq"]
             if seq > self.trusted_heads.get(name, (0, None))[0]:
                 self.trusted_heads[name] = (seq, record)
@@ -802,158 +812,6 @@ class Verifier:
                 heads[name] = (state.head_record_seq, state.head_record)
         return [record for _, (_, record) in sorted(heads.items())]
 
-    # -- the end -------------------------------------------------------------------------------------
-    def finish(self) -> Report:
-        """Judge what is still open (missing ranges, manifest claims, unattested tails) and report."""
-        if self._finished is not None:
-            return self._finished
-        for state in self.chains.values():
-            if state.just_filled is not None:
-                self._judge_fill(state, replayed=False)
-            declared_seqs = sorted(state.declared)
-            for missing in state.ranges:
-                self._close_range(state, missing, declared_seqs)
-            state.ranges = []
-            if state.declared_dropped:
-                self._finding(state, GAP, None, f"{state.declared_dropped} gap declarations beyond the limit of "
-                              f"{self.max_declared} could not be matched to missing records")
-            self._finish_claims(state)
-            self._finish_attestation(state)
-            self._finish_tree(state)
-            self._finish_staleness(state)
-            if state.attribution is not None:
-                state.attribution.release()
-        self._finished = self._build_report()
-        return self._finished
-
-    def _close_range(self, state: ChainState, missing: Missing, declared_seqs: list[int]) -> None:
-        if missing.filled:
-            self._report_fill(state, missing, replayed=False)
-        start = bisect.bisect_left(declared_seqs, missing.lo)
-        explained = []
-        for missing_seq in declared_seqs[start:bisect.bisect_right(declared_seqs, missing.hi)]:
-            if missing_seq in state.declared:
-                explained.append(missing_seq)
-        if missing.before_start and missing.lo == 1 and not explained:
-            message = (f"the chain starts at seq {missing.hi + 1}: seqs 1..{missing.hi} are not in the topic "
-                       "(retention, or a partial dump)")
-            if self.require_complete:
-                self._violation(state, STARTS_AT_SEQ, 1, message, missing.after_where, missing.hi)
-            else:
-                self._finding(state, STARTS_AT_SEQ, 1, message, missing.after_where, missing.hi)
-            return
-        for missing_seq in explained:
-            missing_hash, gap_seq, gap_where = state.declared.pop(missing_seq)
-            if missing_seq == missing.hi and missing_hash != missing.after_prev.hex():
-                self._violation(state, GAP_MISMATCH, gap_seq, f"declares seq {missing_seq} refused with a hash other "
-                                f"than the prev of seq {missing.after_seq}", gap_where)
-            else:
-                self._finding(state, GAP_EXPLAINS_MISSING, missing_seq,
-                              f"missing, explained by the gap record at seq {gap_seq} ({_where(*gap_where)})",
-                              gap_where)
-        for hole_start, hole_end in _holes(missing.lo, missing.hi, explained):
-            self._violation(state, MISSING, hole_start, f"not in the topic and no gap record explains it: deleted "
-                            f"(noticed at seq {missing.after_seq}, the record after it)", missing.after_where, hole_end)
-
-    def _finish_claims(self, state: ChainState) -> None:
-        trusted = state.trusted
-        if trusted is not None and trusted.seq > max(state.head_seq, state.claim_seq):
-            claim_seq, where, source = trusted.seq, trusted.where, trusted.source
-        elif state.claim_seq > state.head_seq:
-            claim_seq, where = state.claim_seq, state.claim_where
-            source = f"the manifest at {_where(*where)}"
-        else:
-            return
-        if state.records == 0:
-            message = f"{source} attests seq {claim_seq}, but no record of this chain is in the topic"
-            if self.allow_absent_chains:
-                self._finding(state, CHAIN_ABSENT, 1, message, where, claim_seq)
-            else:
-                self._violation(state, TAIL_REMOVED, 1, message + ": the whole chain was removed (or it lives in a "
-                                "topic not verified: --allow-absent-chains)", where, claim_seq)
-            return
-        self._violation(state, TAIL_REMOVED, state.head_seq + 1, f"{source} attests seq {claim_seq}, the topic holds "
-                        f"this chain only up to seq {state.head_seq}: seqs {state.head_seq + 1}..{claim_seq} were "
-                        "removed", where, claim_seq)
-
-    def _finish_tree(self, state: ChainState) -> None:
-        tree = state.tree
-        if tree.unchecked:
-            seq, where, reason = tree.unchecked_first
-            self._finding(state, TREE_UNCHECKED, seq, f"{tree.unchecked} of "
-                          f"{tree.unchecked + tree.checked} checkpoint trees could not be recomputed, "
-                          f"the first at seq {seq}: {reason}", where)
-        tree.release()
-
-    def _finish_staleness(self, state: ChainState) -> None:
-        if self.now is None or state.closed_at is not None or state.attested_time is None or not state.records:
-            return      # (a chain absent from the topic is tail_removed or chain_absent already)
-        age = self.now - state.attested_time
-        if age <= self.stale_after_s:
-            return
-        if state.attribution is not None:
-            what, since = "its latest checkpoint or manifest mention", "the chain has not been attested since"
-        else:
-            what, since = "the node's last manifest", "the node has written none since"
-        self._finding(state, STALE, None, f"{what} is from {state.attested_time_text}, {age:.0f} s before now, more "
-                      f"than {self.stale_after_s:g} s: {since} (stopped, or its later records and statements were "
-                      "removed)",
-                      state.attested_where)
-
-    def _attested(self, state: ChainState) -> int | None:
-        return state.last_good_cp if self.public_keys else state.last_consistent_cp
-
-    def _unattested(self, state: ChainState) -> int:
-        if not state.records or state.first_seq is None:
-            return 0
-        attested = self._attested(state)
-        return max(0, state.head_seq - (attested if attested is not None else state.first_seq - 1))
-
-    def _finish_attestation(self, state: ChainState) -> None:
-        unattested = self._unattested(state)
-        if not unattested:
-            return
-        attested = self._attested(state)
-        good = "good " if self.public_keys else ""
-        since = f"after the last {good}checkpoint (seq {attested})" if attested else f"and no {good}checkpoint"
-        message = f"{unattested} records {since}: not attested by a signed statement"
-        first = state.head_seq - unattested + 1
-        if self.require_attested:
-            self._violation(state, UNATTESTED, first, message, (None, None, None), state.head_seq)
-        else:
-            self._finding(state, UNATTESTED_TAIL, first, message, (None, None, None), state.head_seq)
-
-    def _build_report(self) -> Report:
-        results: dict[str, ChainResult] = {}
-        for state in self.chains.values():
-            attested = self._attested(state)
-            closed = state.closed_at is not None
-            attested_close = closed and attested is not None and attested > state.closed_at
-            result = ChainResult(
-                chain=state.name,
-                partitions=[_partition_label(topic, partition) for topic, partition in state.partitions
-                            if partition is not None],
-                records=state.records, log_records=state.log_records, control_records=dict(state.control),
-                first_seq=state.first_seq, last_seq=state.head_seq, links_verified=state.links,
-                duplicates_exact=state.dups_exact, duplicates_conflicting=state.dups_conflicting, gaps=state.gaps,
-                gap_bytes=state.gap_bytes, gap_reasons=dict(state.gap_reasons), checkpoints=dict(state.checkpoints),
-                last_good_checkpoint_seq=attested, unattested_records=self._unattested(state), closed=closed,
-                attested_seq=state.claim_seq or None, violation_counts=dict(state.violation_counts),
-                identity=state.attribution.as_dict() if state.attribution is not None else None,
-                trees_checked=state.tree.checked, trees_unchecked=state.tree.unchecked,
-                last_attested_time=state.attested_time_text,
-                finding_counts=dict(state.finding_counts), violations=list(state.violations),
-                findings=list(state.findings))
-            result.complete = bool(attested_close and not state.violation_counts and state.first_seq == 1
-                                   and self.public_keys)
-            results[state.name] = result
-        meta = {"signatures": "checked" if self.public_keys else "unchecked", "public_keys": sorted(self.public_keys),
-                "window": self.window, "require_attested": self.require_attested,
-                "require_complete": self.require_complete, "stale_after_s": self.stale_after_s,
-                "now": self.now, "trusted_heads": len(self.trusted_heads)}
-        return Report.assemble(results, list(self.violations), list(self.findings), dict(self.violation_counts),
-                               self.records, meta)
-
 
 def parse_signed(type_: str, body: str) -> tuple[Any, bool, str]:
     """A checkpoint's or manifest's body: (parsed, whether it is a SPEC-15 note, the signed text).
@@ -970,24 +828,6 @@ def parse_signed(type_: str, body: str) -> tuple[Any, bool, str]:
 def _place_key(where: tuple) -> tuple:
     topic, partition, offset = where
     return (topic or "", -1 if partition is None else partition, -1 if offset is None else offset)
-
-
-def _partition_label(topic: str | None, partition: int | None) -> str:
-    if partition is None:
-        return topic or "file"
-    return f"{topic}/{partition}" if topic else f"p{partition}"
-
-
-def _holes(lo: int, hi: int, explained: list[int]) -> list[tuple[int, int]]:
-    holes = []
-    start = lo
-    for seq in explained:
-        if seq > start:
-            holes.append((start, seq - 1))
-        start = seq + 1
-    if start <= hi:
-        holes.append((start, hi))
-    return holes
 
 
 def _short(exc: BaseException) -> str:

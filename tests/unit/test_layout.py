@@ -74,7 +74,7 @@ def test_kafka_never_imports_state_ingest_or_sqlite():
             assert not _touches(MODULES[module], forbidden), f"{module} imports {forbidden}"
 
 
-JUDGE = ("report", "window", "chain", "tree", "attribution", "signatures", "verifier")
+JUDGE = ("report", "window", "chain", "tree", "attribution", "signatures", "closing", "split", "verifier")
 
 
 @pytest.mark.parametrize("part", JUDGE)
