@@ -418,18 +418,18 @@ def sign_statement(text: str, signers: Iterable[Signer | note.NoteSigner]) -> st
 
 
 @dataclass(slots=True, frozen=True)
-class ParsedCheckpointNote:
-    """A checkpoint note (SPEC-15). `text` is what the signatures sign, `note` the whole body (check its
-    signatures with note.open_note), `signatures` the (key name, key hash) of each signature line."""
+class ParsedTreeNote:
+    """What a checkpoint note and a manifest note (SPEC-15) both state: the head of a chain (`seq`,
+    `head_hash`) and the Merkle tree of its records up to that head (`tree_size`, `root`), at `time`,
+    by `node`. `text` is what the signatures sign, `note` the whole body (check its signatures with
+    note.open_note), `signatures` the (key name, key hash) of each signature line."""
 
-    chain: str
+    node: str
     tree_size: int
     root: bytes
-    seq: int                 # the head attested: the seq before the checkpoint record
+    seq: int                 # the head attested: the seq before the checkpoint (or manifest) record
     head_hash: bytes
     time: str
-    node: str
-    identity: Identity
     text: str
     note: str
     signatures: tuple[tuple[str, bytes], ...]
@@ -441,23 +441,18 @@ class ParsedCheckpointNote:
 
 
 @dataclass(slots=True, frozen=True)
-class ParsedManifestNote:
-    """A manifest note (SPEC-15): the checkpoint of the node chain and the heads of the node's chains."""
+class ParsedCheckpointNote(ParsedTreeNote):
+    """A checkpoint note (SPEC-15): the head and tree of chain `chain`, and the container it is of."""
 
-    node: str
-    tree_size: int
-    root: bytes
-    seq: int
-    head_hash: bytes
-    time: str
+    chain: str
+    identity: Identity
+
+
+@dataclass(slots=True, frozen=True)
+class ParsedManifestNote(ParsedTreeNote):
+    """A manifest note (SPEC-15): the head and tree of the node chain, and the heads of the node's chains."""
+
     heads: tuple[tuple[str, int, bytes], ...]
-    text: str
-    note: str
-    signatures: tuple[tuple[str, bytes], ...]
-
-    @property
-    def tree_start(self) -> int:
-        return self.seq - self.tree_size + 1
 
 
 def _open_body(body: object, error: type[ValueError]) -> tuple[str, note.TreeHead, tuple[tuple[str, bytes], ...]]:
@@ -525,8 +520,9 @@ def parse_checkpoint_note(body: str) -> ParsedCheckpointNote:
     head = _hash32(head_text, "head", BadCheckpoint)
     time, node, namespace, pod, pod_uid, container = (
         _decoded(value, name, BadCheckpoint) for value, name in zip(rest, _CHECKPOINT_EXTENSIONS[2:]))
-    return ParsedCheckpointNote(chain, tree.size, tree.root, seq, head, time, node,
-                                Identity(namespace, pod, pod_uid, container, node), text, body, signatures)
+    return ParsedCheckpointNote(node=node, tree_size=tree.size, root=tree.root, seq=seq, head_hash=head, time=time,
+                                text=text, note=body, signatures=signatures, chain=chain,
+                                identity=Identity(namespace, pod, pod_uid, container, node))
 
 
 def parse_manifest_note(body: str) -> ParsedManifestNote:
@@ -558,4 +554,5 @@ def parse_manifest_note(body: str) -> ParsedManifestNote:
         if heads and chain <= heads[-1][0]:
             raise BadManifest(f"chain {chain[:80]!r} is out of order or listed twice")
         heads.append((chain, _decimal(parts[2], "seq", BadManifest), _hash32(parts[3], "head hash", BadManifest)))
-    return ParsedManifestNote(node, tree.size, tree.root, seq, head, time, tuple(heads), text, body, signatures)
+    return ParsedManifestNote(node=node, tree_size=tree.size, root=tree.root, seq=seq, head_hash=head, time=time,
+                              text=text, note=body, signatures=signatures, heads=tuple(heads))
