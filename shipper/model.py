@@ -3,34 +3,83 @@ checkpoints a WAL commit carries (where each source and chain stands after it).
 
 Only plain data lives here; every stage imports it, it imports nothing of ours but the Merkle
 frontier (a value type too). The checkpoints are turned into lists only where they are written:
-the WAL frame header (batch.py) and state.db (state.py).
+the WAL frame header (batch.py) and state.db (state.py); a fingerprint is written as its `text`.
 """
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import dataclass
 from enum import Enum
 
 from .merkle import Frontier
 
+FINGERPRINT_BYTES = 256
+
+_EMPTY_DIGEST = hashlib.sha256(b"").digest()
+_FINGERPRINT_TEXT = re.compile(r"(?:([1-9][0-9]*):)?([0-9a-f]{64})", re.ASCII)
+
+
+@dataclass(slots=True, frozen=True)
+class Fingerprint:
+    """The identity of a file's first bytes: the SHA-256 `digest` of its first `length` bytes, which
+    are FINGERPRINT_BYTES, or all of a file shorter than that (the fingerprint lengthens as the file
+    grows). An empty file's covers no bytes and every file starts with it.
+
+    Written (WAL frame header, state.db) as `text`, the form every release has written: the hex
+    digest when full, `"<length>:<hex digest>"` when shorter, `""` when empty."""
+
+    length: int
+    digest: bytes
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.length <= FINGERPRINT_BYTES or len(self.digest) != 32 \
+                or (self.length == 0 and self.digest != _EMPTY_DIGEST):
+            raise ValueError(f"not a fingerprint: {self.length} bytes, digest {self.digest.hex()}")
+
+    @classmethod
+    def of(cls, head: bytes) -> Fingerprint:
+        """The fingerprint of a file whose first bytes are `head` (only FINGERPRINT_BYTES of it count)."""
+        head = head[:FINGERPRINT_BYTES]
+        return cls(len(head), hashlib.sha256(head).digest())
+
+    def starts_with(self, head: bytes) -> bool:
+        """Whether a file starting with `head` (at least FINGERPRINT_BYTES of it, or all of a shorter
+        file) can be the file this was taken of: `head` has the bytes it covers."""
+        return len(head) >= self.length and hashlib.sha256(head[:self.length]).digest() == self.digest
+
+    @property
+    def text(self) -> str:
+        if self.length == FINGERPRINT_BYTES:
+            return self.digest.hex()
+        if self.length == 0:
+            return ""
+        return f"{self.length}:{self.digest.hex()}"
+
+    @classmethod
+    def parse(cls, text: str) -> Fingerprint:
+        """The fingerprint whose `text` this is; ValueError for a text no release writes."""
+        if not text:
+            return cls(0, _EMPTY_DIGEST)
+        match = _FINGERPRINT_TEXT.fullmatch(text)
+        if match is None or (match[1] is not None and int(match[1]) >= FINGERPRINT_BYTES):
+            raise ValueError(f"not a fingerprint: {text[:80]!r}")
+        return cls(FINGERPRINT_BYTES if match[1] is None else int(match[1]), bytes.fromhex(match[2]))
+
 
 @dataclass(slots=True, frozen=True)
 class FileId:
-    """Identity of one log file across renames: device, inode and a fingerprint of its first bytes.
-
-    The fingerprint (hex SHA-256 of the first `FINGERPRINT_BYTES` bytes) tells a reused inode from the
-    file that used to own it. While a file is shorter, it is `"<n>:<sha256 of the n bytes>"` (empty for
-    an empty file) and lengthens as the file grows; shipper.tail.identity documents how such ids match.
+    """Identity of one log file across renames: device, inode and the fingerprint of its first bytes,
+    which tells a reused inode from the file that used to own it. A file's fingerprint lengthens
+    while it is shorter than FINGERPRINT_BYTES; shipper.tail.identity documents how such ids match.
     """
 
     dev: int
     ino: int
-    fingerprint: str
+    fingerprint: Fingerprint
 
     def key(self) -> str:
-        return f"{self.dev}:{self.ino}:{self.fingerprint}"
-
-
-FINGERPRINT_BYTES = 256
+        return f"{self.dev}:{self.ino}:{self.fingerprint.text}"
 
 
 @dataclass(slots=True, frozen=True)
@@ -98,12 +147,13 @@ class SourceCheckpoint:
 
     def to_list(self) -> list:
         file_id = self.file_id
-        return [file_id.dev, file_id.ino, file_id.fingerprint, self.path, self.offset, self.chain]
+        return [file_id.dev, file_id.ino, file_id.fingerprint.text, self.path, self.offset, self.chain]
 
     @classmethod
     def from_list(cls, value: list) -> SourceCheckpoint:
+        """From a frame header or state row: [dev, ino, fingerprint text, path, offset, chain]."""
         dev, ino, fingerprint, path, offset, chain = value
-        return cls(FileId(dev, ino, fingerprint), path, offset, chain)
+        return cls(FileId(dev, ino, Fingerprint.parse(fingerprint)), path, offset, chain)
 
 
 _NO_TREE = Frontier()

@@ -418,18 +418,18 @@ def sign_statement(text: str, signers: Iterable[Signer | note.NoteSigner]) -> st
 
 
 @dataclass(slots=True, frozen=True)
-class ParsedCheckpointNote:
-    """A checkpoint note (SPEC-15). `text` is what the signatures sign, `note` the whole body (check its
-    signatures with note.open_note), `signatures` the (key name, key hash) of each signature line."""
+class ParsedTreeNote:
+    """What a checkpoint note and a manifest note (SPEC-15) both state: the head of a chain (`seq`,
+    `head_hash`) and the Merkle tree of its records up to that head (`tree_size`, `root`), at `time`,
+    by `node`. `text` is what the signatures sign, `note` the whole body (check its signatures with
+    note.open_note), `signatures` the (key name, key hash) of each signature line."""
 
-    chain: str
+    node: str
     tree_size: int
     root: bytes
-    seq: int                 # the head attested: the seq before the checkpoint record
+    seq: int                 # the head attested: the seq before the checkpoint (or manifest) record
     head_hash: bytes
     time: str
-    node: str
-    identity: Identity
     text: str
     note: str
     signatures: tuple[tuple[str, bytes], ...]
@@ -441,23 +441,18 @@ class ParsedCheckpointNote:
 
 
 @dataclass(slots=True, frozen=True)
-class ParsedManifestNote:
-    """A manifest note (SPEC-15): the checkpoint of the node chain and the heads of the node's chains."""
+class ParsedCheckpointNote(ParsedTreeNote):
+    """A checkpoint note (SPEC-15): the head and tree of chain `chain`, and the container it is of."""
 
-    node: str
-    tree_size: int
-    root: bytes
-    seq: int
-    head_hash: bytes
-    time: str
+    chain: str
+    identity: Identity
+
+
+@dataclass(slots=True, frozen=True)
+class ParsedManifestNote(ParsedTreeNote):
+    """A manifest note (SPEC-15): the head and tree of the node chain, and the heads of the node's chains."""
+
     heads: tuple[tuple[str, int, bytes], ...]
-    text: str
-    note: str
-    signatures: tuple[tuple[str, bytes], ...]
-
-    @property
-    def tree_start(self) -> int:
-        return self.seq - self.tree_size + 1
 
 
 def _open_body(body: object, error: type[ValueError]) -> tuple[str, note.TreeHead, tuple[tuple[str, bytes], ...]]:
@@ -507,43 +502,48 @@ def _decoded(text: str, what: str, error: type[ValueError]) -> str:
         raise error(f"the {what}: {exc}") from None
 
 
+def _origin_name(tree: note.TreeHead, prefix: str, kind: str, what: str, error: type[ValueError]) -> str:
+    """The chain or node an origin line names after `prefix`: decoded, not empty."""
+    if not tree.origin.startswith(prefix):
+        raise error(f"not an audit-shipper.io/v1 {kind} (origin {tree.origin[:80]!r})")
+    name = _decoded(tree.origin[len(prefix):], what, error)
+    if not name:
+        raise error(f"the origin names no {what}")
+    return name
+
+
+def _attested_head(tree: note.TreeHead, seq_text: str, head_text: str, error: type[ValueError]) -> tuple[int, bytes]:
+    """The head (seq, hash) a note attests; its tree cannot hold more leaves than the head's seq."""
+    seq = _decimal(seq_text, "seq", error)
+    if tree.size > seq:
+        raise error(f"a tree of {tree.size} leaves cannot end at seq {seq}")
+    return seq, _hash32(head_text, "head", error)
+
+
 def parse_checkpoint_note(body: str) -> ParsedCheckpointNote:
     """A checkpoint note's fields; BadCheckpoint unless it follows SPEC-15 exactly."""
     text, tree, signatures = _open_body(body, BadCheckpoint)
-    if not tree.origin.startswith(CHAIN_ORIGIN_PREFIX):
-        raise BadCheckpoint(f"not an audit-shipper.io/v1 chain checkpoint (origin {tree.origin[:80]!r})")
-    chain = _decoded(tree.origin[len(CHAIN_ORIGIN_PREFIX):], "chain", BadCheckpoint)
-    if not chain:
-        raise BadCheckpoint("the origin names no chain")
+    chain = _origin_name(tree, CHAIN_ORIGIN_PREFIX, "chain checkpoint", "chain", BadCheckpoint)
     if len(tree.extensions) != len(_CHECKPOINT_EXTENSIONS):
         raise BadCheckpoint(f"a checkpoint has {len(_CHECKPOINT_EXTENSIONS)} extension lines, not "
                             f"{len(tree.extensions)}")
     seq_text, head_text, *rest = _extension_values(tree.extensions, _CHECKPOINT_EXTENSIONS, BadCheckpoint)
-    seq = _decimal(seq_text, "seq", BadCheckpoint)
-    if tree.size > seq:
-        raise BadCheckpoint(f"a tree of {tree.size} leaves cannot end at seq {seq}")
-    head = _hash32(head_text, "head", BadCheckpoint)
+    seq, head = _attested_head(tree, seq_text, head_text, BadCheckpoint)
     time, node, namespace, pod, pod_uid, container = (
         _decoded(value, name, BadCheckpoint) for value, name in zip(rest, _CHECKPOINT_EXTENSIONS[2:]))
-    return ParsedCheckpointNote(chain, tree.size, tree.root, seq, head, time, node,
-                                Identity(namespace, pod, pod_uid, container, node), text, body, signatures)
+    return ParsedCheckpointNote(node=node, tree_size=tree.size, root=tree.root, seq=seq, head_hash=head, time=time,
+                                text=text, note=body, signatures=signatures, chain=chain,
+                                identity=Identity(namespace, pod, pod_uid, container, node))
 
 
 def parse_manifest_note(body: str) -> ParsedManifestNote:
     """A manifest note's fields; BadManifest unless it follows SPEC-15 exactly (chains sorted, once each)."""
     text, tree, signatures = _open_body(body, BadManifest)
-    if not tree.origin.startswith(NODE_ORIGIN_PREFIX):
-        raise BadManifest(f"not an audit-shipper.io/v1 node manifest (origin {tree.origin[:80]!r})")
-    node = _decoded(tree.origin[len(NODE_ORIGIN_PREFIX):], "node", BadManifest)
-    if not node:
-        raise BadManifest("the origin names no node")
+    node = _origin_name(tree, NODE_ORIGIN_PREFIX, "node manifest", "node", BadManifest)
     if len(tree.extensions) < len(_MANIFEST_EXTENSIONS):
         raise BadManifest("a manifest has seq, head, time and node lines")
     seq_text, head_text, time_text, node_text = _extension_values(tree.extensions, _MANIFEST_EXTENSIONS, BadManifest)
-    seq = _decimal(seq_text, "seq", BadManifest)
-    if tree.size > seq:
-        raise BadManifest(f"a tree of {tree.size} leaves cannot end at seq {seq}")
-    head = _hash32(head_text, "head", BadManifest)
+    seq, head = _attested_head(tree, seq_text, head_text, BadManifest)
     time = _decoded(time_text, "time", BadManifest)
     if _decoded(node_text, "node", BadManifest) != node:
         raise BadManifest("the node line names another node than the origin")
@@ -558,4 +558,5 @@ def parse_manifest_note(body: str) -> ParsedManifestNote:
         if heads and chain <= heads[-1][0]:
             raise BadManifest(f"chain {chain[:80]!r} is out of order or listed twice")
         heads.append((chain, _decimal(parts[2], "seq", BadManifest), _hash32(parts[3], "head hash", BadManifest)))
-    return ParsedManifestNote(node, tree.size, tree.root, seq, head, time, tuple(heads), text, body, signatures)
+    return ParsedManifestNote(node=node, tree_size=tree.size, root=tree.root, seq=seq, head_hash=head, time=time,
+                              text=text, note=body, signatures=signatures, heads=tuple(heads))

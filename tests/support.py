@@ -1,8 +1,10 @@
 """Helpers shared by integration and fault tests: run `shipper run` as a real process, write its
-configuration, wait for conditions, scrape its metrics, account for what reached the topic."""
+configuration and signing keys, wait for conditions, scrape its metrics, account for what reached the
+topic, and run `shipper verify` over it."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import uuid
@@ -17,6 +19,7 @@ from typing import Callable
 import yaml
 
 from shipper.demo.reconcile import Reconciliation, read_topic, reconcile
+from shipper.seal import generate_key_pair
 from tests.harness.ports import free_port
 
 
@@ -102,6 +105,45 @@ class ShipperProcess:
         return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) * 1024
 
 
+def shipper_for(tmp_path: Path, bootstrap: str, topic: str, node, **sections) -> ShipperProcess:
+    """`shipper run` (not started) shipping the logs of `node` (a SimNode) to `topic`, its config,
+    state and log under `tmp_path`; `sections` deep-merge over write_config's defaults."""
+    config = write_config(tmp_path / "config.yaml", bootstrap=bootstrap, node_root=node.root,
+                          state_dir=tmp_path / "state", topic=topic, **sections)
+    return ShipperProcess(config, tmp_path / "shipper.log")
+
+
+def signing_keys(tmp_path: Path) -> tuple[Path, Path]:
+    """A new Ed25519 key pair under tmp_path/keys: (private key file, private to its owner; public key file)."""
+    private, public = generate_key_pair()
+    (tmp_path / "keys").mkdir(mode=0o700)
+    private_path, public_path = tmp_path / "keys" / "signing.pem", tmp_path / "keys" / "signing.pub.pem"
+    private_path.write_bytes(private)
+    private_path.chmod(0o600)
+    public_path.write_bytes(public)
+    return private_path, public_path
+
+
+def signed_shipper(tmp_path: Path, bootstrap: str, topic: str, node, **sections) -> tuple[ShipperProcess, Path]:
+    """shipper_for with a new signing key and a signed checkpoint every second; and the public key
+    that verifies them."""
+    private_key, public_key = signing_keys(tmp_path)
+    seal = {"signing_key_file": str(private_key), "checkpoint_every_s": 1}
+    return shipper_for(tmp_path, bootstrap, topic, node, seal=seal, **sections), public_key
+
+
+def run_verify(bootstrap: str, topic: str, public_key: Path) -> tuple[int, dict]:
+    """`shipper verify --json` over the whole topic: its exit status and its report."""
+    done = subprocess.run([sys.executable, "-m", "shipper.cli", "verify", "--bootstrap-servers", bootstrap,
+                           "--topic", topic, "--public-key", str(public_key), "--json", "--idle-timeout", "2"],
+                          capture_output=True, text=True, timeout=120)
+    try:
+        report = json.loads(done.stdout)
+    except ValueError:
+        raise AssertionError(f"verify printed no JSON: {done.stdout[-2000:]} {done.stderr[-2000:]}") from None
+    return done.returncode, report
+
+
 def scrape(port: int, path: str = "/metrics") -> dict[str, float]:
     """Prometheus text -> {'name{labels}': value}."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
@@ -149,6 +191,11 @@ def settle(bootstrap: str, topic: str, node, timeout: float = 120, idle_s: float
         if result.total("missing") == 0 or time.monotonic() > deadline:
             return result
         time.sleep(1)
+
+
+def all_arrived(broker, topic: str, node) -> bool:
+    """Whether every entry the node wrote is in the topic, read over the broker's plaintext listener."""
+    return asyncio.run(account(broker.bootstrap, topic, node, idle_s=1.0)).total("missing") == 0
 
 
 async def account(bootstrap: str, topic: str, node, idle_s: float = 3.0) -> Reconciliation:

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import os
 
-from shipper.model import FINGERPRINT_BYTES, FileId, LossEvent, LossReason
+from shipper.model import FINGERPRINT_BYTES, FileId, Fingerprint, LossEvent, LossReason
 
 from .compressed import GzipReader
-from .identity import _gzip_size, _read_gzip_head, _read_head, fingerprint
+from .identity import _gzip_size, _read_gzip_head, _read_head
 from .siblings import _KUBELET_STAMP, GZIP_SUFFIX, _Sibling
 
 
@@ -35,7 +35,7 @@ class _File:
         self.older = older                  # stamps that existed when we opened it as the live file
         self.offset = offset                # next byte to return
         self.head = head                    # first bytes (<= FINGERPRINT_BYTES), identity evidence
-        self.fp = fingerprint(head)
+        self.fp = Fingerprint.of(head)
         self.max_seen = offset              # largest size we know the file had
         self.last_size = -1                 # size and mtime at the last check (-1: check now)
         self.last_mtime = -1
@@ -54,7 +54,7 @@ class _File:
 
     def set_head(self, head: bytes) -> None:
         self.head = head
-        self.fp = fingerprint(head)
+        self.fp = Fingerprint.of(head)
 
     def snapshot(self) -> _File:
         """A closed copy standing for this identity after truncation reused the descriptor."""

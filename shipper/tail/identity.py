@@ -1,52 +1,21 @@
-"""What makes a file the same file: the fingerprint of its first bytes, and reading those bytes
-(of a plain file, or of a compressed one, with its uncompressed size from the gzip trailer).
+"""What makes a file the same file, and reading the first bytes that say so (of a plain file, or of
+a compressed one, with its uncompressed size from the gzip trailer).
 
-Identity is (dev, ino, fingerprint of the first FINGERPRINT_BYTES bytes), see `fingerprint()`. A
-file shorter than that has the fingerprint of the bytes it has so far, tagged with their count
-(`"<n>:<sha256>"`, `""` when empty); it lengthens as the file grows, with no `end_of_file` between:
-chunks of one file may carry such a growing FileId, and `Tailer.position_of()` answers with the
-longest. A position matches a file when dev and inode are equal and the file's first n bytes hash
-to the fingerprint. A truncated file whose first bytes changed is a new identity on the same inode.
+Identity is (dev, ino, `model.Fingerprint` of the first FINGERPRINT_BYTES bytes). A file shorter
+than that has the fingerprint of the bytes it has so far (none when empty); it lengthens as the file
+grows, with no `end_of_file` between: chunks of one file may carry such a growing FileId, and
+`Tailer.position_of()` answers with the longest. A position matches a file when dev and inode are
+equal and the file starts with the bytes of its fingerprint (`Fingerprint.starts_with`). A
+truncated file whose first bytes changed is a new identity on the same inode.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import zlib
 
 from shipper.model import FINGERPRINT_BYTES
 
 _GZIP_PROBE_LIMIT = 1 << 20       # compressed bytes read at most to recover a gzip file's first bytes
-
-
-def fingerprint(head: bytes) -> str:
-    """Fingerprint of a file whose first bytes are `head` (only the first FINGERPRINT_BYTES count).
-
-    Full: hex SHA-256 of FINGERPRINT_BYTES bytes. Short file: `"<n>:<hex SHA-256 of n bytes>"`, so a
-    later check knows how many bytes to compare. Empty file: `""` (matches any content)."""
-    n = len(head)
-    if n >= FINGERPRINT_BYTES:
-        return hashlib.sha256(head[:FINGERPRINT_BYTES]).hexdigest()
-    if n == 0:
-        return ""
-    return f"{n}:{hashlib.sha256(head).hexdigest()}"
-
-
-def fingerprint_length(fp: str) -> int:
-    """How many leading bytes `fp` covers."""
-    if not fp:
-        return 0
-    n, sep, _ = fp.partition(":")
-    return int(n) if sep and n.isdigit() else FINGERPRINT_BYTES
-
-
-def fingerprint_matches(fp: str, head: bytes) -> bool:
-    """Whether a file starting with `head` (at least FINGERPRINT_BYTES of it, or all of a shorter
-    file) can be the file that `fp` was taken of."""
-    n = fingerprint_length(fp)
-    if len(head) < n:
-        return False
-    return fingerprint(head[:n]) == fp
 
 
 def _read_head(path: str) -> bytes | None:

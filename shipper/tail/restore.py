@@ -15,10 +15,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from shipper.model import FINGERPRINT_BYTES, LossEvent, LossReason, SourcePosition
+from shipper.model import FINGERPRINT_BYTES, Fingerprint, LossEvent, LossReason, SourcePosition
 
 from .files import _File, _NoFile, placeholder
-from .identity import _gzip_size, _read_gzip_head, fingerprint_matches
+from .identity import _gzip_size, _read_gzip_head
 from .siblings import GZIP_SUFFIX, _Sibling
 
 
@@ -32,7 +32,7 @@ class Reopen:
     stamp: str | None
     dev: int
     ino: int
-    fingerprint: str
+    fingerprint: Fingerprint
     offset: int
     compressed: bool = False          # a `.gz` sibling; `offset` counts its uncompressed bytes
 
@@ -53,7 +53,7 @@ def resume_point(path: str, position: SourcePosition | None, siblings: list[_Sib
     if position is None:
         return None
     fid, offset = position.file_id, position.offset
-    if not fid.fingerprint:
+    if fid.fingerprint.length == 0:
         # position_of names an empty file only when nothing with content was ever committed
         # (it names the last file with content otherwise), and an empty file proves nothing by
         # its inode, which a later file may have: start over, as a new source does.
@@ -64,7 +64,7 @@ def resume_point(path: str, position: SourcePosition | None, siblings: list[_Sib
         st = None
     if st is not None and (st.st_dev, st.st_ino) == (fid.dev, fid.ino):
         head = _head_if_present(path)
-        if head is not None and fingerprint_matches(fid.fingerprint, head):
+        if head is not None and fid.fingerprint.starts_with(head):
             return Reopen(path, None, fid.dev, fid.ino, fid.fingerprint, offset)
     ordered = sorted(siblings, key=lambda s: s.key)
     plain = [s for s in ordered if not s.compressed]
@@ -74,12 +74,12 @@ def resume_point(path: str, position: SourcePosition | None, siblings: list[_Sib
             if ((sib.dev, sib.ino) == (fid.dev, fid.ino)) != want_inode:
                 continue
             head = _head_if_present(sib.path)
-            if head is not None and fingerprint_matches(fid.fingerprint, head):
+            if head is not None and fid.fingerprint.starts_with(head):
                 return Reopen(sib.path, sib.stamp, sib.dev, sib.ino, fid.fingerprint, offset)
     for sib in ordered:
         if sib.compressed:
             head = _read_gzip_head(sib.path)
-            if head and fingerprint_matches(fid.fingerprint, head):
+            if head and fid.fingerprint.starts_with(head):
                 if 0 <= _gzip_size(sib.path) <= offset:
                     return Lost(None, placeholder(sib))      # read to its end: nothing to decompress
                 return Reopen(sib.path, sib.stamp, sib.dev, sib.ino, fid.fingerprint, offset, compressed=True)

@@ -45,7 +45,7 @@ from shipper.model import FINGERPRINT_BYTES, ContainerRef, FileId, LossEvent, Lo
 from .compressed import GzipReader
 from .files import (_File, _NoFile, already_passed, anchor, compressed_entry, gone_marker, is_same_file, lost_marker,
                     starts_like)
-from .identity import _read_head, fingerprint_matches
+from .identity import _read_head
 from .restore import Lost, Reopen, resume_point
 from .siblings import _GONE, _NEWEST, GZIP_SUFFIX, _KUBELET_STAMP, _order_key, _Sibling, scan_siblings
 
@@ -377,7 +377,7 @@ class Tailer:
             same_inode.remove(self._cur)
             same_inode.insert(0, self._cur)
         match = next((k for k in same_inode if k.fp == file_id.fingerprint), None) or next(
-            (k for k in same_inode if fingerprint_matches(file_id.fingerprint, k.head)), None)
+            (k for k in same_inode if file_id.fingerprint.starts_with(k.head)), None)
         if match is None:
             return SourcePosition(file_id, self.path, offset)
         target, at = match, offset
@@ -637,7 +637,7 @@ class Tailer:
             st = os.fstat(fd)
             offset = 0
             if isinstance(prev, _File) and prev.head and (st.st_dev, st.st_ino) == (prev.dev, prev.ino):
-                if fingerprint_matches(prev.fp, os.pread(fd, FINGERPRINT_BYTES, 0)):
+                if prev.fp.starts_with(os.pread(fd, FINGERPRINT_BYTES, 0)):
                     offset = prev.offset      # the same file came back: never read a byte twice
         except OSError:
             os.close(fd)
@@ -746,8 +746,7 @@ class Tailer:
                 reader = GzipReader(point.path)
             except FileNotFoundError:
                 return False
-            if (reader.dev, reader.ino) != (point.dev, point.ino) or not fingerprint_matches(point.fingerprint,
-                                                                                               reader.head):
+            if (reader.dev, reader.ino) != (point.dev, point.ino) or not point.fingerprint.starts_with(reader.head):
                 reader.close()
                 return False
             self._cur = self._compressed_file(reader, point.stamp, point.offset, -1)
@@ -758,7 +757,7 @@ class Tailer:
             return False
         opened = self._file_of(fd, point.path, offset=point.offset, stamp=point.stamp)
         same = (opened.dev, opened.ino) == (point.dev, point.ino)
-        if not (same and fingerprint_matches(point.fingerprint, opened.head)):
+        if not (same and point.fingerprint.starts_with(opened.head)):
             self._discard(opened)
             return False
         opened.max_seen = point.offset             # a shorter file now means it was truncated

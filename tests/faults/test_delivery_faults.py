@@ -17,7 +17,7 @@ import pytest
 
 from shipper.demo.simnode import SimNode
 from shipper.wal import HEADER_SIZE, segment_name
-from tests.support import ShipperProcess, new_topic, settle, wait_until, write_config
+from tests.support import ShipperProcess, new_topic, settle, shipper_for, wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(420)]
 
@@ -53,12 +53,6 @@ class Writer:
 
 
 
-def make_shipper(tmp_path: Path, broker, topic: str, node: SimNode, **sections) -> ShipperProcess:
-    config = write_config(tmp_path / "config.yaml", bootstrap=broker.bootstrap, node_root=node.root,
-                          state_dir=tmp_path / "state", topic=topic, **sections)
-    return ShipperProcess(config, tmp_path / "shipper.log")
-
-
 def assert_complete(result, shipper: ShipperProcess | None = None) -> None:
     summary = result.summary()
     context = f"\nshipper log tail:\n{shipper.log_text()[-4000:]}" if shipper else ""
@@ -72,7 +66,7 @@ def test_sigkill_at_ten_random_moments_loses_nothing(tmp_path, fresh_kafka_broke
     broker = fresh_kafka_broker
     topic = new_topic(broker)
     node = SimNode(tmp_path / "log", pods=4, containers_per_pod=1, rotate_every_bytes=2 << 20, keep_rotated=4, seed=11)
-    shipper = make_shipper(tmp_path, broker, topic, node).start()
+    shipper = shipper_for(tmp_path, broker.bootstrap, topic, node).start()
     rng = random.Random(7)
     try:
         with Writer(node, rate=3000):
@@ -93,7 +87,7 @@ def test_broker_sigkilled_mid_stream_and_restarted_loses_nothing(tmp_path, fresh
     broker = fresh_kafka_broker
     topic = new_topic(broker)
     node = SimNode(tmp_path / "log", pods=3, containers_per_pod=1, rotate_every_bytes=4 << 20, seed=12)
-    shipper = make_shipper(tmp_path, broker, topic, node).start()
+    shipper = shipper_for(tmp_path, broker.bootstrap, topic, node).start()
     try:
         with Writer(node, rate=3000):
             time.sleep(2)
@@ -112,7 +106,8 @@ def test_broker_paused_sixty_seconds_memory_stays_bounded_and_nothing_is_lost(tm
     topic = new_topic(broker)
     node = SimNode(tmp_path / "log", pods=4, containers_per_pod=1, rotate_every_bytes=None, seed=13,
                    keep_bodies=True)
-    shipper = make_shipper(tmp_path, broker, topic, node, wal={"max_bytes": 32 << 20, "segment_bytes": 4 << 20}).start()
+    shipper = shipper_for(tmp_path, broker.bootstrap, topic, node,
+                          wal={"max_bytes": 32 << 20, "segment_bytes": 4 << 20}).start()
     peak = 0
     try:
         wait_until(lambda: shipper.metrics() is not None, 20, "the shipper's metrics")
@@ -139,8 +134,8 @@ def test_outage_longer_than_the_wal_holds_pauses_reading_and_loses_nothing(tmp_p
     broker = fresh_kafka_broker
     topic = new_topic(broker)
     node = SimNode(tmp_path / "log", pods=2, containers_per_pod=1, rotate_every_bytes=None, seed=14)
-    shipper = make_shipper(tmp_path, broker, topic, node, wal={"max_bytes": 2 << 20, "segment_bytes": 256 << 10,
-                                                               "commit_bytes": 128 << 10}).start()
+    shipper = shipper_for(tmp_path, broker.bootstrap, topic, node,
+                          wal={"max_bytes": 2 << 20, "segment_bytes": 256 << 10, "commit_bytes": 128 << 10}).start()
     try:
         broker.stop()
         node.write(30_000)                     # ~6 MB of source, ~20 MB of records: three WALs' worth
@@ -171,7 +166,8 @@ def test_torn_wal_tail_and_corrupted_frame_on_restart_lose_nothing(tmp_path, fre
     broker = fresh_kafka_broker
     topic = new_topic(broker)
     node = SimNode(tmp_path / "log", pods=2, containers_per_pod=1, rotate_every_bytes=None, seed=15)
-    shipper = make_shipper(tmp_path, broker, topic, node, wal={"commit_bytes": 64 << 10, "segment_bytes": 16 << 20})
+    shipper = shipper_for(tmp_path, broker.bootstrap, topic, node,
+                          wal={"commit_bytes": 64 << 10, "segment_bytes": 16 << 20})
     broker.stop()
     wal_dir = tmp_path / "state" / "wal"
     try:
@@ -217,9 +213,9 @@ def test_wal_disk_full_is_a_clear_error_with_backpressure_and_recovers(tmp_path,
     broker = fresh_kafka_broker
     topic = new_topic(broker)
     node = SimNode(tmp_path / "log", pods=2, containers_per_pod=1, rotate_every_bytes=None, seed=16)
-    shipper = make_shipper(tmp_path, broker, topic, node,
-                           wal={"dir": str(tiny_filesystem / "wal"), "max_bytes": 64 << 20, "segment_bytes": 256 << 10,
-                                "commit_bytes": 128 << 10})
+    shipper = shipper_for(tmp_path, broker.bootstrap, topic, node,
+                          wal={"dir": str(tiny_filesystem / "wal"), "max_bytes": 64 << 20, "segment_bytes": 256 << 10,
+                               "commit_bytes": 128 << 10})
     broker.stop()
     try:
         shipper.start()
@@ -243,7 +239,7 @@ def test_sigterm_during_steady_stream_exits_zero_in_grace_and_loses_nothing(tmp_
     broker = fresh_kafka_broker
     topic = new_topic(broker)
     node = SimNode(tmp_path / "log", pods=3, containers_per_pod=1, rotate_every_bytes=1 << 20, seed=17)
-    shipper = make_shipper(tmp_path, broker, topic, node).start()
+    shipper = shipper_for(tmp_path, broker.bootstrap, topic, node).start()
     try:
         with Writer(node, rate=3000):
             time.sleep(3)
@@ -267,7 +263,7 @@ def test_second_sigterm_exits_at_once_and_a_restart_loses_nothing(tmp_path, fres
     broker = fresh_kafka_broker
     topic = new_topic(broker)
     node = SimNode(tmp_path / "log", pods=2, containers_per_pod=1, rotate_every_bytes=None, seed=18)
-    shipper = make_shipper(tmp_path, broker, topic, node, wal={"commit_bytes": 64 << 10}, shutdown_grace_s=60)
+    shipper = shipper_for(tmp_path, broker.bootstrap, topic, node, wal={"commit_bytes": 64 << 10}, shutdown_grace_s=60)
     broker.stop()
     try:
         shipper.start()

@@ -20,7 +20,7 @@ from shipper.kafka.oauth import jwt_claims
 from shipper.kafka.wire import end_refused_oauthbearer_exchanges
 from tests.harness.kafka import SASL_OAUTH, KafkaBroker
 from tests.harness.oauth import FakeTokenEndpoint, StaticTokenProvider, unsecured_jwt
-from tests.support import ShipperProcess, account, new_topic, wait_until, write_config
+from tests.support import ShipperProcess, account, all_arrived, new_topic, shipped, shipper_for, wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(300)]
 
@@ -31,11 +31,9 @@ def node(tmp_path) -> SimNode:
 
 
 def oauth_shipper(tmp_path: Path, broker: KafkaBroker, topic: str, node: SimNode, oauth: dict) -> ShipperProcess:
-    kafka = {"bootstrap_servers": broker.bootstrap_sasl_oauth, "topic": topic, "security_protocol": "SASL_SSL",
-             "tls": {"ca_file": str(broker.ca_file)}, "sasl": {"mechanism": "OAUTHBEARER", "oauth": oauth}}
-    config = write_config(tmp_path / "config.yaml", bootstrap=broker.bootstrap_sasl_oauth, node_root=node.root,
-                          state_dir=tmp_path / "state", topic=topic, kafka=kafka)
-    return ShipperProcess(config, tmp_path / "shipper.log")
+    return shipper_for(tmp_path, broker.bootstrap_sasl_oauth, topic, node,
+                       kafka={"security_protocol": "SASL_SSL", "tls": {"ca_file": str(broker.ca_file)},
+                              "sasl": {"mechanism": "OAUTHBEARER", "oauth": oauth}})
 
 
 def token_file(tmp_path: Path, token: str) -> Path:
@@ -48,11 +46,6 @@ def token_file(tmp_path: Path, token: str) -> Path:
     return path
 
 
-def all_arrived(broker: KafkaBroker, topic: str, node: SimNode) -> bool:
-    result = asyncio.run(account(broker.bootstrap, topic, node, idle_s=1.0))
-    return result.total("missing") == 0
-
-
 def assert_nothing_lost(broker: KafkaBroker, topic: str, node: SimNode) -> None:
     result = asyncio.run(account(broker.bootstrap, topic, node, idle_s=1.0))
     assert result.total("missing") == 0 and result.total("unexpected") == 0
@@ -60,10 +53,6 @@ def assert_nothing_lost(broker: KafkaBroker, topic: str, node: SimNode) -> None:
 
 def errors(shipper: ShipperProcess, reason: str) -> float:
     return shipper.metrics().get(f'audit_shipper_kafka_send_errors_total{{reason="{reason}"}}', 0.0)
-
-
-def shipped(shipper: ShipperProcess) -> float:
-    return shipper.metrics().get("audit_shipper_records_shipped_total", 0.0)
 
 
 def validated_subjects(broker: KafkaBroker) -> set[str]:

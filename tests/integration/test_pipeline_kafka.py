@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,45 +11,19 @@ import pytest
 
 from shipper.demo.reconcile import read_topic
 from shipper.demo.simnode import SimNode
-from shipper.seal import generate_key_pair
-from tests.support import ShipperProcess, http_status, new_topic, settle, wait_until, write_config
+from tests.support import http_status, new_topic, run_verify, settle, shipper_for, signed_shipper, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(300)
 
 
-
-def keys(tmp_path: Path) -> tuple[Path, Path]:
-    private, public = generate_key_pair()
-    (tmp_path / "keys").mkdir(mode=0o700)
-    private_path, public_path = tmp_path / "keys" / "signing.pem", tmp_path / "keys" / "signing.pub.pem"
-    private_path.write_bytes(private)
-    private_path.chmod(0o600)
-    public_path.write_bytes(public)
-    return private_path, public_path
-
-
-def run_verify(bootstrap: str, topic: str, public_key: Path) -> tuple[int, dict]:
-    done = subprocess.run([sys.executable, "-m", "shipper.cli", "verify", "--bootstrap-servers", bootstrap,
-                           "--topic", topic, "--public-key", str(public_key), "--json", "--idle-timeout", "2"],
-                          capture_output=True, text=True, timeout=120)
-    try:
-        report = json.loads(done.stdout)
-    except ValueError:
-        raise AssertionError(f"verify printed no JSON: {done.stdout[-2000:]} {done.stderr[-2000:]}") from None
-    return done.returncode, report
-
-
 @pytest.mark.kafka
 def test_clean_run_arrives_complete_validates_and_verifies(tmp_path, kafka_broker):
     topic = new_topic(kafka_broker)
-    private_key, public_key = keys(tmp_path)
     node = SimNode(tmp_path / "log", pods=3, containers_per_pod=2, rotate_every_bytes=256 << 10, keep_rotated=5,
                    seed=21)
-    config = write_config(tmp_path / "config.yaml", bootstrap=kafka_broker.bootstrap, node_root=node.root,
-                          state_dir=tmp_path / "state", topic=topic,
-                          seal={"signing_key_file": str(private_key), "checkpoint_every_s": 1})
-    shipper = ShipperProcess(config, tmp_path / "shipper.log").start()
+    shipper, public_key = signed_shipper(tmp_path, kafka_broker.bootstrap, topic, node)
+    shipper.start()
     try:
         for _ in range(5):
             node.write(2000)
@@ -78,13 +50,10 @@ def test_clean_run_arrives_complete_validates_and_verifies(tmp_path, kafka_broke
 @pytest.mark.kafka
 def test_loss_at_source_verifies_as_a_named_gap(tmp_path, kafka_broker):
     topic = new_topic(kafka_broker)
-    private_key, public_key = keys(tmp_path)
     node = SimNode(tmp_path / "log", pods=1, containers_per_pod=1, rotate_every_bytes=None, keep_rotated=2,
                    gzip_rotated=True, seed=22)
-    config = write_config(tmp_path / "config.yaml", bootstrap=kafka_broker.bootstrap, node_root=node.root,
-                          state_dir=tmp_path / "state", topic=topic,
-                          seal={"signing_key_file": str(private_key), "checkpoint_every_s": 1})
-    shipper = ShipperProcess(config, tmp_path / "shipper.log").start()
+    shipper, public_key = signed_shipper(tmp_path, kafka_broker.bootstrap, topic, node)
+    shipper.start()
     try:
         node.write(500)
         wait_until(lambda: shipper.metrics().get("audit_shipper_records_shipped_total", 0) >= 500, 60, "first lines")
@@ -122,10 +91,8 @@ def test_metrics_count_what_was_shipped_and_readyz_flips_when_the_pipeline_stops
     kafka_broker = fresh_kafka_broker
     topic = new_topic(kafka_broker)
     node = SimNode(tmp_path / "log", pods=2, containers_per_pod=1, rotate_every_bytes=None, seed=23)
-    config = write_config(tmp_path / "config.yaml", bootstrap=kafka_broker.bootstrap, node_root=node.root,
-                          state_dir=tmp_path / "state", topic=topic, seal={"checkpoint_every_s": 3600,
-                                                                           "checkpoint_every_records": 10**9})
-    shipper = ShipperProcess(config, tmp_path / "shipper.log").start()
+    shipper = shipper_for(tmp_path, kafka_broker.bootstrap, topic, node,
+                          seal={"checkpoint_every_s": 3600, "checkpoint_every_records": 10**9}).start()
     port = shipper.metrics_port
     try:
         wait_until(lambda: http_status(port, "/readyz") == 200, 60, "/readyz 200")
@@ -171,9 +138,7 @@ def test_tansu_steady_stream_arrives_complete(tmp_path, tansu_broker):
     topic = new_topic(tansu_broker)
     node = SimNode(tmp_path / "log", pods=3, containers_per_pod=1, rotate_every_bytes=512 << 10, keep_rotated=4,
                    seed=24)
-    config = write_config(tmp_path / "config.yaml", bootstrap=tansu_broker.bootstrap, node_root=node.root,
-                          state_dir=tmp_path / "state", topic=topic)
-    shipper = ShipperProcess(config, tmp_path / "shipper.log").start()
+    shipper = shipper_for(tmp_path, tansu_broker.bootstrap, topic, node).start()
     try:
         for _ in range(4):
             node.write(2500)
@@ -193,19 +158,16 @@ def test_a_record_the_broker_refuses_for_good_becomes_a_gap_and_the_rest_arrives
     split, its neighbours arrive in order, and its place in the chain is a verified gap naming it."""
     topic = f"logs-small-{time.monotonic_ns() % 10**8}"
     asyncio.run(kafka_broker.create_topic(topic, 1, config={"max.message.bytes": "20000"}))
-    private_key, public_key = keys(tmp_path)
     node = SimNode(tmp_path / "log", pods=1, containers_per_pod=1, rotate_every_bytes=None, seed=25)
-    config = write_config(tmp_path / "config.yaml", bootstrap=kafka_broker.bootstrap, node_root=node.root,
-                          state_dir=tmp_path / "state", topic=topic,
-                          kafka={"compression": "none", "batch_bytes": 16384},
-                          seal={"signing_key_file": str(private_key), "checkpoint_every_s": 1})
+    shipper, public_key = signed_shipper(tmp_path, kafka_broker.bootstrap, topic, node,
+                                         kafka={"compression": "none", "batch_bytes": 16384})
     node.write(300)
     node.flush()
     with open(node.containers[0].log_path, "ab") as live:      # one entry of 40 kB amid the others
         live.write(b"2026-11-28T18:00:00.5Z stdout F " + b"x" * 40_000 + b"\n")
     node.write(300)
     node.flush()
-    shipper = ShipperProcess(config, tmp_path / "shipper.log").start()
+    shipper.start()
     try:
         wait_until(lambda: shipper.metrics().get("audit_shipper_records_shipped_total", 0) >= 600, 90, "600 shipped")
         time.sleep(2)

@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,8 +14,7 @@ import pytest
 
 from shipper.demo.reconcile import read_topic
 from shipper.demo.simnode import SimNode
-from shipper.seal import generate_key_pair
-from tests.support import ShipperProcess, new_topic, settle, wait_until, write_config
+from tests.support import new_topic, run_verify, settle, signed_shipper, wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(300)]
 
@@ -27,17 +24,11 @@ REFUSED = 'audit_shipper_closed_chain_files_total{state="pruned"}'
 
 def test_pruned_chains_are_whole_in_the_topic_verify_passes_and_a_stale_directory_is_refused(tmp_path, kafka_broker):
     topic = new_topic(kafka_broker)
-    private, public = generate_key_pair()
-    (tmp_path / "signing.pem").write_bytes(private)
-    (tmp_path / "signing.pem").chmod(0o600)
-    (tmp_path / "signing.pub.pem").write_bytes(public)
     node = SimNode(tmp_path / "log", pods=2, containers_per_pod=1, rotate_every_bytes=None, seed=31)
     state_dir = tmp_path / "state"
-    config = write_config(tmp_path / "config.yaml", bootstrap=kafka_broker.bootstrap, node_root=node.root,
-                          state_dir=state_dir, topic=topic,
-                          state={"dir": str(state_dir), "prune_after_s": 1},
-                          seal={"signing_key_file": str(tmp_path / "signing.pem"), "checkpoint_every_s": 1})
-    shipper = ShipperProcess(config, tmp_path / "shipper.log").start()
+    shipper, public_key = signed_shipper(tmp_path, kafka_broker.bootstrap, topic, node,
+                                         state={"dir": str(state_dir), "prune_after_s": 1})
+    shipper.start()
     short_lived: list[tuple[str, Path, str]] = []
     try:
         for _wave in range(3):
@@ -81,13 +72,10 @@ def test_pruned_chains_are_whole_in_the_topic_verify_passes_and_a_stale_director
     assert db.execute("SELECT count(*) FROM pruned").fetchone()[0] == len(short_lived)
     db.close()
 
-    done = subprocess.run([sys.executable, "-m", "shipper.cli", "verify", "--bootstrap-servers", kafka_broker.bootstrap,
-                           "--topic", topic, "--public-key", str(tmp_path / "signing.pub.pem"), "--json",
-                           "--idle-timeout", "2"], capture_output=True, text=True, timeout=120)
-    report = json.loads(done.stdout)
+    code, report = run_verify(kafka_broker.bootstrap, topic, public_key)
     chains = {result["chain"]: result for result in report["chains"]}
     violations = report["violations"] + [issue for result in report["chains"] for issue in result["violations"]]
     assert not violations, violations
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert code == 0, report
     for name, _dir, _container in short_lived:
         assert chains[name]["closed"] and chains[name]["complete"], chains[name]

@@ -11,8 +11,7 @@ import pytest
 
 from shipper.demo.reconcile import read_topic
 from shipper.demo.simnode import SimNode
-from tests.integration.test_pipeline_kafka import keys, run_verify
-from tests.support import ShipperProcess, new_topic, settle, wait_until, write_config
+from tests.support import new_topic, run_verify, settle, signed_shipper, wait_until
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -20,13 +19,10 @@ pytestmark = pytest.mark.timeout(300)
 @pytest.mark.kafka
 def test_rotated_and_gzipped_while_stopped_arrives_complete_and_verifies_without_gaps(tmp_path, kafka_broker):
     topic = new_topic(kafka_broker)
-    private_key, public_key = keys(tmp_path)
     node = SimNode(tmp_path / "log", pods=2, containers_per_pod=1, rotate_every_bytes=None, keep_rotated=5,
                    gzip_rotated=True, seed=31)
-    config = write_config(tmp_path / "config.yaml", bootstrap=kafka_broker.bootstrap, node_root=node.root,
-                          state_dir=tmp_path / "state", topic=topic,
-                          seal={"signing_key_file": str(private_key), "checkpoint_every_s": 1})
-    shipper = ShipperProcess(config, tmp_path / "shipper.log").start()
+    shipper, public_key = signed_shipper(tmp_path, kafka_broker.bootstrap, topic, node)
+    shipper.start()
     try:
         node.write(600)
         wait_until(lambda: shipper.metrics().get("audit_shipper_entries_total", 0) >= 600, 60, "the first lines")

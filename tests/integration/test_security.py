@@ -17,27 +17,12 @@ import pytest
 from shipper.demo.simnode import SimNode
 from tests.harness.certs import TlsMaterial, expired_server_identity, unrelated_ca, wrong_host_server_identity
 from tests.harness.kafka import KafkaBroker
-from tests.support import new_topic, ShipperProcess, account, wait_until, write_config
+from tests.support import account, all_arrived, new_topic, shipped, shipper_for, wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(300)]
 
 PASSWORDS = ("scram512-secret", "scram256-secret", "plain-secret", "wrong-password-123")
 
-
-
-def shipper_for(tmp_path: Path, bootstrap: str, topic: str, node: SimNode, kafka: dict) -> ShipperProcess:
-    config = write_config(tmp_path / "config.yaml", bootstrap=bootstrap, node_root=node.root,
-                          state_dir=tmp_path / "state", topic=topic, kafka={"bootstrap_servers": bootstrap,
-                                                                            "topic": topic, **kafka})
-    return ShipperProcess(config, tmp_path / "shipper.log")
-
-
-def arrived(broker, topic: str, node: SimNode) -> bool:
-    return asyncio.run(account(broker.bootstrap, topic, node, idle_s=1.0)).total("missing") == 0
-
-
-def shipped(shipper: ShipperProcess) -> float:
-    return shipper.metrics().get("audit_shipper_records_shipped_total", 0.0)
 
 
 def password_file(tmp_path: Path, password: str) -> Path:
@@ -56,10 +41,10 @@ def test_records_arrive_over_tls_verified_against_the_ca(tmp_path, secure_kafka_
     broker = secure_kafka_broker
     topic = new_topic(broker, 1, "secure")
     shipper = shipper_for(tmp_path, broker.bootstrap_ssl, topic, node,
-                          {"security_protocol": "SSL", "tls": {"ca_file": str(broker.ca_file)}}).start()
+                          kafka={"security_protocol": "SSL", "tls": {"ca_file": str(broker.ca_file)}}).start()
     try:
         node.write(500)
-        wait_until(lambda: arrived(broker, topic, node), 60, "records over TLS")
+        wait_until(lambda: all_arrived(broker, topic, node), 60, "records over TLS")
     finally:
         shipper.stop()
 
@@ -68,12 +53,12 @@ def test_records_arrive_over_mutual_tls_with_a_client_certificate(tmp_path, secu
     broker = secure_kafka_broker
     topic = new_topic(broker, 1, "secure")
     shipper = shipper_for(tmp_path, broker.bootstrap_mtls, topic, node,
-                          {"security_protocol": "SSL", "tls": {"ca_file": str(broker.ca_file),
-                                                                "cert_file": str(broker.client_cert_file),
-                                                                "key_file": str(broker.client_key_file)}}).start()
+                          kafka={"security_protocol": "SSL", "tls": {"ca_file": str(broker.ca_file),
+                                                                      "cert_file": str(broker.client_cert_file),
+                                                                      "key_file": str(broker.client_key_file)}}).start()
     try:
         node.write(500)
-        wait_until(lambda: arrived(broker, topic, node), 60, "records over mTLS")
+        wait_until(lambda: all_arrived(broker, topic, node), 60, "records over mTLS")
     finally:
         shipper.stop()
 
@@ -82,7 +67,7 @@ def test_missing_client_certificate_fails_clearly_and_data_waits_in_the_wal(tmp_
     broker = secure_kafka_broker
     topic = new_topic(broker, 1, "secure")
     shipper = shipper_for(tmp_path, broker.bootstrap_mtls, topic, node,
-                          {"security_protocol": "SSL", "tls": {"ca_file": str(broker.ca_file)}}).start()
+                          kafka={"security_protocol": "SSL", "tls": {"ca_file": str(broker.ca_file)}}).start()
     try:
         node.write(300)
         wait_until(lambda: shipper.metrics().get("audit_shipper_wal_bytes", 0) > 0, 30, "data in the WAL")
@@ -92,11 +77,11 @@ def test_missing_client_certificate_fails_clearly_and_data_waits_in_the_wal(tmp_
     finally:
         shipper.stop()
     fixed = shipper_for(tmp_path, broker.bootstrap_mtls, topic, node,
-                        {"security_protocol": "SSL", "tls": {"ca_file": str(broker.ca_file),
-                                                              "cert_file": str(broker.client_cert_file),
-                                                              "key_file": str(broker.client_key_file)}}).start()
+                        kafka={"security_protocol": "SSL", "tls": {"ca_file": str(broker.ca_file),
+                                                                    "cert_file": str(broker.client_cert_file),
+                                                                    "key_file": str(broker.client_key_file)}}).start()
     try:
-        wait_until(lambda: arrived(broker, topic, node), 60, "records once the certificate is configured")
+        wait_until(lambda: all_arrived(broker, topic, node), 60, "records once the certificate is configured")
     finally:
         fixed.stop()
 
@@ -106,7 +91,7 @@ def test_wrong_ca_fails_clearly_and_data_waits_in_the_wal_until_fixed(tmp_path, 
     topic = new_topic(broker, 1, "secure")
     other_ca = unrelated_ca(tmp_path / "other-ca")
     shipper = shipper_for(tmp_path, broker.bootstrap_ssl, topic, node,
-                          {"security_protocol": "SSL", "tls": {"ca_file": str(other_ca.cert_file)}}).start()
+                          kafka={"security_protocol": "SSL", "tls": {"ca_file": str(other_ca.cert_file)}}).start()
     try:
         node.write(300)
         wait_until(lambda: "CERTIFICATE_VERIFY_FAILED" in shipper.log_text(), 30, "a certificate error in the log")
@@ -115,9 +100,9 @@ def test_wrong_ca_fails_clearly_and_data_waits_in_the_wal_until_fixed(tmp_path, 
     finally:
         shipper.stop()
     fixed = shipper_for(tmp_path, broker.bootstrap_ssl, topic, node,
-                        {"security_protocol": "SSL", "tls": {"ca_file": str(broker.ca_file)}}).start()
+                        kafka={"security_protocol": "SSL", "tls": {"ca_file": str(broker.ca_file)}}).start()
     try:
-        wait_until(lambda: arrived(broker, topic, node), 60, "records after the CA is fixed")
+        wait_until(lambda: all_arrived(broker, topic, node), 60, "records after the CA is fixed")
     finally:
         fixed.stop()
 
@@ -128,16 +113,16 @@ def test_wrong_password_fails_clearly_and_a_rotated_password_file_is_picked_up_w
     topic = new_topic(broker, 1, "secure")
     secret = password_file(tmp_path, "wrong-password-123")
     shipper = shipper_for(tmp_path, broker.bootstrap_sasl_ssl, topic, node,
-                          {"security_protocol": "SASL_SSL", "tls": {"ca_file": str(broker.ca_file)},
-                           "sasl": {"mechanism": "SCRAM-SHA-512", "username": "shipper-scram512",
-                                    "password_file": str(secret)}}).start()
+                          kafka={"security_protocol": "SASL_SSL", "tls": {"ca_file": str(broker.ca_file)},
+                                 "sasl": {"mechanism": "SCRAM-SHA-512", "username": "shipper-scram512",
+                                          "password_file": str(secret)}}).start()
     try:
         node.write(300)
         wait_until(lambda: "kafka not reachable yet" in shipper.log_text(), 30, "an authentication failure")
         assert shipped(shipper) == 0
         pid = shipper.pid
         secret.write_text("scram512-secret\n")                      # Kubernetes updates the Secret in place
-        wait_until(lambda: arrived(broker, topic, node), 90, "records after the password file changed")
+        wait_until(lambda: all_arrived(broker, topic, node), 90, "records after the password file changed")
         assert shipper.pid == pid and shipper.alive()
     finally:
         shipper.stop()
@@ -149,12 +134,12 @@ def test_records_arrive_over_sasl_scram_sha_256(tmp_path, secure_kafka_broker, n
     topic = new_topic(broker, 1, "secure")
     secret = password_file(tmp_path, "scram256-secret")
     shipper = shipper_for(tmp_path, broker.bootstrap_sasl_ssl, topic, node,
-                          {"security_protocol": "SASL_SSL", "tls": {"ca_file": str(broker.ca_file)},
-                           "sasl": {"mechanism": "SCRAM-SHA-256", "username": "shipper-scram256",
-                                    "password_file": str(secret)}}).start()
+                          kafka={"security_protocol": "SASL_SSL", "tls": {"ca_file": str(broker.ca_file)},
+                                 "sasl": {"mechanism": "SCRAM-SHA-256", "username": "shipper-scram256",
+                                          "password_file": str(secret)}}).start()
     try:
         node.write(300)
-        wait_until(lambda: arrived(broker, topic, node), 60, "records over SASL_SSL SCRAM-SHA-256")
+        wait_until(lambda: all_arrived(broker, topic, node), 60, "records over SASL_SSL SCRAM-SHA-256")
         metrics_text = "\n".join(shipper.metrics())
     finally:
         shipper.stop()
@@ -172,7 +157,7 @@ def test_expired_or_wrong_host_server_certificate_is_refused(tmp_path, node, ide
     with KafkaBroker(tmp_path / "kafka", tls=bad) as broker:
         topic = f"secure-{identity}"
         shipper = shipper_for(tmp_path, broker.bootstrap_ssl, topic, node,
-                              {"security_protocol": "SSL", "tls": {"ca_file": str(material.ca_file)}}).start()
+                              kafka={"security_protocol": "SSL", "tls": {"ca_file": str(material.ca_file)}}).start()
         try:
             node.write(200)
             expected = "certificate has expired" if identity == "expired" else "mismatch"
@@ -195,7 +180,7 @@ def assert_no_secrets(tmp_path: Path) -> None:
 
 def test_unreadable_ca_file_fails_at_start_naming_the_option(tmp_path, node):
     shipper = shipper_for(tmp_path, "127.0.0.1:9", "t", node,
-                          {"security_protocol": "SSL", "tls": {"ca_file": str(tmp_path / "missing-ca.pem")}})
+                          kafka={"security_protocol": "SSL", "tls": {"ca_file": str(tmp_path / "missing-ca.pem")}})
     done = subprocess.run([sys.executable, "-m", "shipper.cli", "run", "--config", str(shipper.config)],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
@@ -203,7 +188,7 @@ def test_unreadable_ca_file_fails_at_start_naming_the_option(tmp_path, node):
 
 
 def test_world_writable_or_foreign_state_directory_is_refused(tmp_path, node):
-    shipper = shipper_for(tmp_path, "127.0.0.1:9", "t", node, {})
+    shipper = shipper_for(tmp_path, "127.0.0.1:9", "t", node)
     state = tmp_path / "state"
     state.mkdir(mode=0o700)
     os.chmod(state, 0o777)
@@ -220,7 +205,7 @@ def test_world_writable_or_foreign_state_directory_is_refused(tmp_path, node):
 @pytest.mark.tansu
 def test_wal_and_state_files_are_private(tmp_path, tansu_broker, node):
     topic = new_topic(tansu_broker, 1, "secure")
-    shipper = shipper_for(tmp_path, tansu_broker.bootstrap, topic, node, {}).start()
+    shipper = shipper_for(tmp_path, tansu_broker.bootstrap, topic, node).start()
     try:
         node.write(200)
         wait_until(lambda: shipped(shipper) >= 200, 60, "records shipped")
@@ -239,7 +224,7 @@ def test_symlink_escaping_the_log_roots_is_never_read_and_is_reported(tmp_path, 
     secret.write_text("root:$6$supersecrethash:19000:0:99999:7:::\n")
     link = node.containers_dir / f"evil_default_app-{'0' * 64}.log"
     link.symlink_to(secret)
-    shipper = shipper_for(tmp_path, tansu_broker.bootstrap, topic, node, {}).start()
+    shipper = shipper_for(tmp_path, tansu_broker.bootstrap, topic, node).start()
     try:
         node.write(100)
         wait_until(lambda: shipped(shipper) >= 100, 60, "records shipped")

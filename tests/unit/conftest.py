@@ -1,7 +1,9 @@
-"""Unit-only fixtures for the tailer tests: a recorder that checks the tailer's stream invariants
-as chunks arrive, and a clock the tests move by hand."""
+"""Unit-only fixtures: for the tailer tests, a recorder that checks the tailer's stream invariants
+as chunks arrive, and a clock the tests move by hand; for the settings tests, an environment without
+SHIPPER_* variables."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import pytest
@@ -96,3 +98,11 @@ def tail_record():
 @pytest.fixture
 def fake_clock() -> FakeClock:
     return FakeClock()
+
+
+@pytest.fixture
+def no_shipper_env(monkeypatch):
+    """The settings under test see no SHIPPER_* variable of the environment the tests run in."""
+    for name in list(os.environ):
+        if name.startswith("SHIPPER_"):
+            monkeypatch.delenv(name)

@@ -13,12 +13,7 @@ from shipper.config import ConfigError, iter_options, load_settings, reference_m
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch):
-    import os
-    for name in list(os.environ):
-        if name.startswith("SHIPPER_"):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("no_shipper_env")
 
 
 def test_defaults_are_valid_and_production_minded():

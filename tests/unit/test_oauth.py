@@ -20,12 +20,7 @@ from tests.harness.oauth import FakeTokenEndpoint, unsecured_jwt
 SECRET = "endpoint-secret-42"
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch):
-    import os
-    for name in list(os.environ):
-        if name.startswith("SHIPPER_"):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("no_shipper_env")
 
 
 def errors(metrics: Metrics, reason: str) -> float:

@@ -25,11 +25,7 @@ from tests.unit.test_enrich_cache import ref as container_ref
 from tests.unit.test_pod_control import collect_all, cri, write_pod
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch):
-    for name in list(os.environ):
-        if name.startswith("SHIPPER_"):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("no_shipper_env")
 
 
 def write_yaml(path: Path, config: dict) -> Path:

@@ -12,12 +12,12 @@ import time
 
 import pytest
 
-from shipper.batch import Batch, FrameFormatError, Run, decode_batch, encode_batch
+from shipper.batch import Batch, FrameFormatError, Run, decode_batch, decode_checkpoints, encode_batch
 from shipper.config import load_settings
 from shipper.demo.simnode import SimNode
 from shipper.merkle import Frontier
 from shipper.metrics import Metrics
-from shipper.model import ChainCheckpoint, FileId, SourceCheckpoint
+from shipper.model import ChainCheckpoint, FileId, Fingerprint, SourceCheckpoint
 from shipper.pipeline import Pipeline
 from shipper.seal import TYPE_CHECKPOINT, parse_checkpoint_note
 from shipper.state import Acknowledgements, Snapshot, StateStore, roll_forward
@@ -25,7 +25,7 @@ from shipper.wal import Wal, WalPosition
 from tests.support import write_config
 
 _U32 = struct.Struct("<I")
-SOURCE = SourceCheckpoint(FileId(1, 2, "ab" * 32), "/var/log/pods/ns_p_u/app/0.log", 4096, "u/app")
+SOURCE = SourceCheckpoint(FileId(1, 2, Fingerprint.parse("ab" * 32)), "/var/log/pods/ns_p_u/app/0.log", 4096, "u/app")
 CHAIN = ChainCheckpoint(7, bytes(range(32)), False, Frontier(7, bytes(32) * 3))
 
 
@@ -67,6 +67,45 @@ def test_a_state_db_of_the_previous_release_is_read_and_its_chains_start_a_new_t
     assert snapshot.chains == {"u/app": ChainCheckpoint(41, b"\xee" * 32, False, Frontier())}
     store.save({}, {"u/app": CHAIN}, WalPosition(2, 600))
     assert StateStore(tmp_path).load().chains["u/app"] == CHAIN
+
+
+# A frame as the release before the Fingerprint type wrote it: a full, a short and an empty fingerprint.
+FRAME_WITH_FINGERPRINT_STRINGS = (
+    b'\x8e\x01\x00\x00{"v":2,"runs":[],"sources":{"a":[64769,1234,'
+    b'"35b6d703ce6529ffaf8dc29cfcc65549a3d1a2c481c51d48387c243a5a8c9de0",'
+    b'"/var/log/pods/ns_p_u/app/0.log.20261128-180000",4096,"u/app"],"b":[64769,1235,'
+    b'"33:02c565c794dd87b7fa016ce03f0e582a6df5e9dc4cc80b1524d187d58a33da71","/var/log/pods/ns_p_u/app/0.log",'
+    b'33,"u/app"],"c":[64769,1236,"","/var/log/pods/ns_q_w/app/0.log",0,"w/app"],"d":null},"chains":{},'
+    b'"t":1.5}\x00\x00\x00\x00')
+FULL = Fingerprint.of(b"2026-11-28T18:00:00Z stdout F " + b"x" * 300)
+SHORT = Fingerprint.of(b"2026-11-28T18:00:00Z stdout F hi\n")
+EMPTY = Fingerprint.of(b"")
+
+
+def test_a_frame_with_the_fingerprint_strings_of_the_previous_release_loads_and_encodes_to_the_same_bytes():
+    sources, _chains = decode_checkpoints(FRAME_WITH_FINGERPRINT_STRINGS)
+    assert {key: None if source is None else source.file_id for key, source in sources.items()} == {
+        "a": FileId(64769, 1234, FULL), "b": FileId(64769, 1235, SHORT), "c": FileId(64769, 1236, EMPTY), "d": None}
+    assert encode_batch(decode_batch(FRAME_WITH_FINGERPRINT_STRINGS)) == FRAME_WITH_FINGERPRINT_STRINGS
+
+
+def test_a_state_db_with_the_fingerprint_strings_of_the_previous_release_loads_and_saves_the_same_strings(tmp_path):
+    StateStore(tmp_path).close()
+    texts = {"a": "35b6d703ce6529ffaf8dc29cfcc65549a3d1a2c481c51d48387c243a5a8c9de0",
+             "b": "33:02c565c794dd87b7fa016ce03f0e582a6df5e9dc4cc80b1524d187d58a33da71", "c": ""}
+    db = sqlite3.connect(tmp_path / "state.db")
+    db.executemany("INSERT INTO sources VALUES (?, 1, 2, ?, '/p', 9, 'u/app')", texts.items())
+    db.commit()
+    db.close()
+    store = StateStore(tmp_path)
+    sources = store.load().sources
+    assert {key: source.file_id.fingerprint for key, source in sources.items()} == {"a": FULL, "b": SHORT, "c": EMPTY}
+    store.save({key: SourceCheckpoint(source.file_id, source.path, 10, source.chain)
+                for key, source in sources.items()}, {}, WalPosition(1, 0))
+    store.close()
+    db = sqlite3.connect(tmp_path / "state.db")
+    assert dict(db.execute("SELECT key, fingerprint FROM sources WHERE offset = 10")) == texts
+    db.close()
 
 
 def test_a_frame_of_a_newer_format_is_refused_with_a_message_that_says_what_to_do(tmp_path):

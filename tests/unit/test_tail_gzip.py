@@ -15,9 +15,8 @@ from shipper.config import load_settings
 from shipper.enrich import build_provider
 from shipper.ingest import Ingest
 from shipper.metrics import Metrics
-from shipper.model import FINGERPRINT_BYTES, FileId, LossReason
+from shipper.model import FileId, Fingerprint, LossReason
 from shipper.state import Snapshot
-from shipper.tail import fingerprint
 from shipper.tail.compressed import GzipReader
 from tests.unit.test_tail import REF, live, tailer  # noqa: F401 (live is a fixture)
 
@@ -62,7 +61,7 @@ def read_then_stop(live: Path, tail_record, commit_at: int | None = None, **kw):
     seg = rec.segments[-1]
     data = bytes(seg.data)
     end = len(data) if commit_at is None else data.rfind(b"\n", 0, commit_at) + 1
-    fid = FileId(seg.dev, seg.ino, fingerprint(data[:FINGERPRINT_BYTES]))
+    fid = FileId(seg.dev, seg.ino, Fingerprint.of(data))
     position = rec.tailer.position_of(fid, seg.start + end)
     rec.tailer.close()
     return data[:end], position
@@ -127,7 +126,7 @@ def test_position_committed_from_the_gz_resumes_in_it(live, tail_record):
     chunk_end = rec.segments[0].end
     cut = rec.data.rfind(b"\n") + 1
     seg = rec.segments[0]
-    position2 = rec.tailer.position_of(FileId(seg.dev, seg.ino, fingerprint(a[:FINGERPRINT_BYTES])),
+    position2 = rec.tailer.position_of(FileId(seg.dev, seg.ino, Fingerprint.of(a)),
                                        seg.start + cut)
     assert position2.path.endswith(".gz") and chunk_end > position2.offset > position.offset
     rec.tailer.close()

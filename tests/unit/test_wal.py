@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 
 from shipper.batch import Batch, Run, Sealed, decode_batch, encode_batch, encode_frame
 from shipper.merkle import Frontier
-from shipper.model import ChainCheckpoint, FileId, SourceCheckpoint
+from shipper.model import ChainCheckpoint, FileId, Fingerprint, SourceCheckpoint
 from shipper.wal import HEADER_SIZE, Wal, WalError, WalPosition, segment_name
 
 
@@ -128,7 +128,7 @@ def test_segments_and_cursor_are_private_files(tmp_path):
                           st.lists(st.binary(max_size=64), min_size=1, max_size=5)), max_size=6))
 def test_batch_payload_round_trips(runs):
     batch = Batch([Run(chain, "logs", seq, values) for chain, seq, values in runs],
-                  {"k": SourceCheckpoint(FileId(1, 2, "fp"), "/p", 9, "c"), "gone": None},
+                  {"k": SourceCheckpoint(FileId(1, 2, Fingerprint.of(b"fp")), "/p", 9, "c"), "gone": None},
                   {"c": ChainCheckpoint(3, bytes(32), False, Frontier(1, bytes(range(32))))}, 12.5)
     decoded = decode_batch(encode_batch(batch))
     assert decoded == batch
@@ -181,8 +181,8 @@ def test_a_frame_written_in_pieces_is_the_frame_on_disk_and_its_runs_are_the_dec
     """The pipeline hands the WAL a frame's pieces (no join) and the sender the batch itself (no decode):
     the WAL holds exactly encode_batch's payload, and the sender's per-blob runs from memory carry the
     values and seqs that decoding the frame from disk gives."""
-    batch = Batch([], {"k": SourceCheckpoint(FileId(1, 2, "fp"), "/p", 9, "c")}, {"c": ChainCheckpoint(3, bytes(32))},
-                  12.5)
+    batch = Batch([], {"k": SourceCheckpoint(FileId(1, 2, Fingerprint.of(b"fp")), "/p", 9, "c")},
+                  {"c": ChainCheckpoint(3, bytes(32))}, 12.5)
     for chain, seq, blobs in runs:
         values = Sealed()
         for blob in blobs:                      # one sealing call per blob, as the ingest does
