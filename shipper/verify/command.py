@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .inputs import (VerifyError, _topic_list, kafka_client_options, load_public_keys, prove_from_topic, verify_file,
                      verify_topic)
+from .follow import DEFAULT_COMMIT_EVERY_S, DEFAULT_GRACE_S, follow_group
 from .group import verify_group
 from .parallel import verify_topic_parallel
 from .progress import MODES, Progress
@@ -63,6 +64,21 @@ def _cli_parser() -> argparse.ArgumentParser:
     scale.add_argument("--group", metavar="NAME",
                        help="verify as a member of Kafka consumer group NAME: run the same command on several "
                             "machines; the group's members split the partitions, and each prints the whole report")
+    follow = parser.add_argument_group("following a live topic (with --group)")
+    follow.add_argument("--follow", action="store_true",
+                        help="keep verifying new records; progress is committed to the group with the chains' states, "
+                             "so a restart goes on where it was; each violation and finding is a JSON line on "
+                             "standard output")
+    follow.add_argument("--on-violation", choices=["alert", "exit"], default="alert",
+                        help="alert: count it in the metrics and go on (default); exit: commit and exit with status 1")
+    follow.add_argument("--grace", type=float, default=DEFAULT_GRACE_S, metavar="SECONDS",
+                        help="how long a missing record or a head a manifest attests may stay absent before it is a "
+                             f"violation (default {DEFAULT_GRACE_S:g})")
+    follow.add_argument("--commit-every", type=float, default=DEFAULT_COMMIT_EVERY_S, metavar="SECONDS",
+                        help=f"how often progress is committed (default {DEFAULT_COMMIT_EVERY_S:g})")
+    follow.add_argument("--metrics-port", type=int, metavar="PORT",
+                        help="serve /metrics, /healthz and /readyz on this port (0: any free port)")
+    follow.add_argument("--metrics-host", default="0.0.0.0", help="address the metrics are served on")
     scale.add_argument("--exchange-topic", metavar="TOPIC",
                        help="with --group: the one-partition topic the members exchange claims and report parts on "
                             "(default audit-shipper-verify.<group>, created when absent)")
@@ -108,18 +124,32 @@ def cli_main(argv: list[str]) -> int:
         print("shipper verify: --workers and --group split a topic's partitions; a file is read by one process",
               file=sys.stderr)
         return 2
+    if args.follow and not args.group:
+        print("shipper verify: --follow needs --group (its progress is committed to the group)", file=sys.stderr)
+        return 2
+    if args.follow and (args.now or args.save_heads or args.trusted_heads):
+        print("shipper verify: --follow judges staleness by the clock and keeps its heads in the group: --now, "
+              "--save-heads and --trusted-heads are for one-shot runs", file=sys.stderr)
+        return 2
     if args.workers > 1 and args.group:
         print("shipper verify: give --workers or --group, not both (run one member per process)", file=sys.stderr)
         return 2
     judge = dict(require_attested=args.require_attested, require_complete=args.require_complete,
                  allow_absent_chains=args.allow_absent_chains, window=args.window,
                  stale_after_s=args.stale_after if args.stale_after > 0 else math.inf)
-    progress = Progress(args.progress) if topics else None
+    progress = Progress(args.progress) if topics and not args.follow else None
     try:
         keys = load_public_keys(args.public_key)
         if args.file:
             report = verify_file(args.file, public_keys=keys, now=now, trusted_heads=args.trusted_heads,
                                  save_heads=args.save_heads, **judge)
+        elif args.follow:
+            client = kafka_client_options(**_client_terms(args))
+            return asyncio.run(follow_group(args.bootstrap_servers, topics, args.group, public_keys=keys,
+                                            verifier_options=judge, grace_s=args.grace,
+                                            commit_every_s=args.commit_every, on_violation=args.on_violation,
+                                            exchange_topic=args.exchange_topic, metrics_host=args.metrics_host,
+                                            metrics_port=args.metrics_port, client_options=client))
         elif args.group:
             client = kafka_client_options(**_client_terms(args))
             report = asyncio.run(verify_group(args.bootstrap_servers, topics, args.group, public_keys=keys,

@@ -27,7 +27,7 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from .chain import RelayedClaim
 from .inputs import (VerifyError, _stop, _topic_list, latest_of, load_trusted_heads, offset_range, read_partitions,
@@ -93,7 +93,8 @@ class _Membership:
     """The rebalance listener: the partitions assigned (`assignments` counts them), and whether the group
     rebalanced since `rebalanced` was cleared."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_assigned: Callable[[list], Awaitable[None]] | None = None,
+                 on_revoked: Callable[[list], Awaitable[None]] | None = None) -> None:
         from aiokafka.abc import ConsumerRebalanceListener
 
         outer = self
@@ -101,9 +102,13 @@ class _Membership:
         class Listener(ConsumerRebalanceListener):
             async def on_partitions_revoked(self, revoked) -> None:
                 outer.rebalanced = True
+                if on_revoked is not None:
+                    await on_revoked(sorted(revoked))
 
             async def on_partitions_assigned(self, assigned) -> None:
                 outer.assigned = sorted(assigned)
+                if on_assigned is not None:
+                    await on_assigned(outer.assigned)
                 outer.assignments += 1
                 outer.rebalanced = True
 
@@ -169,7 +174,9 @@ async def verify_group(bootstrap: str, topic: str | list[str], group: str, *, pu
     return report
 
 
-async def _ensure_exchange(bootstrap: str, exchange: str, client_options: dict) -> None:
+async def _ensure_exchange(bootstrap: str, exchange: str, client_options: dict,
+                           retention_ms: int = 24 * 3600 * 1000) -> None:
+    """Create the topic (one partition, delete policy) unless it exists; VerifyError when it cannot be."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
@@ -181,12 +188,12 @@ async def _ensure_exchange(bootstrap: str, exchange: str, client_options: dict) 
         try:
             brokers = len((await admin.describe_cluster()).get("brokers") or ()) or 1
             await admin.create_topics([NewTopic(exchange, 1, min(3, brokers), topic_configs={
-                "retention.ms": str(24 * 3600 * 1000), "cleanup.policy": "delete"})])
+                "retention.ms": str(retention_ms), "cleanup.policy": "delete"})])
         except TopicAlreadyExistsError:
             pass
         except KafkaError as exc:
-            raise VerifyError(f"the exchange topic {exchange} does not exist and cannot be created ({exc}): create "
-                              "it with one partition, or name another with --exchange-topic") from None
+            raise VerifyError(f"the topic {exchange} does not exist and cannot be created ({exc}): create it with one "
+                              "partition, or name another exchange topic with --exchange-topic") from None
     finally:
         await admin.close()
 

@@ -351,7 +351,7 @@ class Verifier(Closing):
 
     def _note_partition(self, state: ChainState, topic: str | None, partition: int | None) -> None:
         location = (topic, partition)
-        if state.partition is not NO_PARTITION and location not in state.partitions:
+        if state.partition != NO_PARTITION and location not in state.partitions:
             self._finding(state, MULTIPLE_PARTITIONS, None,
                           f"chain found in {_partition_label(*location)} after {_partition_label(*state.partition)}: "
                           "order across partitions is not defined (were partitions added to the topic?)")
@@ -719,12 +719,14 @@ class Verifier(Closing):
                                                            f"{seq}: the chain was rewritten after it was saved")
 
     # -- a verify split across processes or machines (parallel.py, group.py) -------------------------
-    def relay_claims(self) -> list[RelayedClaim]:
+    def relay_claims(self, keep: Callable[[str], bool] | None = None) -> list[RelayedClaim]:
         """What this verifier learned of chains it read no record of (manifest heads, mentions, saved
-        heads), taken out of it: another part of a split verify holds those chains, or none does."""
+        heads), taken out of it: another part of a split verify holds those chains, or none does. The
+        chains `keep` names stay (following a topic: the chains of the partitions read here)."""
         relayed = []
         for name in [name for name, state in self.chains.items() if not state.records]:
-            relayed.append(RelayedClaim.of(self.chains.pop(name)))
+            if keep is None or not keep(name):
+                relayed.append(RelayedClaim.of(self.chains.pop(name)))
         return relayed
 
     def apply_claims(self, claims: Iterable[RelayedClaim]) -> None:

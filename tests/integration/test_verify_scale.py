@@ -11,7 +11,7 @@ import pytest
 from shipper.verify import cli_main, verify_topic
 from shipper.verify.parallel import verify_topic_parallel
 from tests.integration.test_verify_kafka import publish
-from tests.unit.test_verify import KEYS, SPEC_END, spec_node
+from tests.unit.test_verify import KEYS, SPEC_END, Topic, spec_node
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(300)]
 PARTITIONS = 8
@@ -125,3 +125,94 @@ def test_a_group_of_two_members_splits_the_partitions_and_both_report_the_whole_
     # the manifest naming uid-1/app's removed tail sits in another partition than the chain
     (removed,) = [chain for chain in reports[0]["chains"] if chain["chain"] == "uid-1/app"][0]["violations"]
     assert (removed["kind"], removed["seq"], removed["seq_last"]) == ("tail_removed", 300, 314)
+
+
+def metrics_of(port: int) -> dict[str, float]:
+    """The follower's /metrics as {sample name with labels: value}."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+def wait_for(port: int, condition, timeout: float = 90.0) -> dict[str, float]:
+    import time
+
+    deadline = time.monotonic() + timeout
+    last: dict[str, float] = {}
+    while time.monotonic() < deadline:
+        try:
+            last = metrics_of(port)
+            if condition(last):
+                return last
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"metrics did not reach the condition in {timeout}s: {last}")
+
+
+def start_follower(bootstrap: str, topic: str, group: str, key_file: str, port: int, *extra: str):
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "shipper.cli", "verify", "--bootstrap-servers", bootstrap,
+                             "--topic", topic, "--public-key", key_file, "--group", group, "--follow",
+                             "--metrics-port", str(port), "--commit-every", "0.5", "--grace", "600", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_follow_mode_resumes_after_sigkill_without_re_reading_and_catches_the_violation_after_the_restart(
+        kafka_broker, key_file):
+    import signal
+
+    from tests.harness.ports import free_port
+    from tests.integration.test_verify_kafka import produce
+
+    node = spec_node()
+    topic = node.topic(PARTITIONS)
+    name = asyncio.run(publish(kafka_broker, "follow", topic, partitions=PARTITIONS))
+    first = sum(len(records) for records in topic.partitions.values())
+    group, port = f"follow-{name}", free_port()
+    follower = start_follower(kafka_broker.bootstrap, name, group, key_file, port)
+    try:
+        seen = wait_for(port, lambda m: m.get("audit_shipper_verify_records_total") == first
+                        and m.get("audit_shipper_verify_commits_total", 0) >= 2)
+        assert seen["audit_shipper_verify_partitions"] == PARTITIONS
+        assert not any(key.startswith("audit_shipper_verify_violations_total{") for key in seen)
+        wait_for(port, lambda m: m["audit_shipper_verify_commits_total"] >= seen["audit_shipper_verify_commits_total"] + 2)
+    finally:
+        follower.send_signal(signal.SIGKILL)
+        follower.communicate(timeout=30)
+
+    # Right after the crash: five more records of a chain, the third changed on its way into the topic.
+    emitted = len(node.emitted)
+    node.chains["uid-3/web"].logs(5)
+    later = Topic(PARTITIONS)
+    for key, value in node.emitted[emitted:]:
+        record = json.loads(value)
+        if record["seal"]["seq"] == 163:
+            record["body"] = "rewritten after the fact"
+            value = json.dumps(record).encode()
+        later.partitions.setdefault(topic.partition_of(key), []).append((key, value))
+    asyncio.run(produce(kafka_broker.client_options(), name, later))
+
+    restarted = start_follower(kafka_broker.bootstrap, name, group, key_file, port)
+    try:
+        after = wait_for(port, lambda m: m.get('audit_shipper_verify_violations_total{kind="altered"}') == 1)
+        assert after["audit_shipper_verify_records_total"] == 5          # only what came after the commit
+        assert after["audit_shipper_verify_restored_chains_total"] >= 4
+        assert not [key for key, value in after.items()
+                    if key.startswith("audit_shipper_verify_violations_total{") and "altered" not in key and value]
+    finally:
+        restarted.send_signal(signal.SIGTERM)
+        out, err = restarted.communicate(timeout=60)
+    assert restarted.returncode == 0, err
+    lines = [json.loads(line) for line in out.splitlines()]
+    (altered,) = [line for line in lines if line.get("violation") == "altered"]
+    assert (altered["chain"], altered["seq"], altered["topic"]) == ("uid-3/web", 163, name)
