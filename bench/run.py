@@ -8,18 +8,19 @@ F line. The files are written first (or at `--rate` while the shipper runs), the
 separate process, default configuration apart from paths) tails them from the start into a real
 broker; the run ends when every entry is acknowledged.
 
-Prints: entries/s, MB/s, CPU-seconds per million lines (the shipper's user+sys; the broker's beside it,
-since both share the machine's cores), peak RSS,
-end-to-end lag p50/p99 (line read -> broker ack, from the shipper's histogram), and the share of
-CPU time per stage (from a profiled in-process run of the ingest stages over the same files).
+Each of `--runs` runs (3) starts a fresh broker and shipper; the broker is pinned to the machine's last
+core and the shipper to the others (taskset-like affinity; `--no-pin` lets them share), so that each
+one's CPU is its own. Prints per run, then min / median / max: entries/s, MB/s, CPU-seconds per million
+lines (the shipper's user+sys), peak RSS, the broker's own CPU, end-to-end lag p50/p99 (line read ->
+broker ack, from the shipper's histogram), and where the shipper's CPU went, stage by stage (read,
+parse, seal, WAL frame encode, WAL write, fsync, Kafka batch encode, compress, and the rest: the event
+loop's sending, acknowledgements and discovery), from its own audit_shipper_stage_cpu_seconds_total.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
-import cProfile
 import os
-import pstats
 import shutil
 import subprocess
 import sys
@@ -101,39 +102,107 @@ def write_at_rate(node: SimNode, lines: int, rate: int, shipper: ShipperProcess)
             time.sleep(delay)
 
 
-def profile_stages(settings_path: Path) -> list[tuple[str, float]]:
-    """CPU share per stage of an in-process ingest over the same files (no Kafka)."""
-    from shipper.config import load_settings
-    from shipper.ingest import Ingest
-    from shipper.metrics import Metrics
-    from shipper.state import Snapshot
-    from shipper.batch import encode_batch
+STAGES = ("read", "parse", "seal", "frame_encode", "wal_write", "fsync", "kafka_encode", "compress")
 
-    from shipper.enrich import build_provider
 
-    settings = load_settings(str(settings_path))
-    metrics = Metrics()
-    ingest = Ingest(settings, Snapshot(), metrics, build_provider(settings, metrics))
-    profiler = cProfile.Profile()
-    profiler.enable()
-    while True:
-        collected = ingest.collect(settings.wal.commit_bytes)
-        if collected is None:
-            break
-        encode_batch(collected[0])
-    profiler.disable()
-    stats = pstats.Stats(profiler)
-    total = stats.total_tt
-    stages = {"tail (read)": ("tailer.py", "poll"), "parse": ("parse.py", "feed"),
-              "seal + ids + redaction": ("records.py", "seal_entries_packed"),
-              "  of which Python body stage": ("body.py", "process"),
-              "WAL frame encode": ("batch.py", "encode_batch")}
-    shares = []
-    for label, (filename, function) in stages.items():
-        cumulative = sum(value[3] for (file, _line, name), value in stats.stats.items()
-                         if file.endswith(filename) and name == function)
-        shares.append((label, cumulative / total if total else 0.0))
-    return shares
+def pin_process(pid: int, cpus: set[int]) -> None:
+    """Every thread of a running process onto `cpus` (threads it starts later inherit it)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            os.sched_setaffinity(int(task.name), cpus)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def cores_for(pin: bool) -> tuple[set[int] | None, set[int] | None]:
+    """(the shipper's cores, the broker's cores): the broker on the last core, the shipper on the others,
+    so that the CPU each uses is its own; None when not pinned (or one core only)."""
+    cores = sorted(os.sched_getaffinity(0))
+    if not pin or len(cores) < 2:
+        return None, None
+    return set(cores[:-1]), {cores[-1]}
+
+
+async def run_once(args, workdir: Path, node: SimNode, entries: int, size: int) -> dict[str, float]:
+    shipper_cores, broker_cores = cores_for(args.pin)
+    broker, stop_broker = await start_broker(args.broker, workdir)
+    try:
+        broker_pid = broker.process.pid
+        if broker_cores:
+            pin_process(broker_pid, broker_cores)
+        sections: dict[str, dict] = {"sources": {"discover_interval_s": 1.0, "poll_interval_s": 0.1},
+                                     "kafka": {"request_timeout_ms": 30000}}
+        for item in args.set:
+            key, _, value = item.partition("=")
+            section, _, name = key.partition(".")
+            sections.setdefault(section, {})[name] = yaml.safe_load(value)
+        config = write_config(workdir / "config.yaml", bootstrap=broker.bootstrap, node_root=workdir / "log",
+                              state_dir=workdir / "state", metrics_port=free_port(), **sections)
+        shipper = ShipperProcess(config, workdir / "shipper.log",
+                                 env={"SHIPPER_NATIVE": "0"} if args.python else None).start(shipper_cores)
+        spy = None
+        if args.py_spy:
+            spy = subprocess.Popen([shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"),
+                                    "record", "--nonblocking", "-r", "200", "--format", "raw",
+                                    "-o", args.py_spy, "-p", str(shipper.pid)],
+                                   stdout=subprocess.DEVNULL)
+        begin = time.monotonic()
+        broker_cpu_begin = cpu_seconds(broker_pid)
+        if args.rate:
+            write_at_rate(node, args.lines, args.rate, shipper)
+            entries = node.ledger.total()
+            size = sum(f.stat().st_size for f in (workdir / "log" / "pods").rglob("*.log"))
+            print(f"workload: {entries:,} entries, {size / 1e6:.0f} MB in {args.files} files, written at "
+                  f"{args.rate:,}/s while the shipper ran")
+        metrics: dict[str, float] = {}
+        while time.monotonic() - begin < 1800:
+            time.sleep(0.5)
+            if not shipper.alive():
+                print(shipper.log_text()[-3000:])
+                raise SystemExit(1)
+            try:
+                metrics = scrape(shipper.metrics_port)
+            except OSError:
+                continue
+            if metrics.get("audit_shipper_entries_total", 0) >= entries and \
+                    metrics.get("audit_shipper_wal_unacked_records", 0) == 0 and \
+                    metrics.get("audit_shipper_records_shipped_total", 0) >= entries:
+                break
+        elapsed = time.monotonic() - begin
+        cpu = cpu_seconds(shipper.pid)
+        broker_cpu = cpu_seconds(broker_pid) - broker_cpu_begin
+        rss = peak_rss(shipper.pid)
+        metrics = scrape(shipper.metrics_port)
+        if spy is not None:
+            spy.send_signal(2)
+            spy.wait(30)
+        shipper.sigterm()
+    finally:
+        stop_broker()
+    physical = metrics.get('audit_shipper_lines_read_total{format="cri"}', entries)
+    per_line = 1e6 / physical
+    figures = {"entries/s": entries / elapsed, "MB/s": size / elapsed / 1e6, "CPU-s per 1M lines": cpu * per_line,
+               "peak RSS MiB": rss / 2**20, "broker CPU-s per 1M": broker_cpu * per_line,
+               "lag p50 s": histogram_quantile(metrics, "audit_shipper_end_to_end_lag_seconds", 0.5),
+               "lag p99 s": histogram_quantile(metrics, "audit_shipper_end_to_end_lag_seconds", 0.99)}
+    staged = 0.0
+    for stage in STAGES:
+        seconds = metrics.get(f'audit_shipper_stage_cpu_seconds_total{{stage="{stage}"}}', 0.0)
+        staged += seconds
+        figures[f"  {stage}"] = seconds * per_line
+    figures["  other (event loop: send, acks, discovery)"] = max(0.0, cpu - staged) * per_line
+    return figures
+
+
+def summary(runs: list[dict[str, float]]) -> list[str]:
+    lines = []
+    for name in runs[0]:
+        values = sorted(run[name] for run in runs)
+        median = values[len(values) // 2] if len(values) % 2 else (values[len(values) // 2 - 1] +
+                                                                   values[len(values) // 2]) / 2
+        unit = ".0f" if name in ("entries/s",) else ".2f"
+        lines.append(f"{name:44s} {values[0]:>10{unit}} {median:>10{unit}} {values[-1]:>10{unit}}")
+    return lines
 
 
 async def main() -> int:
@@ -141,7 +210,10 @@ async def main() -> int:
     parser.add_argument("--lines", type=int, default=2_000_000, help="entries to write")
     parser.add_argument("--files", type=int, default=10)
     parser.add_argument("--broker", choices=["kafka", "tansu"], default="kafka")
-    parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--runs", type=int, default=3, help="runs, each with a fresh broker and state (default 3)")
+    parser.add_argument("--no-pin", dest="pin", action="store_false",
+                        help="let the broker and the shipper share every core (default: the broker on the last "
+                             "core, the shipper on the others)")
     parser.add_argument("--python", action="store_true",
                         help="run the pure-Python reference hot path (SHIPPER_NATIVE=0) instead of shipper._native")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -155,80 +227,30 @@ async def main() -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="audit-shipper-bench-"))
     try:
-        started = time.monotonic()
-        node, entries = write_workload(workdir / "log", 0 if args.rate else args.lines, args.files)
-        size = sum(f.stat().st_size for f in (workdir / "log" / "pods").rglob("*.log"))
-        if not args.rate:
-            print(f"workload: {entries:,} entries, {size / 1e6:.0f} MB in {args.files} files "
-                  f"(written in {time.monotonic() - started:.1f}s)")
-        broker, stop_broker = await start_broker(args.broker, workdir)
-        try:
-            sections: dict[str, dict] = {"sources": {"discover_interval_s": 1.0, "poll_interval_s": 0.1},
-                                         "kafka": {"request_timeout_ms": 30000}}
-            for item in args.set:
-                key, _, value = item.partition("=")
-                section, _, name = key.partition(".")
-                sections.setdefault(section, {})[name] = yaml.safe_load(value)
-            config = write_config(workdir / "config.yaml", bootstrap=broker.bootstrap, node_root=workdir / "log",
-                                  state_dir=workdir / "state", metrics_port=free_port(), **sections)
-            shipper = ShipperProcess(config, workdir / "shipper.log",
-                                     env={"SHIPPER_NATIVE": "0"} if args.python else None).start()
-            spy = None
-            if args.py_spy:
-                spy = subprocess.Popen([shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"),
-                                        "record", "--nonblocking", "-r", "200", "--format", "raw",
-                                        "-o", args.py_spy, "-p", str(shipper.pid)],
-                                       stdout=subprocess.DEVNULL)
-            begin = time.monotonic()
-            broker_pid = broker.process.pid
-            broker_cpu_begin = cpu_seconds(broker_pid)
-            if args.rate:
-                write_at_rate(node, args.lines, args.rate, shipper)
-                entries = node.ledger.total()
-                size = sum(f.stat().st_size for f in (workdir / "log" / "pods").rglob("*.log"))
-                print(f"workload: {entries:,} entries, {size / 1e6:.0f} MB in {args.files} files, written at "
-                      f"{args.rate:,}/s while the shipper ran")
-            target = entries
-            metrics: dict[str, float] = {}
-            while time.monotonic() - begin < 1800:
-                time.sleep(0.5)
-                if not shipper.alive():
-                    print(shipper.log_text()[-3000:])
-                    return 1
-                try:
-                    metrics = scrape(shipper.metrics_port)
-                except OSError:
-                    continue
-                if metrics.get("audit_shipper_entries_total", 0) >= target and \
-                        metrics.get("audit_shipper_wal_unacked_records", 0) == 0 and \
-                        metrics.get("audit_shipper_records_shipped_total", 0) >= target:
-                    break
-            elapsed = time.monotonic() - begin
-            cpu = cpu_seconds(shipper.pid)
-            broker_cpu = cpu_seconds(broker_pid) - broker_cpu_begin
-            rss = peak_rss(shipper.pid)
-            metrics = scrape(shipper.metrics_port)
-            if spy is not None:
-                spy.send_signal(2)
-                spy.wait(30)
-            shipper.sigterm()
-        finally:
-            stop_broker()
-        physical = metrics.get('audit_shipper_lines_read_total{format="cri"}', entries)
-        print(f"broker: {args.broker}; hot path: {'Python (SHIPPER_NATIVE=0)' if args.python else 'native'}")
-        print(f"entries/s:            {entries / elapsed:,.0f}")
-        print(f"MB/s:                 {size / elapsed / 1e6:,.1f}")
-        print(f"CPU-s per 1M lines:   {cpu / physical * 1e6:.2f}  (user+sys {cpu:.1f}s for {physical:,.0f} lines)")
-        print(f"peak RSS:             {rss / 2**20:.0f} MiB")
-        print(f"broker CPU-s per 1M:  {broker_cpu / physical * 1e6:.2f}  (the broker shares this machine's "
-              f"{os.cpu_count()} cores: {(cpu + broker_cpu) / elapsed:.2f} cores busy with both)")
-        print(f"lag p50 / p99:        {histogram_quantile(metrics, 'audit_shipper_end_to_end_lag_seconds', 0.5)}s / "
-              f"{histogram_quantile(metrics, 'audit_shipper_end_to_end_lag_seconds', 0.99)}s (bucket bounds)")
-        if not args.no_profile:
-            print("CPU share per stage (profiled in-process run of the ingest, no Kafka; --py-spy profiles the "
-                  "whole process):")
-            for label, share in profile_stages(config):
-                print(f"  {label:24s} {share * 100:5.1f} %")
+        results = []
+        for number in range(1, args.runs + 1):
+            run_dir = workdir / f"run-{number}"
+            started = time.monotonic()
+            node, entries = write_workload(run_dir / "log", 0 if args.rate else args.lines, args.files)
+            size = sum(f.stat().st_size for f in (run_dir / "log" / "pods").rglob("*.log"))
+            if not args.rate and number == 1:
+                print(f"workload: {entries:,} entries, {size / 1e6:.0f} MB in {args.files} files "
+                      f"(written in {time.monotonic() - started:.1f}s)")
+            figures = await run_once(args, run_dir, node, entries, size)
+            results.append(figures)
+            print(f"run {number}: {figures['entries/s']:,.0f} entries/s, {figures['CPU-s per 1M lines']:.2f} CPU-s "
+                  f"per 1M lines, {figures['peak RSS MiB']:.0f} MiB, lag p99 {figures['lag p99 s']}s")
+            shutil.rmtree(run_dir, ignore_errors=True)
+        shipper_cores, broker_cores = cores_for(args.pin)
+        pinned = (f"the broker pinned to core(s) {sorted(broker_cores)}, the shipper to {sorted(shipper_cores)}"
+                  if broker_cores else "broker and shipper share every core")
+        print(f"broker: {args.broker}; hot path: {'Python (SHIPPER_NATIVE=0)' if args.python else 'native'}; "
+              f"{pinned}; {len(results)} runs")
+        print(f"{'':44s} {'min':>10s} {'median':>10s} {'max':>10s}")
+        for line in summary(results):
+            print(line)
+        print("(stage lines: CPU-s per 1M lines in each stage, from the shipper's audit_shipper_stage_cpu_seconds_total;"
+              " lag: histogram bucket bounds)")
         return 0
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

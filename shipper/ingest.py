@@ -28,7 +28,7 @@ from typing import Callable
 from .batch import Batch, Run, Sealed
 from .config import Settings, SourceMode
 from .discover import DiscoveredFile, discover, discover_flat, parse_layout_path
-from .metrics import Metrics
+from .metrics import Metrics, timed
 from .model import ChainCheckpoint, ContainerRef, LossEvent, SourceCheckpoint
 from .parse import Entries, EntryFlag, StreamParser
 from .records import ChainContext, SealStats, seal_control, seal_entries_packed
@@ -120,6 +120,8 @@ class Ingest:
         self.settings = settings
         self.sources_config = settings.sources
         self.metrics = metrics
+        self._read_cpu, self._parse_cpu, self._seal_cpu = (metrics.stage_cpu.labels(stage)
+                                                          for stage in ("read", "parse", "seal"))
         self.node = settings.node_name
         self.provider = provider        # enrich.build_provider: metadata, exclusion, the body stage
         self.signing_key = signing_key or SigningKey(settings.seal.signing_key_file, settings.seal.key_id)
@@ -404,7 +406,7 @@ class Ingest:
             return 0
         if source.parser is None:
             source.parser = self._new_parser(source)
-        polled = source.tailer.poll()
+        polled = timed(self._read_cpu, source.tailer.poll)
         source.busy = bool(polled.chunks or polled.losses) or not source.tailer.idle
         excluded = provider.exclusion(ref)
         if excluded is not None:
@@ -428,7 +430,7 @@ class Ingest:
                 if chunk.offset != parser.expected_offset:
                     parser.reset(chunk.offset)
                 lines_before = parser.lines
-                parser.feed(chunk.data, chunk.offset, chunk.end_of_file, out=entries)
+                timed(self._parse_cpu, parser.feed, chunk.data, chunk.offset, chunk.end_of_file, out=entries)
                 fmt = parser.format or "cri"
                 self.metrics.bytes_read.labels(format=fmt).inc(len(chunk.data))
                 self.metrics.lines_read.labels(format=fmt).inc(parser.lines - lines_before)
@@ -481,8 +483,8 @@ class Ingest:
     def _seal(self, chain: _Chain, entries: Entries, context: ChainContext, observed: str, process_body,
               runs: dict[str, Run]) -> int:
         run = self._run(chain, runs)          # before sealing: the run starts at the head's next seq
-        blob, lengths, chain.head = seal_entries_packed(chain.head, entries, context, observed, process_body,
-                                                        self._stats)
+        blob, lengths, chain.head = timed(self._seal_cpu, seal_entries_packed, chain.head, entries, context, observed,
+                                          process_body, self._stats)
         run.values.add_packed(blob, lengths)
         chain.since_checkpoint += len(lengths)
         self._manifest_dirty.add(chain.head.chain)

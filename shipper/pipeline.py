@@ -19,7 +19,7 @@ from .enrich import build_provider
 from .config import FsyncMode, Settings
 from .ingest import Ingest, SigningKey
 from .kafka import KafkaSink, Sender
-from .metrics import Metrics
+from .metrics import Metrics, timed
 from .model import LossEvent
 from .state import Acknowledgements, StateStore, append_keeping_reserve, roll_forward
 from .wal import Wal, WalWriteError
@@ -220,7 +220,8 @@ class Pipeline:
                 if stopping.is_set() and not wal.has_room(frame.nbytes) and wal.unacked_bytes > 0:
                     # Not written, not acknowledged: its lines are read again on the next start.
                     return None
-            return await asyncio.to_thread(append_keeping_reserve, wal, frame)
+            return await asyncio.to_thread(timed, self.metrics.stage_cpu.labels("wal_write"), append_keeping_reserve,
+                                           wal, frame)
 
         end = await self._until_written(append, reading_paused=True)
         if end is None:
@@ -236,7 +237,9 @@ class Pipeline:
         self.metrics.wal_segments.set(wal.segment_count)
 
     async def _sync(self, wal: Wal, sender: Sender) -> None:
-        durable = await self._until_written(lambda: asyncio.to_thread(wal.sync), reading_paused=False)
+        fsync_cpu = self.metrics.stage_cpu.labels("fsync")
+        durable = await self._until_written(lambda: asyncio.to_thread(timed, fsync_cpu, wal.sync),
+                                            reading_paused=False)
         sender.make_visible(durable)
 
     # -- shutdown --------------------------------------------------------------------------------
@@ -276,4 +279,4 @@ def _collect_encoded(ingest: Ingest, commit_bytes: int):
     if collected is None:
         return None
     batch, callbacks = collected
-    return encode_frame(batch), callbacks
+    return timed(ingest.metrics.stage_cpu.labels("frame_encode"), encode_frame, batch), callbacks

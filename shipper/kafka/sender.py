@@ -28,7 +28,7 @@ from aiokafka.errors import (
 )
 
 from ..batch import Frame, Packed, Sealed, decode_batch
-from ..metrics import Metrics
+from ..metrics import Metrics, timed
 from ..model import LossEvent, LossReason
 from ..wal import Wal, WalPosition
 from .client import KafkaSink, _describe, backoff_delays
@@ -117,6 +117,7 @@ class Sender:
         self.acks = acks
         self.sink = sink
         self.metrics = metrics
+        self._encode_cpu, self._compress_cpu = (metrics.stage_cpu.labels(stage) for stage in ("kafka_encode", "compress"))
         self.write_gap = write_gap
         self.visible = wal.acked             # frames before this are durable and may be sent
         self._visible_changed = asyncio.Event()
@@ -272,10 +273,10 @@ class Sender:
                                                        f"exceeds kafka.max_request_bytes "
                                                        f"({self.sink.config.max_request_bytes})")
                     continue
-                runs, built = self._take_batch(items, budget, limit)
+                runs, built = timed(self._encode_cpu, self._take_batch, items, budget, limit)
                 # On a worker thread: the loop meanwhile gets the batch before on its way (libsnappy
                 # releases the GIL, so the ingest thread runs too).
-                await asyncio.to_thread(built[0].compress_now)
+                await asyncio.to_thread(timed, self._compress_cpu, built[0].compress_now)
                 if in_flight is not None:
                     await in_flight
                 in_flight = asyncio.ensure_future(self._send_until_acked(topic, partition, runs, built))
