@@ -16,6 +16,9 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="ship this node's container logs (the DaemonSet entry point)")
     run.add_argument("--config", help="YAML configuration file (also SHIPPER_CONFIG_FILE)")
+    # a worker of `workers: N`, started by the supervisor (workers.py)
+    run.add_argument("--worker", help=argparse.SUPPRESS)
+    run.add_argument("--worker-port", type=int, help=argparse.SUPPRESS)
     config = commands.add_parser("config", help="print the effective configuration (secrets masked)")
     config.add_argument("--config", help="YAML configuration file")
     config.add_argument("--reference", action="store_true", help="print the configuration reference (Markdown)")
@@ -55,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(masked_dump(load_settings(args.config)), indent=2))
             return 0
         if args.command == "run":
-            return _run(load_settings(args.config))
+            return _run(load_settings(args.config), args.worker, args.worker_port)
     except ConfigError as exc:
         print(f"shipper: {exc}", file=sys.stderr)
         return 2
@@ -68,14 +71,25 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
-def _run(settings) -> int:
+def _run(settings, worker: str | None = None, worker_port: int | None = None) -> int:
     from .logs import setup_logging
     from .server import Server, UnsafeStateDirectory
+    from .workers import Shard, Supervisor, resolve_workers, unit_settings
 
     setup_logging(settings.log_level)
+    config_file = os.environ.get("SHIPPER_CONFIG_FILE")
     try:
-        return asyncio.run(Server(settings, config_file=os.environ.get("SHIPPER_CONFIG_FILE")).serve())
-    except (UnsafeStateDirectory, ConfigError) as exc:
+        if worker is not None:
+            shard = Shard.parse(worker)
+            settings = unit_settings(settings, shard)
+            settings = settings.model_copy(update={"metrics": settings.metrics.model_copy(
+                update={"host": "127.0.0.1", "port": worker_port or 0})})
+            return asyncio.run(Server(settings, config_file=config_file, shard=shard).serve())
+        count = resolve_workers(settings.workers)
+        if count > 1:
+            return asyncio.run(Supervisor(settings, count, config_file).run())
+        return asyncio.run(Server(settings, config_file=config_file).serve())
+    except (UnsafeStateDirectory, ConfigError, ValueError) as exc:
         print(f"shipper: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -359,6 +359,11 @@ class Settings(BaseSettings):
     enrich: EnrichConfig = EnrichConfig()
     seal: SealConfig = SealConfig()
     metrics: MetricsConfig = MetricsConfig()
+    workers: int | Literal["auto"] = Field(1, description="Processes reading this node's log files, each a whole "
+                                           "pipeline with its own WAL, for a node one core cannot keep up with: a "
+                                           "container's files always go to the same one. `auto`: the container's "
+                                           "CPU limit. Changing it moves the chains at the next start, after the "
+                                           "old WALs are sent (see docs/design.md, Workers).")
     shutdown_grace_s: float = Field(30, gt=0, description="On SIGTERM: longest wait for Kafka acks before exit. "
                                     "A second SIGTERM or SIGINT exits at once with status 128 + signal (the WAL "
                                     "fsynced; the rest is sent on the next start).")
@@ -366,6 +371,19 @@ class Settings(BaseSettings):
                                                                          "on stderr).")
     config_poll_interval_s: float = Field(5, ge=0, le=3600, description="How often the configuration file is checked "
                                           "for a change to reload (0: only on SIGHUP). See \"Reloading\" below.")
+
+    @field_validator("workers")
+    @classmethod
+    def _workers_in_range(cls, value: int | str) -> int | str:
+        if value != "auto" and not 1 <= value <= 64:
+            raise ValueError("workers is 1 to 64, or auto")
+        return value
+
+    @model_validator(mode="after")
+    def _one_worker_in_sidecar_mode(self) -> Settings:
+        if self.workers != 1 and self.sources.mode is SourceMode.sidecar:
+            raise ValueError("workers: a sidecar reads one pod's files: keep it at 1")
+        return self
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,

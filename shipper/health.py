@@ -71,6 +71,15 @@ class HealthServer:
             writer.close()
 
 
+def free_loopback_port() -> int:
+    """A port free on 127.0.0.1 now (for a worker's metrics, which only the supervisor reads)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def pipeline_checks(pipeline) -> tuple[Callable[[], bool], Callable[[], bool]]:
     """(alive, ready) predicates over a running Pipeline."""
 

@@ -116,7 +116,7 @@ class SigningKey:
 
 class Ingest:
     def __init__(self, settings: Settings, snapshot: Snapshot, metrics: Metrics, provider,
-                 signing_key: SigningKey | None = None) -> None:
+                 signing_key: SigningKey | None = None, shard=None) -> None:
         self.settings = settings
         self.sources_config = settings.sources
         self.metrics = metrics
@@ -143,7 +143,11 @@ class Ingest:
         self._rejected_seen: set[str] = set()
         self._external_gaps: deque[_ExternalGap] = deque()
         self._stats = SealStats()
-        self._manifest_chain = f"node/{self.node}"
+        # `workers: N`: this process reads the files of its shard's chains (workers.Shard) and writes the
+        # manifests of those as a node of its own
+        self.shard = shard
+        self._manifest_node = self.node if shard is None else f"{self.node}/{shard.manifest_node}"
+        self._manifest_chain = f"node/{self._manifest_node}"
         self._manifest_dirty: set[str] = set()
         self._last_manifest = time.monotonic()
         self._topic_template = settings.kafka.topic
@@ -213,8 +217,10 @@ class Ingest:
                 self._rejected_seen.add(rejected.path)
                 self.metrics.discovery_rejected.labels(reason=_reason_label(rejected.reason)).inc()
                 log.warning("not reading %s: %s", rejected.path, rejected.reason)
+        shard = self.shard
         for found in result.files:
-            if found.path not in self._sources and len(self._sources) < config.max_open_files:
+            if found.path not in self._sources and len(self._sources) < config.max_open_files and (
+                    shard is None or shard.owns(found.ref.chain)):
                 self._add_source(found)
         if not self._restored_swept:
             self._restored_swept = True
@@ -593,7 +599,7 @@ class Ingest:
             ref = ContainerRef(namespace="", pod=self.node, pod_uid="node", container=self.node, restart_count=0)
             chain = self._chain_named(self._manifest_chain, ref)
         head = chain.head
-        body = self._signed(manifest_note_text(self.node, head.tree, head, observed, heads))
+        body = self._signed(manifest_note_text(self._manifest_node, head.tree, head, observed, heads))
         emitted = self._control(chain, TYPE_MANIFEST, body, "", observed, runs)
         self._manifest_dirty.discard(self._manifest_chain)
         return emitted

@@ -41,8 +41,9 @@ class PipelineStatus:
 
 
 class Pipeline:
-    def __init__(self, settings: Settings, metrics: Metrics | None = None, provider=None) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None, provider=None, shard=None) -> None:
         self.settings = settings
+        self.shard = shard
         self.metrics = metrics or Metrics()
         self.status = PipelineStatus()
         # Always a provider: without Kubernetes it still runs the body stage (redaction, ids).
@@ -66,7 +67,7 @@ class Pipeline:
         if rolled:
             log.info("rolled source positions forward through %d unacknowledged WAL frames", rolled)
         ingest = Ingest(settings, snapshot, self.metrics, self._provider,
-                        SigningKey(settings.seal.signing_key_file, settings.seal.key_id))
+                        SigningKey(settings.seal.signing_key_file, settings.seal.key_id), shard=self.shard)
         self._snapshot = snapshot
         self.metrics.wal_limit_bytes.set(settings.wal.max_bytes)
         self.metrics.wal_bytes.set(wal.bytes_on_disk)

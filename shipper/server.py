@@ -83,8 +83,9 @@ def preflight(settings: Settings) -> None:
 
 class Server:
     def __init__(self, settings: Settings, metrics: Metrics | None = None, provider=None,
-                 config_file: str | None = None) -> None:
+                 config_file: str | None = None, shard=None) -> None:
         self.settings = settings
+        self.shard = shard                  # workers.Shard of `workers: N`, or None (one process)
         self.metrics = metrics or Metrics()
         self.provider = provider
         self.config_file = config_file      # what SIGHUP reloads (none: SIGHUP is logged and ignored)
@@ -123,7 +124,7 @@ class Server:
         loop.add_signal_handler(signal.SIGHUP, hangup.set)
         if self.provider is None:
             self.provider = build_provider(settings, self.metrics)
-        pipeline = self.pipeline = Pipeline(settings, self.metrics, self.provider)
+        pipeline = self.pipeline = Pipeline(settings, self.metrics, self.provider, shard=self.shard)
         reloader = ConfigReloader(settings, self.config_file, self.metrics, self._apply_settings)
         if settings.metrics.enabled:
             alive, ready = pipeline_checks(self.pipeline)

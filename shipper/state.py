@@ -209,6 +209,14 @@ class StateStore:
             db.execute("ROLLBACK")
             raise
 
+    def adopt(self, sources: dict[str, SourceCheckpoint], chains: dict[str, ChainCheckpoint],
+              tombstones: Tombstones) -> None:
+        """Rows another state.db held, for a WAL that starts empty (workers.py moves chains between the
+        workers' state.dbs when their count changes)."""
+        self.save(sources, chains, WalPosition(0, 0))
+        now = self.clock()
+        self._db.executemany("INSERT OR IGNORE INTO pruned VALUES (?, ?)", [(hash_, now) for hash_ in tombstones._order])
+
     def prune(self, older_than_s: float) -> Pruned:
         """Delete the chains saved closed more than `older_than_s` ago and the source rows naming them,
         leave their tombstones (the oldest beyond `tombstones_kept` go), and give the file system back

@@ -52,7 +52,7 @@ class DrivenState:
     load, roll forward, Ingest."""
 
     def __init__(self, settings: Settings, wall: FakeClock, steady: FakeClock,
-                 tombstones_kept: int = TOMBSTONES_KEPT) -> None:
+                 tombstones_kept: int = TOMBSTONES_KEPT, shard=None) -> None:
         self.settings = settings
         self.metrics = Metrics()
         started = time.perf_counter()
@@ -60,7 +60,7 @@ class DrivenState:
         self.state = StateStore(settings.state.dir, tombstones_kept=tombstones_kept, clock=wall)
         snapshot = self.state.load()
         roll_forward(snapshot, self.wal)
-        self.ingest = Ingest(settings, snapshot, self.metrics, build_provider(settings, self.metrics))
+        self.ingest = Ingest(settings, snapshot, self.metrics, build_provider(settings, self.metrics), shard=shard)
         self.startup_s = time.perf_counter() - started
         self.acks = Acknowledgements(self.state, snapshot, self.wal, self.metrics,
                                      prune_after_s=settings.state.prune_after_s, on_pruned=self.ingest.forget,
