@@ -411,21 +411,35 @@ def _balanced(text: str) -> bool:
 def test_grafana_dashboard_is_valid_and_names_real_metrics() -> None:
     dashboard = json.loads((DEPLOY / "grafana" / "audit-shipper-dashboard.json").read_text())
     assert dashboard["uid"] == "audit-shipper" and dashboard["panels"]
-    known = product_series_names()
     used: set[str] = set()
     ids = [panel["id"] for panel in dashboard["panels"]]
     assert len(ids) == len(set(ids))
+    rows = [panel["title"] for panel in dashboard["panels"] if panel["type"] == "row"]
+    assert rows == ["Verifier"]
+    # The shipper's panels come first, then the Verifier row's; each names only its own process's metrics.
+    known, section = shipper_series_names(), "shipper"
     for panel in dashboard["panels"]:
+        if panel["type"] == "row":
+            assert not panel.get("panels") and panel["gridPos"]["w"] == 24
+            known, section = verifier_series_names(), "verifier"
+            continue
         assert panel["targets"], panel["title"]
         for target in panel["targets"]:
             names = set(re.findall(r"\baudit_shipper_[a-z0-9_]+", target["expr"]))
-            assert names <= known, f"{panel['title']}: unknown {names - known}"
+            assert names and names <= known, f"{section} panel {panel['title']}: unknown {names - known}"
             assert _balanced(target["expr"]), target["expr"]
             used |= names
     for required in ("audit_shipper_gap_records_total", "audit_shipper_backpressure_active", "audit_shipper_wal_bytes",
                      "audit_shipper_wal_limit_bytes", "audit_shipper_kafka_send_errors_total",
-                     "audit_shipper_end_to_end_lag_seconds_bucket"):
+                     "audit_shipper_end_to_end_lag_seconds_bucket",
+                     "audit_shipper_verify_records_total", "audit_shipper_verify_violations_total",
+                     "audit_shipper_verify_chains", "audit_shipper_verify_stale_chains",
+                     "audit_shipper_verify_lag_records", "audit_shipper_verify_last_commit_timestamp_seconds"):
         assert required in used
+    # No two panels overlap on the grid.
+    cells = [(x, y) for grid in (panel["gridPos"] for panel in dashboard["panels"])
+             for x in range(grid["x"], grid["x"] + grid["w"]) for y in range(grid["y"], grid["y"] + grid["h"])]
+    assert len(cells) == len(set(cells))
 
 
 # ---------------------------------------------------------------------------------------------- verifier
