@@ -513,6 +513,27 @@ def reused_objects() -> list[dict[str, Any]]:
 VERIFIER_RENDERS = ["verifier_objects", "reused_objects", "full_objects"]
 
 
+def test_every_verifier_value_is_typed_described_and_defaulted_as_in_values_yaml() -> None:
+    schema = json.loads((CHART_DIR / "values.schema.json").read_text())
+    values = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
+    opaque = {"resources", "livenessProbe", "readinessProbe"}      # shapes shared with the DaemonSet's
+
+    def check(node: dict[str, Any], given: Any, path: str) -> None:
+        for key, sub in node["properties"].items():
+            where = f"{path}.{key}"
+            assert sub.get("description") and ("type" in sub or "enum" in sub), where
+            assert "default" in sub or "properties" in sub and key not in opaque, where
+            if "default" in sub:
+                assert sub["default"] == given[key], f"{where}: schema {sub['default']!r}, values.yaml {given[key]!r}"
+            if "properties" in sub and key not in opaque:
+                check(sub, given[key], where)
+
+    check(schema["properties"]["verifier"], values["verifier"], "verifier")
+    rule = schema["properties"]["metrics"]["properties"]["prometheusRule"]["properties"]
+    for key in ("verifierLagRecords", "verifierCommitAgeSeconds"):
+        assert rule[key]["description"] and rule[key]["default"] == values["metrics"]["prometheusRule"][key]
+
+
 def test_verifier_is_off_by_default_and_renders_nothing_of_it(chart_objects: list[dict[str, Any]]) -> None:
     everything_else_on = render_chart(set_values={
         "metrics.service.enabled": "true", "metrics.serviceMonitor.enabled": "true",
