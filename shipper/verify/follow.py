@@ -350,6 +350,10 @@ class Follower:
         pairs = {(tp.topic, tp.partition) for tp in mine}
         for tp in mine:
             del self.positions[tp]
+            try:
+                self.metrics.lag.remove(tp.topic, str(tp.partition))    # another member reports it now
+            except KeyError:
+                pass
         for name in [name for name, state in self.verifier.chains.items() if tuple(state.partition) in pairs]:
             del self.verifier.chains[name]
 
