@@ -220,13 +220,10 @@ def _remove_unit(settings: Settings, unit: Settings) -> None:
 async def _drain(unit: Settings, stopping: asyncio.Event) -> bool:
     """Send what the unit's WAL holds with a pipeline that reads no file; True once nothing is left."""
     from .pipeline import Pipeline
-    from .wal import Wal
 
     if not Path(unit.wal.dir).is_dir():
         return True
-    wal = Wal(unit.wal.dir, max_bytes=unit.wal.max_bytes, segment_bytes=unit.wal.segment_bytes)
-    pending = wal.unacked_bytes
-    wal.close()
+    pending = _unacked_bytes(unit)
     if not pending:
         return True
     reading_nothing = unit.model_copy(update={
@@ -247,12 +244,20 @@ async def _drain(unit: Settings, stopping: asyncio.Event) -> bool:
                 log.warning("draining %s: %d bytes still not acknowledged by Kafka", unit.wal.dir,
                             pipeline.wal.unacked_bytes if pipeline.wal is not None else pending)
         await run
-        wal = Wal(unit.wal.dir, max_bytes=unit.wal.max_bytes, segment_bytes=unit.wal.segment_bytes)
-        pending = wal.unacked_bytes
-        wal.close()
+        pending = _unacked_bytes(unit)
         if not pending:
             return True
     return False
+
+
+def _unacked_bytes(unit: Settings) -> int:
+    from .wal import Wal
+
+    wal = Wal(unit.wal.dir, max_bytes=unit.wal.max_bytes, segment_bytes=unit.wal.segment_bytes)
+    try:
+        return wal.unacked_bytes
+    finally:
+        wal.close()
 
 
 # -- the supervisor ------------------------------------------------------------------------------------

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from .chain import RelayedClaim
-from .inputs import (VerifyError, _stop, _topic_list, latest_of, load_trusted_heads, offset_range, read_partitions,
-                     save_heads, topic_partitions)
+from .inputs import (VerifyError, _stop, _topic_list, keep_heads, latest_of, load_trusted_heads, offset_range,
+                     read_partitions, topic_partitions)
 from .report import Report, merge_reports, report_from_part, report_part
 from .split import route_claims
 from .verifier import Verifier
@@ -166,12 +166,7 @@ async def verify_group(bootstrap: str, topic: str | list[str], group: str, *, pu
                        exchange_topic=exchange,
                        runs=runs, elapsed_s=round(elapsed, 3),
                        records_per_s=round(report.totals["records_read"] / elapsed) if elapsed > 0 else None)
-    if trusted_heads is not None:
-        report.meta["trusted_heads_file"] = str(trusted_heads)
-    if save_heads_to is not None:
-        report.meta["saved_heads"] = save_heads(heads, save_heads_to, now)
-        report.meta["saved_heads_file"] = str(save_heads_to)
-    return report
+    return keep_heads(report, heads, now, trusted_heads, save_heads_to)
 
 
 async def _ensure_exchange(bootstrap: str, exchange: str, client_options: dict,

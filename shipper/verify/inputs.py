@@ -140,11 +140,16 @@ def _new_verifier(public_keys: dict[str, Any] | None, now: float | None, trusted
 
 
 def _finish(verifier: Verifier, now: float, trusted_heads: str | Path | None, save_to: str | Path | None) -> Report:
-    report = verifier.finish()
+    return keep_heads(verifier.finish(), verifier, now, trusted_heads, save_to)
+
+
+def keep_heads(report: Report, heads: Verifier | list[dict], now: float, trusted_heads: str | Path | None,
+               save_to: str | Path | None) -> Report:
+    """The report, with the --trusted-heads file it was held to, and the --save-heads file written."""
     if trusted_heads is not None:
         report.meta["trusted_heads_file"] = str(trusted_heads)
     if save_to is not None:
-        report.meta["saved_heads"] = save_heads(verifier, save_to, now)
+        report.meta["saved_heads"] = save_heads(heads, save_to, now)
         report.meta["saved_heads_file"] = str(save_to)
     return report
 

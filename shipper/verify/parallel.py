@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .chain import RelayedClaim
-from .inputs import (Reading, VerifyError, _started_consumer, _stop, _topic_list, kafka_client_options, latest_of,
-                     load_public_keys, load_trusted_heads, offset_range, read_partitions, save_heads, topic_partitions)
+from .inputs import (Reading, VerifyError, _started_consumer, _stop, _topic_list, kafka_client_options, keep_heads,
+                     latest_of, load_public_keys, load_trusted_heads, offset_range, read_partitions, topic_partitions)
 from .report import Report, merge_reports, report_from_part, report_part
 from .split import balance, route_claims
 from .verifier import Verifier
@@ -105,13 +105,8 @@ def verify_topic_parallel(bootstrap: str, topic: str | list[str], workers: int, 
     records = report.totals["records_read"]
     report.meta.update(reading.meta(topics, records, time.monotonic() - started, idle_timeout_s))
     report.meta["workers"] = len(running)
-    if trusted_heads is not None:
-        report.meta["trusted_heads_file"] = str(trusted_heads)
-    if save_heads_to is not None:
-        heads = latest_of(absent.latest_heads(), *(worker.heads for worker in running))
-        report.meta["saved_heads"] = save_heads(heads, save_heads_to, now)
-        report.meta["saved_heads_file"] = str(save_heads_to)
-    return report
+    heads = latest_of(absent.latest_heads(), *(worker.heads for worker in running))
+    return keep_heads(report, heads, now, trusted_heads, save_heads_to)
 
 
 @dataclass(frozen=True, order=True)

@@ -556,9 +556,7 @@ class Verifier(Closing):
             known, _ = state.window.get(seq - 1)
             if known and known != _prefix(parsed.head_hash):
                 problems.append(f"its head is not the hash of seq {seq - 1} in the topic")
-        if problems:
-            state.checkpoints["inconsistent"] += 1
-            self._violation(state, CHECKPOINT_MISMATCH, seq, "the checkpoint statement " + "; ".join(problems))
+        if self._inconsistent(state, seq, "the checkpoint statement", problems):
             return
         if status == GOOD:
             state.last_good_cp = seq
@@ -573,6 +571,13 @@ class Verifier(Closing):
             self._check_tree(state, seq, "checkpoint", parsed.tree_size, parsed.root)
             if state.attribution is not None:
                 self._attest_identity(state, seq, parsed.identity)
+
+    def _inconsistent(self, state: ChainState, seq: int, what: str, problems: list[str]) -> bool:
+        """Whether a signed statement disagrees with its chain (reported when it does)."""
+        if problems:
+            state.checkpoints["inconsistent"] += 1
+            self._violation(state, CHECKPOINT_MISMATCH, seq, what + " " + "; ".join(problems))
+        return bool(problems)
 
     def _keep_head(self, state: ChainState, seq: int, record: dict) -> None:
         if seq > state.head_record_seq:
@@ -670,9 +675,7 @@ class Verifier(Closing):
                 problems.append(f"attests seq {parsed.seq}, not the seq before it ({seq - 1})")
             if parsed.head_hash != prev:
                 problems.append("its head is not the prev of the manifest record")
-            if problems:
-                state.checkpoints["inconsistent"] += 1
-                self._violation(state, CHECKPOINT_MISMATCH, seq, "the manifest " + "; ".join(problems))
+            if self._inconsistent(state, seq, "the manifest", problems):
                 return
         if status == GOOD:
             state.last_good_cp = seq
