@@ -109,6 +109,9 @@ class Follower:
         self.last_tick = time.monotonic()
         self.ready = False
         self.health: HealthServer | None = None
+        self._exchange_tp = None
+        self._rewind: int | None = None                   # where the exchange is to be read again from
+        self._committed: dict[Any, tuple[int, float]] = {}    # partition -> (offset, when) last committed
 
     # -- issues --------------------------------------------------------------------------------------
     def _issue(self, issue: Issue, violation: bool) -> None:
@@ -164,7 +167,7 @@ class Follower:
             await _ensure_exchange(self.bootstrap, self.exchange, self.client_options)
             await _ensure_exchange(self.bootstrap, self.state_topic, self.client_options,
                                    retention_ms=STATE_RETENTION_MS)
-            exchange_tp = TopicPartition(self.exchange, 0)
+            exchange_tp = self._exchange_tp = TopicPartition(self.exchange, 0)
             self.exchange_reader.assign([exchange_tp])
             await self.exchange_reader.seek_to_end(exchange_tp)
             self.state_reader.assign([TopicPartition(self.state_topic, 0)])
@@ -172,7 +175,7 @@ class Follower:
             await self._serve_health()
             self.consumer.subscribe(self.topics, listener=self.membership.listener)
             await self._loop()
-            await self._commit()
+            await self._commit(force=True)
         except KafkaError as exc:
             raise VerifyError(f"following {', '.join(self.topics)} as group {self.group}: {exc}") from None
         finally:
@@ -234,12 +237,17 @@ class Follower:
     async def _relay(self) -> None:
         relayed = self.verifier.relay_claims(keep=self._owns)
         if relayed:
-            for chunk in encode_message({"claims": [claim.to_dict() for claim in relayed]}):
+            chunks = encode_message({"claims": [claim.to_dict() for claim in relayed]})
+            for index, chunk in enumerate(chunks):
                 headers = [("run", self.run_id.encode()), ("member", self._member().encode()),
-                           ("kind", b"claims"), ("chunk", b"0/1")]
+                           ("kind", b"claims"), ("chunk", f"{index}/{len(chunks)}".encode())]
                 await self.producer.send_and_wait(self.exchange, chunk, key=self.run_id.encode(), partition=0,
                                                   headers=headers)
             self.metrics.claims_relayed.inc(len(relayed))
+        if self._rewind is not None:
+            # a restored partition's claims from before its snapshot: read again (claims only ever rise)
+            self.exchange_reader.seek(self._exchange_tp, self._rewind)
+            self._rewind = None
         batch = await self.exchange_reader.getmany(timeout_ms=0, max_records=1000)
         for records in batch.values():
             for record in records:
@@ -257,26 +265,34 @@ class Follower:
         return self.consumer._coordinator.member_id or "-"
 
     # -- progress ------------------------------------------------------------------------------------
-    async def _commit(self, partitions: list | None = None) -> None:
-        """For each partition (all assigned by default): its chains' snapshot, then its offset."""
+    async def _commit(self, partitions: list | None = None, force: bool = False) -> None:
+        """For each partition (all assigned by default) read further since its last commit, or not
+        committed for ten intervals (claims and judgements change its chains too): its chains' snapshot,
+        then its offset."""
         from aiokafka.structs import OffsetAndMetadata
 
         offsets = {}
+        now = time.monotonic()
+        exchange_offset = await self.exchange_reader.position(self._exchange_tp)
         for tp in list(partitions if partitions is not None else self.positions):
             position = self.positions.get(tp)
             if position is None:
+                continue
+            last = self._committed.get(tp)
+            if not force and last is not None and last[0] == position and now - last[1] < 10 * self.commit_every_s:
                 continue
             chains = [chain_to_dict(state, WINDOW_KEPT) for state in self.verifier.chains.values()
                       if tuple(state.partition) == (tp.topic, tp.partition)
                       or (not state.records and self._owned_by(state.name, tp))]
             chunks = encode_message({"format": FORMAT, "topic": tp.topic, "partition": tp.partition,
-                                     "offset": position, "chains": chains})
+                                     "offset": position, "exchange_offset": exchange_offset, "chains": chains})
             first = None
             for index, chunk in enumerate(chunks):
                 sent = await self.producer.send_and_wait(self.state_topic, chunk, partition=0,
                                                          key=f"{tp.topic}/{tp.partition}/{index}".encode())
                 first = sent.offset if first is None else first
             offsets[tp] = OffsetAndMetadata(position, f"state:{first}:{len(chunks)}")
+            self._committed[tp] = (position, now)
         if offsets:
             await self.consumer.commit(offsets)
             self.metrics.commits.inc()
@@ -331,6 +347,10 @@ class Follower:
             for data in snapshot["chains"]:
                 self.verifier.chains[data["name"]] = chain_from_dict(data, window)
             self.metrics.restored.inc(len(snapshot["chains"]))
+            rewind = snapshot.get("exchange_offset")
+            if isinstance(rewind, int):
+                self._rewind = rewind if self._rewind is None else min(self._rewind, rewind)
+            self._committed[tp] = (offset, time.monotonic())
             log.info("restored %d chains of %s/%d at offset %d", len(snapshot["chains"]), tp.topic, tp.partition,
                      offset)
             return offset
@@ -344,12 +364,13 @@ class Follower:
         if not mine:
             return
         try:
-            await self._commit(mine)
+            await self._commit(mine, force=True)
         except Exception as exc:     # the next owner resumes from the last commit instead
             log.warning("could not commit %d revoked partitions: %s", len(mine), exc)
         pairs = {(tp.topic, tp.partition) for tp in mine}
         for tp in mine:
             del self.positions[tp]
+            self._committed.pop(tp, None)
             try:
                 self.metrics.lag.remove(tp.topic, str(tp.partition))    # another member reports it now
             except KeyError:
