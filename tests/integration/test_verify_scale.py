@@ -157,13 +157,13 @@ def wait_for(port: int, condition, timeout: float = 90.0) -> dict[str, float]:
     raise AssertionError(f"metrics did not reach the condition in {timeout}s: {last}")
 
 
-def start_follower(bootstrap: str, topic: str, group: str, key_file: str, port: int, *extra: str):
+def start_follower(bootstrap: str, topic: str, group: str, key_file: str, port: int, *extra: str, grace: str = "600"):
     import subprocess
     import sys
 
     return subprocess.Popen([sys.executable, "-m", "shipper.cli", "verify", "--bootstrap-servers", bootstrap,
                              "--topic", topic, "--public-key", key_file, "--group", group, "--follow",
-                             "--metrics-port", str(port), "--commit-every", "0.5", "--grace", "600", *extra],
+                             "--metrics-port", str(port), "--commit-every", "0.5", "--grace", grace, *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -217,3 +217,48 @@ def test_follow_mode_resumes_after_sigkill_without_re_reading_and_catches_the_vi
     lines = [json.loads(line) for line in out.splitlines()]
     (altered,) = [line for line in lines if line.get("violation") == "altered"]
     assert (altered["chain"], altered["seq"], altered["topic"]) == ("uid-3/web", 163, name)
+
+
+def test_follow_members_relay_a_manifests_claims_to_the_member_holding_the_chain(kafka_broker, key_file):
+    """Two followers, the node's manifests in one's partitions and a chain whose tail was removed in the
+    other's: the claim crosses over the exchange topic and the holder reports the tail removed once it
+    has waited --grace."""
+    import signal
+
+    from shipper.kafka import partition_of
+    from tests.harness.ports import free_port
+
+    class Murmur2Topic(Topic):
+        def partition_of(self, key: bytes) -> int:         # as the shipper partitions
+            return partition_of(key, self.partition_count)
+
+    count = next(count for count in range(2, 9) if partition_of(b"uid-1/app", count) % 2
+                 != partition_of(b"node/node-a", count) % 2)
+    topic = Murmur2Topic(count)
+    for key, value in spec_node().emitted:
+        topic.append(key, value)
+    topic.truncate_chain("uid-1/app", 300)
+    name = asyncio.run(publish(kafka_broker, "relay", topic, partitions=count))
+    group, ports = f"relay-{name}", [free_port(), free_port()]
+    followers = [start_follower(kafka_broker.bootstrap, name, group, key_file, port, grace="3") for port in ports]
+    try:
+        total = sum(len(records) for records in topic.partitions.values())
+
+        def read_all(_):
+            metrics = [metrics_of(port) for port in ports]
+            return (sum(m.get("audit_shipper_verify_records_total", 0) for m in metrics) == total
+                    and all(m.get("audit_shipper_verify_partitions", 0) > 0 for m in metrics)
+                    and sum(m.get('audit_shipper_verify_violations_total{kind="tail_removed"}', 0)
+                            for m in metrics) == 1)
+
+        wait_for(ports[0], read_all)
+        relayed = sum(metrics_of(port).get("audit_shipper_verify_claims_relayed_total", 0) for port in ports)
+        assert relayed > 0
+    finally:
+        outputs = []
+        for follower in followers:
+            follower.send_signal(signal.SIGTERM)
+            outputs.append(follower.communicate(timeout=60)[0])
+    removed = [json.loads(line) for out in outputs for line in out.splitlines()
+               if json.loads(line).get("violation") == "tail_removed"]
+    assert [(issue["chain"], issue["seq"], issue["seq_last"]) for issue in removed] == [("uid-1/app", 300, 314)]
