@@ -5,16 +5,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from pathlib import Path
 
 import pytest
 from jsonschema import Draft202012Validator, FormatChecker
 
+from shipper.config import Settings
+from shipper.demo.simnode import SimNode
+from shipper.enrich import build_provider
 from shipper.enrich.provider import path_resource
+from shipper.ingest import Ingest
+from shipper.metrics import Metrics
 from shipper.model import ContainerRef
 from shipper.parse import EntryFlag, Entries
 from shipper.records import IDENTITY_KEYS, ChainContext, seal_control, seal_entries
-from shipper.seal import ChainHead, checkpoint_body, gap_body, statement_text
+from shipper.seal import ChainHead, checkpoint_body, gap_body, generate_key_pair, statement_text
+from shipper.state import Snapshot
 from tests.support import full_context
 from tests.unit.test_verify import OBSERVED, SIGNER, TS, standard_node
 
@@ -232,3 +239,74 @@ def test_what_a_consumer_rebuilds_from_v2_records_is_the_v1_record():
     assert sum(1 for record in v2 if "path" not in record["source"]) == 5
     assert full_context(v2) == [{**record, "schema": "audit-shipper/v2"} for record in v1]
 
+
+def ingest_over(tmp_path, node: SimNode, record_format: str, **seal):
+    """The real caller of the sealing code over the node's files; drain() returns what one cycle sealed."""
+    private, _public = generate_key_pair()
+    (tmp_path / "key.pem").write_bytes(private)
+    settings = Settings(node_name="node-a", kafka={"record_format": record_format}, enrich={"kubernetes": False},
+                        sources={"roots": [str(node.pods_dir)], "symlink_roots": [str(node.containers_dir)],
+                                 "discover_interval_s": 0.001},
+                        wal={"dir": str(tmp_path / "wal")}, state={"dir": str(tmp_path)},
+                        seal={"signing_key_file": str(tmp_path / "key.pem"), **seal})
+    metrics = Metrics()
+    ingest = Ingest(settings, Snapshot(), metrics, build_provider(settings, metrics))
+
+    def drain() -> list[bytes]:
+        values = []
+        while (collected := ingest.collect(1 << 20)) is not None:
+            values.extend(value for run in collected[0].runs for value in run.values)
+        return values
+    return ingest, drain
+
+
+@pytest.mark.parametrize("record_format", ["full", "compact"])
+def test_every_record_the_ingest_writes_validates(tmp_path, record_format):
+    """Through the real caller of the sealing code, over a node's files: log records, a gap (a file
+    truncated under the reader), checkpoints, a close and manifests, all valid in the format's schema."""
+    node = SimNode(tmp_path / "log", pods=3, containers_per_pod=1, rotate_every_bytes=None, seed=5)
+    ingest, cycle = ingest_over(tmp_path, node, record_format, checkpoint_every_records=25)
+    values: list[bytes] = []
+
+    def drain() -> None:
+        values.extend(cycle())
+
+    node.write(60)
+    drain()
+    node.write(20)
+    node.copytruncate(1)
+    node.write(10)
+    drain()
+    node.delete_pod(0)
+    drain()
+    values.extend(value for run in ingest.final_checkpoints().runs for value in run.values)
+    records = [assert_valid(value) for value in values]
+    schema = "audit-shipper/v2" if record_format == "compact" else "audit-shipper/v1"
+    assert {record["schema"] for record in records} == {schema}
+    assert {record.get("type", "log") for record in records} == {"log", "gap", "checkpoint", "close", "manifest"}
+    logs = [record for record in records if "type" not in record]
+    assert len(logs) > 60                   # what was written after the last look before the truncation is lost
+    if record_format == "compact":      # the full resource once per chain within a checkpoint interval
+        assert sum(1 for record in logs if "path" in record["source"]) == 3
+
+
+@pytest.mark.parametrize("interval_s, expected", [(3600, [True, False, False, True, False]),
+                                                  (0.001, [True, True, True, True, True])])
+def test_v2_log_records_carry_the_full_resource_again_when_it_changes_and_every_checkpoint_interval(
+        tmp_path, interval_s, expected):
+    """A chain's first batch carries the full resource and path; later batches only when they changed (a
+    restarted container: new resource, new file) or a checkpoint interval passed since the last full one, so a
+    consumer that starts reading anywhere has them within one interval."""
+    node = SimNode(tmp_path / "log", pods=1, containers_per_pod=1, rotate_every_bytes=None, seed=5)
+    _ingest, drain = ingest_over(tmp_path, node, "compact", checkpoint_every_s=interval_s)
+    full = []
+    for step in range(5):
+        if step == 3:
+            node.restart(0)
+        time.sleep(0.01)
+        node.write(4)
+        logs = [json.loads(value) for value in drain() if b'"type":' not in value]
+        assert len(logs) == 4
+        full.append("path" in logs[0]["source"])
+        assert not any("path" in record["source"] for record in logs[1:])
+    assert full == expected
