@@ -1,5 +1,6 @@
 /* Kafka record-batch v2 records, built in C: the same bytes as shipper.kafka.kafka_records_py (the
- * reference). Each record carries the chain as its key and two headers, `schema` and `event_id`
+ * reference). Each record carries the chain as its key and two headers, `schema` (the value's own:
+ * audit-shipper/v2 when the value starts as a v2 record does, else audit-shipper/v1) and `event_id`
  * (`<chain>:<seq>`); its timestamp delta is 0 (the batch's first timestamp applies to all), its offset
  * delta its index in the batch. The batch header, CRC and compression stay with aiokafka's builder. */
 #include "kafka.h"
@@ -9,6 +10,13 @@
 #include <stdint.h>
 
 static const char SCHEMA[] = "audit-shipper/v1";
+static const char SCHEMA_V2[] = "audit-shipper/v2";     /* the same length as SCHEMA */
+static const char V2_PREFIX[] = "{\"schema\":\"audit-shipper/v2\"";
+
+static const char *schema_of(const char *value, Py_ssize_t n) {
+    return n >= (Py_ssize_t)sizeof V2_PREFIX - 1 && memcmp(value, V2_PREFIX, sizeof V2_PREFIX - 1) == 0 ? SCHEMA_V2
+                                                                                                        : SCHEMA;
+}
 
 /* Kafka's signed varint: zigzag, then 7 bits per byte, low first. */
 static int varint_size(int64_t value) {
@@ -180,7 +188,7 @@ static PyObject *kafka_records(PyObject *self, PyObject *args) {
             memcpy(p, "schema", 6);
             p += 6;
             p = put_varint(p, (int64_t)sizeof SCHEMA - 1);
-            memcpy(p, SCHEMA, sizeof SCHEMA - 1);
+            memcpy(p, schema_of(value_s, value_n), sizeof SCHEMA - 1);
             p += sizeof SCHEMA - 1;
             p = put_varint(p, 8);
             memcpy(p, "event_id", 8);

@@ -1,5 +1,5 @@
-/* The sealing loop in C: entries of one chain -> `audit-shipper/v1` record values, byte for byte what
- * shipper.records.seal_entries_py builds (the reference, which the tests compare against).
+/* The sealing loop in C: entries of one chain -> `audit-shipper/v1` or `/v2` record values, byte for byte
+ * what shipper.records.seal_entries_py builds (the reference, which the tests compare against).
  *
  * Fast path, per entry: an ASCII body that the built-in redaction prefilter clears and the native
  * correlator takes is quoted, hashed and rendered here without a Python object beyond the record's
@@ -252,8 +252,10 @@ typedef struct {
     unsigned char prev[32];
     char prev_hex[64];
     long long seq;
-    const char *head, *source, *seal, *observed;
-    Py_ssize_t head_n, source_n, seal_n, observed_n;
+    const char *head, *source, *source_rest, *seal, *observed;
+    Py_ssize_t head_n, source_n, source_rest_n, seal_n, observed_n;
+    int compact;        /* audit-shipper/v2: no event_id member, no empty attributes */
+    int rendered;       /* records rendered in this call: the first takes `source`, the others `source_rest` */
 } chain_t;
 
 /* Hashes one entry onto the chain and renders its record at the end of `out`; `body` is the body as
@@ -276,12 +278,15 @@ static int render(chain_t *c, const entry_t *e, long flags, const char *body, Py
     SHA256_Update(&ctx, "0:,", 3);
     SHA256_Final(digest, &ctx);
 
-    int ok = buf_put(out, c->head, c->head_n) == 0 && buf_put(out, seq_s, seq_n) == 0
-             && buf_lit(out, "\",\"time\":\"") == 0 && buf_put(out, time, time_n) == 0
+    int ok = buf_put(out, c->head, c->head_n) == 0
+             && (c->compact || (buf_put(out, seq_s, seq_n) == 0 && buf_putc(out, '"') == 0))
+             && buf_lit(out, ",\"time\":\"") == 0 && buf_put(out, time, time_n) == 0
              && buf_lit(out, "\",\"observed_time\":\"") == 0 && buf_put(out, c->observed, c->observed_n) == 0
              && buf_lit(out, "\",\"stream\":\"") == 0 && buf_put(out, e->stream, e->stream_n) == 0
              && buf_lit(out, "\",\"body\":") == 0 && buf_put(out, quoted->data, quoted->len) == 0
-             && buf_put(out, top->data, top->len) == 0 && buf_lit(out, ",\"attributes\":{") == 0;
+             && buf_put(out, top->data, top->len) == 0;
+    int attributes = !c->compact || (flags & ATTRIBUTE_FLAGS) || attrs->len;
+    ok = ok && (!attributes || buf_lit(out, ",\"attributes\":{") == 0);
     if (ok && (flags & ATTRIBUTE_FLAGS)) {
         int first = 1;
         for (size_t f = 0; ok && f < sizeof FLAG_MEMBERS / sizeof FLAG_MEMBERS[0]; f++) {
@@ -294,8 +299,10 @@ static int render(chain_t *c, const entry_t *e, long flags, const char *body, Py
         if (ok && attrs->len)
             ok = buf_putc(out, ',') == 0;
     }
-    ok = ok && buf_put(out, attrs->data, attrs->len) == 0 && buf_putc(out, '}') == 0
-         && buf_put(out, c->source, c->source_n) == 0 && put_int(out, e->offset) == 0
+    const char *source = c->rendered ? c->source_rest : c->source;
+    Py_ssize_t source_n = c->rendered ? c->source_rest_n : c->source_n;
+    ok = ok && (!attributes || (buf_put(out, attrs->data, attrs->len) == 0 && buf_putc(out, '}') == 0))
+         && buf_put(out, source, source_n) == 0 && put_int(out, e->offset) == 0
          && buf_put(out, c->seal, c->seal_n) == 0 && buf_put(out, seq_s, seq_n) == 0
          && buf_lit(out, ",\"prev\":\"") == 0 && buf_put(out, c->prev_hex, 64) == 0
          && buf_lit(out, "\",\"hash\":\"") == 0;
@@ -303,6 +310,7 @@ static int render(chain_t *c, const entry_t *e, long flags, const char *body, Py
         return -1;
     memcpy(c->prev, digest, 32);
     hex32(c->prev_hex, c->prev);
+    c->rendered++;
     return buf_put(out, c->prev_hex, 64) == 0 && buf_lit(out, "\"}}") == 0 ? 0 : -1;
 }
 
@@ -378,10 +386,12 @@ static int gather(PyObject *offsets, PyObject *times, PyObject *streams, PyObjec
     return ok ? 0 : -1;
 }
 
-/* seal_entries(prev_hash, seq, offsets, times, streams, bodies, flags, head_tpl, source_tpl, seal_tpl,
- *              observed, correlator, native_body, process_body, slow_entry, packed, raw_data, raw_rows,
- *              ordinals)
+/* seal_entries(prev_hash, seq, offsets, times, streams, bodies, flags, head_tpl, source_tpl, source_rest_tpl,
+ *              seal_tpl, compact, observed, correlator, native_body, process_body, slow_entry, packed,
+ *              raw_data, raw_rows, ordinals)
  *   -> (values, last_seq, last_hash, invalid_utf8, hashes)
+ * The templates are records.Templates: source_tpl for the call's first record, source_rest_tpl for the
+ * others; compact: audit-shipper/v2 (no event_id member, no empty attributes).
  * values: a list of bytes, one per record; with `packed`, (all records in one bytes, their lengths as
  * native uint32 in one bytes), which spares an allocation per record. hashes: every record's hash,
  * 32 bytes each, in seq order (the leaves of the chain's Merkle tree, see shipper/merkle.py).
@@ -396,13 +406,13 @@ static PyObject *seal_entries(PyObject *self, PyObject *args) {
     Py_buffer prev_view;
     long long seq;
     PyObject *offsets, *times, *streams, *bodies, *flags;
-    PyObject *head_o, *source_o, *seal_o, *observed_o, *correlator, *process_body, *slow_entry;
+    PyObject *head_o, *source_o, *source_rest_o, *seal_o, *observed_o, *correlator, *process_body, *slow_entry;
     PyObject *raw_data = Py_None, *raw_rows = Py_None, *raw_ordinals = Py_None;
-    int native_body, packed = 0;
-    if (!PyArg_ParseTuple(args, "y*LO!O!O!O!O!UUUUOpOO|pOOO", &prev_view, &seq, &PyList_Type, &offsets,
+    int native_body, compact, packed = 0;
+    if (!PyArg_ParseTuple(args, "y*LO!O!O!O!O!UUUUpUOpOO|pOOO", &prev_view, &seq, &PyList_Type, &offsets,
                           &PyList_Type, &times, &PyList_Type, &streams, &PyList_Type, &bodies, &PyList_Type,
-                          &flags, &head_o, &source_o, &seal_o, &observed_o, &correlator, &native_body,
-                          &process_body, &slow_entry, &packed, &raw_data, &raw_rows, &raw_ordinals))
+                          &flags, &head_o, &source_o, &source_rest_o, &seal_o, &compact, &observed_o, &correlator,
+                          &native_body, &process_body, &slow_entry, &packed, &raw_data, &raw_rows, &raw_ordinals))
         return NULL;
     raw_t raw = {.held = 0};
     PyObject *values = NULL, *result = NULL;
@@ -445,6 +455,8 @@ static PyObject *seal_entries(PyObject *self, PyObject *args) {
     memcpy(chain.prev, prev_view.buf, 32);
     hex32(chain.prev_hex, chain.prev);
     chain.seq = seq;
+    chain.compact = compact;
+    chain.rendered = 0;
     Py_ssize_t n_py = PyList_GET_SIZE(bodies);
     if (PyList_GET_SIZE(offsets) != n_py || PyList_GET_SIZE(times) != n_py || PyList_GET_SIZE(streams) != n_py
         || PyList_GET_SIZE(flags) != n_py) {
@@ -452,7 +464,7 @@ static PyObject *seal_entries(PyObject *self, PyObject *args) {
         goto done;
     }
     if (str_of(head_o, &chain.head, &chain.head_n) < 0 || str_of(source_o, &chain.source, &chain.source_n) < 0
-        || str_of(seal_o, &chain.seal, &chain.seal_n) < 0 || str_of(observed_o, &chain.observed, &chain.observed_n) < 0)
+        || str_of(source_rest_o, &chain.source_rest, &chain.source_rest_n) < 0 || str_of(seal_o, &chain.seal, &chain.seal_n) < 0 || str_of(observed_o, &chain.observed, &chain.observed_n) < 0)
         goto done;
     entries = PyMem_RawMalloc(sizeof(entry_t) * (size_t)(count ? count : 1));
     ends = PyMem_RawMalloc(sizeof(Py_ssize_t) * (size_t)(count ? count : 1));
@@ -471,7 +483,7 @@ static PyObject *seal_entries(PyObject *self, PyObject *args) {
     Py_ssize_t estimate = 0;
     for (Py_ssize_t i = 0; i < count; i++)
         estimate += entries[i].body_n + entries[i].body_n / 4 + entries[i].time_n + entries[i].stream_n + 400;
-    estimate += count * (chain.head_n + chain.source_n + chain.seal_n + chain.observed_n);
+    estimate += count * (chain.head_n + chain.source_rest_n + chain.seal_n + chain.observed_n) + chain.source_n;
     if (buf_reserve(&out, estimate) < 0)
         goto done;
     int fast_body = native_body && correlator != Py_None;

@@ -214,6 +214,11 @@ class Compression(str, Enum):
     zstd = "zstd"
 
 
+class RecordFormat(str, Enum):
+    compact = "compact"
+    full = "full"
+
+
 class KafkaConfig(_Section):
     bootstrap_servers: str = Field("127.0.0.1:9092", description="Comma-separated `host:port` list.")
     topic: str = Field("logs", description="Topic, or a template with `{namespace}`, `{pod}`, `{container}`, "
@@ -226,6 +231,14 @@ class KafkaConfig(_Section):
     allow_sasl_without_tls: bool = Field(False, description="Permit SASL_PLAINTEXT (password over clear text).")
     compression: Compression = Field(Compression.snappy, description="Batch compression codec (`snappy`: fastest; "
                                      "`zstd`: about twice the ratio at four times the CPU; aiokafka runs lz4 at level 9, slow).")
+    record_format: RecordFormat = Field(RecordFormat.compact, description="`compact`: `audit-shipper/v2` records: "
+                                        "no `event_id` member (the `event_id` header keeps it), no empty "
+                                        "`attributes`, and most log records carry only the pod's identity and "
+                                        "`source.offset`: the full resource and `source.path` come on a chain's "
+                                        "first record, when they change and at least every "
+                                        "`seal.checkpoint_every_s` (a consumer takes them from the chain's latest "
+                                        "log record that has them). `full`: `audit-shipper/v1`, every member on "
+                                        "every record. The chains, and what `shipper verify` finds, are the same.")
     idempotence: Literal["auto", "on", "off"] = Field("auto", description="`auto`: on when the broker supports it "
                                                       "(falls back with a warning).")
     batch_bytes: int = Field(1 * MiB, ge=16 * 1024, le=64 * MiB, description="Most bytes in one per-partition batch.")

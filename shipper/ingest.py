@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 from .batch import Batch, Run, Sealed
-from .config import Settings, SourceMode
+from .config import RecordFormat, Settings, SourceMode
 from .discover import DiscoveredFile, discover, discover_flat, parse_layout_path
 from .metrics import Metrics, timed
 from .model import ChainCheckpoint, ContainerRef, LossEvent, SourceCheckpoint
@@ -71,6 +71,8 @@ class _Chain:
     last_checkpoint: float = field(default_factory=time.monotonic)
     sources: int = 0
     directory: str = ""                 # of its last file: when it goes, so does the stream
+    context_sent: tuple[str, str] | None = None     # v2: (resource, path) of its last full log record
+    context_sent_at: float = 0.0
 
 
 @dataclass(slots=True)
@@ -151,6 +153,7 @@ class Ingest:
         self._manifest_dirty: set[str] = set()
         self._last_manifest = time.monotonic()
         self._topic_template = settings.kafka.topic
+        self._compact = settings.kafka.record_format is RecordFormat.compact
         self._source_globs = (settings.sources.include, settings.sources.exclude)
         # One read turns into about 3-4x its size in records: keep a batch near commit_bytes.
         self.read_size = max(4096, min(settings.sources.read_size, settings.wal.commit_bytes // 4))
@@ -442,8 +445,9 @@ class Ingest:
                 self.metrics.lines_read.labels(format=fmt).inc(parser.lines - lines_before)
                 if len(entries):
                     self._count_degradations(entries)
-                    emitted += self._seal(chain, entries, ChainContext(chain.head.chain, resource, chunk.path),
-                                          observed, process_body, runs)
+                    full = not self._compact or self._full_context(chain, resource, chunk.path, now)
+                    context = ChainContext(chain.head.chain, resource, chunk.path, self._compact, full)
+                    emitted += self._seal(chain, entries, context, observed, process_body, runs)
                 if chunk.end_of_file:
                     self.metrics.rotations.labels(kind="drained").inc()
                     position = source.tailer.position_of(chunk.file_id, chunk.offset + len(chunk.data))
@@ -454,6 +458,21 @@ class Ingest:
         if polled.finished:
             source.finished = True
         return emitted
+
+    def _full_context(self, chain: _Chain, resource: str, path: str, now: float) -> bool:
+        """v2 records: whether this batch's first record carries the full resource and source.path (the
+        others carry the pod's identity and offset). It does when they changed since the chain's last full
+        log record, for the chain's first batch in this process, and at least every checkpoint interval, so
+        a consumer that starts anywhere has them within one (the rule a call per batch would give leaves
+        most records full on a live node: a batch holds what a pod wrote since the last poll, about one line
+        at ten lines a second)."""
+        sent = chain.context_sent
+        if sent is not None and sent[0] == resource and sent[1] == path \
+                and now - chain.context_sent_at < self.settings.seal.checkpoint_every_s:
+            return False
+        chain.context_sent = (resource, path)
+        chain.context_sent_at = now
+        return True
 
     def _drop_excluded(self, source: _Source, polled, batch: Batch, reason: str) -> None:
         """An excluded pod's lines are read and counted, never shipped; its position moves on so a
@@ -505,7 +524,7 @@ class Ingest:
     def _control(self, chain: _Chain, type_: str, body: str, path: str, observed: str, runs: dict[str, Run],
                  extra_members: str = "") -> int:
         run = self._run(chain, runs)
-        context = ChainContext(chain.head.chain, self.provider.resource_json(chain.ref), path)
+        context = ChainContext(chain.head.chain, self.provider.resource_json(chain.ref), path, self._compact)
         value, chain.head = seal_control(chain.head, type_, body, context, observed, extra_members)
         run.values.append(value)
         self._manifest_dirty.add(chain.head.chain)

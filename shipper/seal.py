@@ -4,7 +4,9 @@ and parsing both). Pure: no I/O, no clocks.
 Invariants (each named by a test in tests/unit/test_seal.py):
 - CHAIN_PER_LINEAGE: one chain per container lineage, `chain = <pod_uid>/<container>`; `seq` runs on
   across rotations and container restarts (the head is persisted with the source position).
-- GENESIS: h0 = SHA-256("audit-shipper/v1" || chain); the first record has seq 1 and prev = h0.
+- GENESIS: h0 = SHA-256("audit-shipper/v1" || chain); the first record has seq 1 and prev = h0. The
+  prefix stays "audit-shipper/v1" whatever the record format (v1 or v2), so a chain goes on unchanged
+  when kafka.record_format changes.
 - LINK: hn = SHA-256(hn-1 || canon(seq, time, stream, body, type)); `canon` writes each field as a
   netstring (`<decimal length>:<bytes>,`), so no two field tuples encode alike.
 - CONTEXT_OUTSIDE: enrichment (resource, attributes, observed_time, source) is outside the hash, so
@@ -42,8 +44,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from . import note
 from .merkle import Frontier
 
-SCHEMA = "audit-shipper/v1"
+SCHEMA = "audit-shipper/v1"             # the full record format; also the genesis prefix of every chain (GENESIS)
 SCHEMA_BYTES = SCHEMA.encode()
+SCHEMA_V2 = "audit-shipper/v2"          # the compact record format (kafka.record_format: compact): same chains
+SCHEMA_V2_BYTES = SCHEMA_V2.encode()
 STATEMENT_HEADER = "audit-shipper/checkpoint/v1"
 
 TYPE_LOG = ""

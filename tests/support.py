@@ -14,13 +14,35 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import yaml
 
 from shipper.demo.reconcile import Reconciliation, read_topic, reconcile
 from shipper.seal import generate_key_pair
 from tests.harness.ports import free_port
+
+
+def full_context(records: Iterable[dict]) -> list[dict]:
+    """Records as a consumer that wants every member on every record rebuilds them (records.py): a v2 log
+    record without `source.path` takes the resource and `source.path` of the latest log record of its
+    chain that has them, and every v2 record its event_id from the seal and `attributes` ({} when absent).
+    v1 records pass unchanged. The records of a chain must come in their topic order."""
+    latest: dict[str, tuple[dict, str]] = {}
+    out = []
+    for record in records:
+        if record.get("schema") == "audit-shipper/v2":
+            seal = record["seal"]
+            record = {"schema": record["schema"], "event_id": f"{seal['chain']}:{seal['seq']}"} | record
+            record.setdefault("attributes", {})
+            if "type" not in record:
+                if "path" in record["source"]:
+                    latest[seal["chain"]] = (record["resource"], record["source"]["path"])
+                elif seal["chain"] in latest:
+                    record["resource"], path = latest[seal["chain"]]
+                    record["source"] = {"path": path, "offset": record["source"]["offset"]}
+        out.append(record)
+    return out
 
 
 def new_topic(broker, partitions: int = 3, prefix: str = "logs") -> str:

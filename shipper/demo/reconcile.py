@@ -55,8 +55,8 @@ def reconcile(written: dict[str, list[bytes]], values: Iterable[bytes]) -> Recon
     for value in values:
         try:
             record = json.loads(value)
-            event_id = record["event_id"]
             chain = record["seal"]["chain"]
+            event_id = f'{chain}:{record["seal"]["seq"]}'     # what a v1 value holds and a v2 header carries
         except (ValueError, KeyError, TypeError):
             result.malformed += 1
             continue

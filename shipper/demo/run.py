@@ -135,7 +135,8 @@ async def _prove(bootstrap: str, public_key: Path, values: list[bytes], out: Pat
     keys = load_public_keys([str(public_key)])
     records = [json.loads(value) for value in values]
     logs = [record for record in records if "type" not in record]
-    event_id = logs[len(logs) // 2]["event_id"]
+    seal = logs[len(logs) // 2]["seal"]
+    event_id = f"{seal['chain']}:{seal['seq']}"
     proof = await prove_from_topic(bootstrap, TOPIC, event_id, public_keys=keys, idle_timeout_s=2.0)
     out.write_text(json.dumps(proof, indent=1))
     ok, reason = check_proof(json.loads(out.read_text()), keys)

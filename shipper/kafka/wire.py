@@ -26,10 +26,11 @@ from aiokafka.record.util import encode_varint_py
 
 from ..batch import Packed
 from ..native import module as _native
-from ..seal import SCHEMA_BYTES
+from ..seal import SCHEMA_BYTES, SCHEMA_V2_BYTES
 
 _RECORD_OVERHEAD = 512  # batch and record headers around a value, generously
 _BATCH_HEADER = _DefaultRecordBatchBuilderPy.HEADER_STRUCT.size
+_V2_PREFIX = b'{"schema":"' + SCHEMA_V2_BYTES + b'"'
 _CRC = struct.Struct(">I")
 _CODECS = {"none": 0, "gzip": 1, "snappy": 2, "lz4": 3, "zstd": 4}
 # The xerial snappy stream header: marker -126, "SNAPPY\0", version 1, compatible version 1.
@@ -50,7 +51,8 @@ def kafka_records_py(spans: list[Span], budget: int, limit: int, reserve: int = 
     """The records of a v2 record batch for spans of sealed values: (records, taken per span, value bytes),
     records after `reserve` zero bytes (room for the batch header).
 
-    Each record: key = the chain, headers `schema` and `event_id` (`<chain>:<seq>`), timestamp delta 0,
+    Each record: key = the chain, headers `schema` (the value's own: audit-shipper/v2 for a value that starts
+    as a v2 record does, else audit-shipper/v1) and `event_id` (`<chain>:<seq>`), timestamp delta 0,
     offset delta = its index. Records are taken in order while the section stays within `budget` bytes
     (the first always) and stop before a value longer than `limit`. The reference for the native
     `_native.kafka_records`, which builds the same bytes."""
@@ -73,7 +75,8 @@ def kafka_records_py(spans: list[Span], budget: int, limit: int, reserve: int = 
                 encode_varint_py(len(part), record.append)
                 record += part
             encode_varint_py(2, record.append)
-            for name, text in ((b"schema", SCHEMA_BYTES), (b"event_id", b"%s:%d" % (key, first_seq + index - start))):
+            schema = SCHEMA_V2_BYTES if value.startswith(_V2_PREFIX) else SCHEMA_BYTES
+            for name, text in ((b"schema", schema), (b"event_id", b"%s:%d" % (key, first_seq + index - start))):
                 encode_varint_py(len(name), record.append)
                 record += name
                 encode_varint_py(len(text), record.append)

@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives import serialization
 
 from .. import note
 from ..merkle import inclusion_proof, root_of, verify_inclusion
-from ..seal import (CHAIN_ORIGIN_PREFIX, NODE_CHAIN_PREFIX, NODE_ORIGIN_PREFIX, TYPE_CHECKPOINT, TYPE_MANIFEST,
-                    BadCheckpoint, BadManifest, Identity, link, parse_checkpoint_note, parse_manifest_note)
+from ..seal import (CHAIN_ORIGIN_PREFIX, NODE_CHAIN_PREFIX, NODE_ORIGIN_PREFIX, SCHEMA_V2, TYPE_CHECKPOINT,
+                    TYPE_MANIFEST, BadCheckpoint, BadManifest, Identity, link, parse_checkpoint_note, parse_manifest_note)
 
 PROOF_FORMAT = "audit-shipper/proof/v1"
 _IDENTITY_FIELDS = (("namespace", "namespace"), ("pod", "pod"), ("pod_uid", "pod-uid"), ("container", "container"),
@@ -238,11 +238,13 @@ def _check_proof(proof: Any, public_keys: dict[str, Any]) -> tuple[bool, str]:
         computed = record_hash(record)
         stated = bytes.fromhex(record["seal"]["hash"])
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        return False, f"the proof's record is not an audit-shipper/v1 record: {type(exc).__name__}: {str(exc)[:200]}"
+        return False, f"the proof's record is not an audit-shipper record: {type(exc).__name__}: {str(exc)[:200]}"
     if set(record["seal"]) != _SEAL_MEMBERS:
         return False, "the proof's record has a seal with other members than chain, seq, prev and hash"
     event_id = f"{chain}:{seq}"
-    if proof["event_id"] != event_id or record.get("event_id") != event_id:
+    # a v2 record holds no event_id (its Kafka header does); one it holds all the same must be its own
+    if proof["event_id"] != event_id or ((record.get("schema") != SCHEMA_V2 or "event_id" in record)
+                                         and record.get("event_id") != event_id):
         return False, (f"the proof is for {proof['event_id']!r}, its record is {event_id!r} (event_id "
                        f"{record.get('event_id')!r}): a proof for another record")
     try:

@@ -51,8 +51,8 @@ import time
 from collections import Counter
 from typing import Any, Callable, Iterable
 
-from ..seal import (CHAIN_ORIGIN_PREFIX, NODE_ORIGIN_PREFIX, SCHEMA, TYPE_CHECKPOINT, TYPE_CLOSE, TYPE_GAP,
-                    TYPE_MANIFEST, BadCheckpoint, BadManifest, genesis_hash, link, parse_checkpoint,
+from ..seal import (CHAIN_ORIGIN_PREFIX, NODE_ORIGIN_PREFIX, SCHEMA, SCHEMA_V2, TYPE_CHECKPOINT, TYPE_CLOSE,
+                    TYPE_GAP, TYPE_MANIFEST, BadCheckpoint, BadManifest, genesis_hash, link, parse_checkpoint,
                     parse_checkpoint_note, parse_manifest, parse_manifest_note)
 from .attribution import NO_IDENTITY, attested_identity
 from .closing import Closing, _partition_label
@@ -78,17 +78,24 @@ _json_decode = json.JSONDecoder().decode
 _sha256 = hashlib.sha256
 
 
-def _headers_match(headers: Iterable[tuple[str, bytes]], event_id: str) -> bool:
-    schema = event = None
+def _headers_match(headers: Iterable[tuple[str, bytes]], event_id: str, schema: object) -> bool:
+    header_schema = event = None
     for header_key, header_value in headers:
         if header_key == "schema":
-            schema = header_value
+            header_schema = header_value
         elif header_key == "event_id":
             event = header_value
-    return schema == _SCHEMA_BYTES and event == event_id.encode()
+    return header_schema == _schema_header(schema) and event == event_id.encode()
 
 
-_SCHEMA_BYTES = SCHEMA.encode()
+# The record formats (records.py): the `schema` header names the value's own. A v1 value holds its
+# event_id; a v2 value leaves it to the header.
+_SCHEMA_BYTES = {SCHEMA: SCHEMA.encode(), SCHEMA_V2: SCHEMA_V2.encode()}
+
+
+def _schema_header(schema: object) -> bytes | None:
+    """The `schema` header a value naming `schema` goes with (None: no known format)."""
+    return _SCHEMA_BYTES.get(schema) if type(schema) is str else None
 
 
 def rfc3339_epoch(text: object) -> float | None:
@@ -236,7 +243,7 @@ class Verifier(Closing):
                 len(type_b), type_b)).digest()
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
             # RecursionError: json.loads of a value nested thousands deep, which only a rewrite writes
-            self._violation(None, MALFORMED, None, f"not an audit-shipper/v1 record: {_short(exc)}")
+            self._violation(None, MALFORMED, None, f"not an audit-shipper/v1 or /v2 record: {_short(exc)}")
             return
         state = self.chains.get(name)
         if state is None:
@@ -244,9 +251,11 @@ class Verifier(Closing):
         if state.partition != (topic, partition):
             self._note_partition(state, topic, partition)
         event_id = f"{name}:{seq}"
-        if record.get("schema") != SCHEMA or record.get("event_id") != event_id \
+        schema = record.get("schema")
+        if not (record.get("event_id") == event_id if schema == SCHEMA
+                else schema == SCHEMA_V2 and "event_id" not in record) \
                 or (key is not None and key != state.key and key != name) \
-                or (headers is not None and not _headers_match(headers, event_id)):
+                or (headers is not None and not _headers_match(headers, event_id, schema)):
             self._check_envelope(state, record, name, seq, key, headers)
         state.records += 1
         if digest != stated:
@@ -329,12 +338,14 @@ class Verifier(Closing):
             self._check_trusted(state, seq, stated)
 
     def _check_envelope(self, state: ChainState, record: dict, name: str, seq: int, key, headers) -> None:
-        """What sits outside the hash but consumers rely on: the schema, the dedupe id, the partition key."""
+        """What sits outside the hash but consumers rely on: the schema, the dedupe id, the partition key. A v2
+        value has no event_id (the header has it); one it holds all the same must be the seal's."""
         event_id = f"{name}:{seq}"
         problems: list[str] = []
-        if record.get("schema") != SCHEMA:
-            problems.append(f"schema {record.get('schema')!r}")
-        if record.get("event_id") != event_id:
+        schema = record.get("schema")
+        if _schema_header(schema) is None:
+            problems.append(f"schema {schema!r}")
+        if (schema != SCHEMA_V2 or "event_id" in record) and record.get("event_id") != event_id:
             problems.append(f"event_id {record.get('event_id')!r}")
         if key is not None:
             key_text = key.decode("utf-8", "replace") if isinstance(key, (bytes, bytearray)) else key
@@ -342,7 +353,7 @@ class Verifier(Closing):
                 problems.append(f"record key {key_text!r}")
         if headers is not None:
             seen = {header_key: header_value for header_key, header_value in headers}
-            if seen.get("schema") != SCHEMA.encode():
+            if seen.get("schema") != (_schema_header(schema) or _SCHEMA_BYTES[SCHEMA]):
                 problems.append(f"schema header {seen.get('schema')!r}")
             if seen.get("event_id") != event_id.encode():
                 problems.append(f"event_id header {seen.get('event_id')!r}")

@@ -37,11 +37,13 @@ def test_clean_run_arrives_complete_validates_and_verifies(tmp_path, kafka_broke
     assert summary["received"] == summary["written"] == 10_000
     assert summary["control_records"].get("checkpoint", 0) >= 6
 
-    schema = json.loads((REPO / "schema" / "audit-shipper-v1.json").read_text())
-    validator = jsonschema.Draft202012Validator(schema)
+    validators = {f"audit-shipper/{version}": jsonschema.Draft202012Validator(
+        json.loads((REPO / "schema" / f"audit-shipper-{version}.json").read_text())) for version in ("v1", "v2")}
     values = asyncio.run(read_topic(kafka_broker.bootstrap, topic, idle_s=1.5))
-    for value in values:
-        validator.validate(json.loads(value))
+    records = [json.loads(value) for value in values]
+    assert {record["schema"] for record in records} == {"audit-shipper/v2"}      # kafka.record_format: compact
+    for record in records:
+        validators[record["schema"]].validate(record)
 
     code, report = run_verify(kafka_broker.bootstrap, topic, public_key)
     assert code == 0, report
@@ -130,7 +132,8 @@ def test_metrics_count_what_was_shipped_and_readyz_flips_when_the_pipeline_stops
     finally:
         shipper.stop()
     values = asyncio.run(read_topic(kafka_broker.bootstrap, topic, idle_s=1.5))
-    assert len({json.loads(v)["event_id"] for v in values if not json.loads(v).get("type")}) == 3050
+    seals = [json.loads(v)["seal"] for v in values if not json.loads(v).get("type")]
+    assert len({(seal["chain"], seal["seq"]) for seal in seals}) == 3050
 
 
 @pytest.mark.tansu

@@ -276,6 +276,7 @@ def test_ingest_ships_api_metadata_and_ids_and_skips_excluded_pods(tmp_path):
     from shipper.ingest import Ingest
     from shipper.demo.simnode import SimNode
     from shipper.state import Snapshot
+    from tests.support import full_context
 
     node = SimNode(tmp_path / "log", pods=3, containers_per_pod=1, rotate_every_bytes=None, seed=3)
     known, excluded, unknown = (sim.ref for sim in node.containers)
@@ -296,7 +297,7 @@ def test_ingest_ships_api_metadata_and_ids_and_skips_excluded_pods(tmp_path):
     records = []
     while (collected := ingest.collect(1 << 20)) is not None:
         records += [json.loads(value) for run in collected[0].runs for value in run.values]
-    logs = [r for r in records if "type" not in r]
+    logs = [r for r in full_context(records) if "type" not in r]      # v2: the full resource as rebuilt
     by_pod = {}
     for record in logs:
         by_pod.setdefault(record["resource"]["k8s.pod.uid"], []).append(record)

@@ -13,7 +13,11 @@ from shipper.kafka import wire as kafka
 from shipper.batch import Batch, Run, decode_batch, encode_batch
 from shipper.native import module as native
 
-values_strategy = st.lists(st.binary(min_size=0, max_size=300), min_size=1, max_size=20)
+# values that start as a v1 or v2 record does (the schema header follows the value), or almost do
+PREFIXES = [b"", b'{"schema":"audit-shipper/v1"', b'{"schema":"audit-shipper/v2"', b'{"schema":"audit-shipper/v2',
+            b'{"schema":"audit-shipper/v3"']
+values_strategy = st.lists(st.builds(bytes.__add__, st.sampled_from(PREFIXES), st.binary(min_size=0, max_size=300)),
+                           min_size=1, max_size=20)
 span_strategy = st.builds(
     lambda key, first_seq, values, cut: (key, first_seq, values, min(cut, len(values) - 1), len(values)),
     st.binary(min_size=1, max_size=80), st.integers(1, 2**40), values_strategy, st.integers(0, 5))
@@ -115,3 +119,15 @@ def test_native_snappy_refuses_a_start_outside_the_buffer():
         native.snappy_block(bytearray(b"abc"), 4)
     with pytest.raises(IndexError):
         native.snappy_block(b"abc", -1)
+
+
+@pytest.mark.parametrize("build", [kafka.kafka_records_py] + ([native.kafka_records] if native else []),
+                         ids=["python"] + (["native"] if native else []))
+def test_the_schema_header_names_the_values_own_format(build):
+    values = [b'{"schema":"audit-shipper/v1","event_id":"u/c:1"}', b'{"schema":"audit-shipper/v2","time":"t"}',
+              b'{"schema":"audit-shipper/v2"}', b'{"schema":"audit-shipper/v2x"}', b"not a record"]
+    records, taken, _ = build([(b"u/c", 1, values, 0, len(values))], 1 << 20, 1 << 20, kafka._BATCH_HEADER)
+    batch = kafka._SpanBatch(kafka._CODECS["none"], records, len(values))
+    read = list(DefaultRecordBatch(bytearray(bytes(batch._build()))))
+    assert [dict(record.headers)["schema"] for record in read] == [
+        b"audit-shipper/v1", b"audit-shipper/v2", b"audit-shipper/v2", b"audit-shipper/v1", b"audit-shipper/v1"]

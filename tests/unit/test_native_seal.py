@@ -2,9 +2,11 @@
 
 The reference is records.seal_entries_py; every record the native loop builds must equal it, for
 every kind of body (ASCII, non-ASCII, invalid UTF-8, control characters, secrets), flag and body
-stage configuration, and the chain head it returns must be the same."""
+stage configuration, in both record formats (v1; v2 with and without the full resource on a call's
+first record), and the chain head it returns must be the same."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from array import array
 
@@ -22,7 +24,13 @@ from shipper.seal import ChainHead
 
 pytestmark = pytest.mark.skipif(not records.NATIVE, reason="shipper._native is not built")
 
-CTX = records.ChainContext("pod-uid/app", '{"k8s.pod.name":"p"}', "/var/log/pods/ns_p_uid/app/0.log")
+CTX = records.ChainContext("pod-uid/app", '{"k8s.namespace.name":"ns","k8s.pod.name":"p","k8s.pod.uid":"pod-uid",'
+                           '"k8s.container.name":"app","k8s.container.restart_count":0,"k8s.node.name":"n",'
+                           '"k8s.pod.labels":{"app":"p"},"audit_shipper.metadata":"api"}',
+                           "/var/log/pods/ns_p_uid/app/0.log")
+CONTEXTS = {"v1": CTX, "v2": dataclasses.replace(CTX, compact=True),
+            "v2_identity": dataclasses.replace(CTX, compact=True, full=False)}
+contexts = st.sampled_from(sorted(CONTEXTS)).map(CONTEXTS.__getitem__)
 OBSERVED = "2026-11-28T18:00:01.000000000Z"
 
 FRAGMENTS = [
@@ -65,27 +73,28 @@ def build(rows) -> Entries:
     return out
 
 
-def both(rows, process_body, head=None):
-    head = head or ChainHead.genesis(CTX.chain)
+def both(rows, process_body, head=None, ctx=CTX):
+    head = head or ChainHead.genesis(ctx.chain)
     expected_stats, native_stats = records.SealStats(), records.SealStats()
-    expected = records.seal_entries_py(head, build(rows), CTX, OBSERVED, process_body, expected_stats)
-    native = records.seal_entries(head, build(rows), CTX, OBSERVED, process_body, native_stats)
+    expected = records.seal_entries_py(head, build(rows), ctx, OBSERVED, process_body, expected_stats)
+    native = records.seal_entries(head, build(rows), ctx, OBSERVED, process_body, native_stats)
     return expected, native, expected_stats, native_stats
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(rows=st.lists(entry, max_size=12), which=st.sampled_from(sorted(PROCESSORS)))
-def test_native_records_equal_the_reference(rows, which):
-    expected, native, expected_stats, native_stats = both(rows, PROCESSORS[which])
+@given(rows=st.lists(entry, max_size=12), which=st.sampled_from(sorted(PROCESSORS)), ctx=contexts)
+def test_native_records_equal_the_reference(rows, which, ctx):
+    expected, native, expected_stats, native_stats = both(rows, PROCESSORS[which], ctx=ctx)
     assert native == expected
     assert native_stats == expected_stats
 
 
-def test_a_long_batch_continues_the_chain_like_the_reference(tmp_path):
+@pytest.mark.parametrize("which_ctx", sorted(CONTEXTS))
+def test_a_long_batch_continues_the_chain_like_the_reference(tmp_path, which_ctx):
     rows = [(i * 210, b"2026-11-28T18:00:00.000000001Z", b"stdout", line, 0)
             for i, line in enumerate(workload_bodies(tmp_path, 2000))]
     head = ChainHead(CTX.chain, 41, bytes(range(32)))
-    expected, native, _, _ = both(rows, PROCESSORS["defaults"], head)
+    expected, native, _, _ = both(rows, PROCESSORS["defaults"], head, CONTEXTS[which_ctx])
     assert native == expected
     values, last = native
     assert last.seq == 41 + len(rows)
@@ -151,11 +160,11 @@ def workload_bodies(root, count: int) -> list[bytes]:
 
 
 @settings(max_examples=100, deadline=None)
-@given(rows=st.lists(entry, max_size=12), which=st.sampled_from(sorted(PROCESSORS)))
-def test_packed_records_are_the_reference_records_end_to_end(rows, which):
-    head = ChainHead.genesis(CTX.chain)
-    expected, expected_head = records.seal_entries_py(head, build(rows), CTX, OBSERVED, PROCESSORS[which])
-    blob, lengths, packed_head = records.seal_entries_packed(head, build(rows), CTX, OBSERVED, PROCESSORS[which])
+@given(rows=st.lists(entry, max_size=12), which=st.sampled_from(sorted(PROCESSORS)), ctx=contexts)
+def test_packed_records_are_the_reference_records_end_to_end(rows, which, ctx):
+    head = ChainHead.genesis(ctx.chain)
+    expected, expected_head = records.seal_entries_py(head, build(rows), ctx, OBSERVED, PROCESSORS[which])
+    blob, lengths, packed_head = records.seal_entries_packed(head, build(rows), ctx, OBSERVED, PROCESSORS[which])
     assert (blob, list(lengths), packed_head) == (b"".join(expected), [len(v) for v in expected], expected_head)
 
 
@@ -170,18 +179,20 @@ def test_the_prefilter_sees_a_secret_at_every_offset(secret):
             assert records._native.default_candidate(body), (before, after)
 
 
+@pytest.mark.parametrize("which_ctx", sorted(CONTEXTS))
 @pytest.mark.parametrize("which", ["none", "defaults"])
-def test_packed_records_longer_than_estimated_are_whole(which):
+def test_packed_records_longer_than_estimated_are_whole(which, which_ctx):
     """Packed records are rendered into the returned bytes object sized from an estimate; a body that
     escapes to six times its length (control characters) outgrows it mid-batch and must lose nothing."""
+    ctx = CONTEXTS[which_ctx]
     rows = [(0, b"", b"stdout", b"plain line", 0), (11, b"", b"stderr", b"\x01" * 5000, 0),
             (5012, b"", b"stdout", b"after", 0)]
-    head = ChainHead.genesis(CTX.chain)
-    expected, expected_head = records.seal_entries_py(head, build(rows), CTX, OBSERVED, PROCESSORS[which])
-    blob, lengths, packed_head = records.seal_entries_packed(head, build(rows), CTX, OBSERVED, PROCESSORS[which])
+    head = ChainHead.genesis(ctx.chain)
+    expected, expected_head = records.seal_entries_py(head, build(rows), ctx, OBSERVED, PROCESSORS[which])
+    blob, lengths, packed_head = records.seal_entries_packed(head, build(rows), ctx, OBSERVED, PROCESSORS[which])
     assert len(expected[1]) > 30_000
     assert (blob, list(lengths), packed_head) == (b"".join(expected), [len(v) for v in expected], expected_head)
-    assert records.seal_entries_packed(head, build([]), CTX, OBSERVED, PROCESSORS[which])[:2] == (b"", array("I"))
+    assert records.seal_entries_packed(head, build([]), ctx, OBSERVED, PROCESSORS[which])[:2] == (b"", array("I"))
 
 
 TS = b"2026-11-28T18:00:00.123456789Z"
@@ -193,12 +204,12 @@ cri_line = st.one_of(
 )
 
 
-def seal_chunks(lines: list[bytes], cuts: list[int], which: str, raw: bool):
+def seal_chunks(lines: list[bytes], cuts: list[int], which: str, raw: bool, ctx=CTX):
     """Parse the lines chunk by chunk as the ingest does (raw=True: entries stay raw rows in the data
     read) and seal each chunk: natively with raw rows, or by the reference over list entries."""
     data = b"".join(lines)
     parser = StreamParser()
-    head = ChainHead.genesis(CTX.chain)
+    head = ChainHead.genesis(ctx.chain)
     blobs, raw_rows = [], 0
     position = 0
     for cut in sorted(set(cuts)) + [len(data)]:
@@ -209,10 +220,10 @@ def seal_chunks(lines: list[bytes], cuts: list[int], which: str, raw: bool):
             entries = Entries()
             parser.feed(chunk, position, cut == len(data), out=entries)
             raw_rows += len(entries.raw) // 56
-            blob, _, head = records.seal_entries_packed(head, entries, CTX, OBSERVED, PROCESSORS[which])
+            blob, _, head = records.seal_entries_packed(head, entries, ctx, OBSERVED, PROCESSORS[which])
         else:
             entries = parser.feed(chunk, position, cut == len(data))
-            values, head = records.seal_entries_py(head, entries, CTX, OBSERVED, PROCESSORS[which])
+            values, head = records.seal_entries_py(head, entries, ctx, OBSERVED, PROCESSORS[which])
             blob = b"".join(values)
         blobs.append(blob)
         position = cut
@@ -221,12 +232,12 @@ def seal_chunks(lines: list[bytes], cuts: list[int], which: str, raw: bool):
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(lines=st.lists(cri_line, max_size=25), cuts=st.lists(st.integers(1, 3000), max_size=4),
-       which=st.sampled_from(sorted(PROCESSORS)))
-def test_entries_left_in_the_data_read_seal_like_the_reference(lines, cuts, which):
+       which=st.sampled_from(sorted(PROCESSORS)), ctx=contexts)
+def test_entries_left_in_the_data_read_seal_like_the_reference(lines, cuts, which, ctx):
     """Plain lines stay raw rows in the bytes read (no object per line) between list entries (partials,
     malformed headers): sealed in their order, they give the reference's records and chain head."""
-    native_blob, native_head, _ = seal_chunks(lines, cuts, which, raw=True)
-    expected_blob, expected_head, _ = seal_chunks(lines, cuts, which, raw=False)
+    native_blob, native_head, _ = seal_chunks(lines, cuts, which, raw=True, ctx=ctx)
+    expected_blob, expected_head, _ = seal_chunks(lines, cuts, which, raw=False, ctx=ctx)
     assert native_blob == expected_blob
     assert native_head == expected_head
 
@@ -256,3 +267,16 @@ def test_raw_rows_are_checked_before_they_are_read():
     entries.raw[0:8] = (1).to_bytes(8, "little")                    # two entries claim ordinal 1
     with pytest.raises(ValueError, match="ordinals"):
         records.seal_entries_packed(head, entries, CTX, OBSERVED, None)
+
+
+def test_v2_records_carry_the_full_resource_on_a_full_calls_first_record_only():
+    rows = [(i * 20, b"", b"stdout", b"line %d" % i, 2 if i == 1 else 0) for i in range(3)]
+    for ctx, full in ((CONTEXTS["v2"], 1), (CONTEXTS["v2_identity"], 0)):
+        expected, (values, _), _, _ = both(rows, None, ctx=ctx)
+        decoded = [json.loads(value) for value in values]
+        assert [record["schema"] for record in decoded] == ["audit-shipper/v2"] * 3
+        assert not any("event_id" in record for record in decoded)
+        assert ["attributes" in record for record in decoded] == [False, True, False]
+        assert sum("path" in record["source"] for record in decoded) == full
+        assert all(list(record["resource"]) == list(records.IDENTITY_KEYS)
+                   for record in decoded[full:])

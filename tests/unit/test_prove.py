@@ -236,7 +236,7 @@ def wrong_tree_size(proof):
 BAD_PROOFS = {
     "forged record": (forged_record, "does not hash to the proof's leaf"),
     "forged record, rehashed": (forged_and_rehashed, "the audit path does not lead"),
-    "truncated record": (truncated_record, "not an audit-shipper/v1 record"),
+    "truncated record": (truncated_record, "not an audit-shipper record"),
     "truncated audit path": (truncated_path, "the audit path does not lead"),
     "reordered: another index": (reordered_index, "leaf_index 15 is not the place of seq 15"),
     "reordered audit path": (reordered_path, "the audit path does not lead"),
