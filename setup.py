@@ -13,7 +13,7 @@ setup(
             sources=["native/module.c", "native/seal.c", "native/kafka.c", "native/parse.c", "native/correlate.c",
                      "native/merkle.c", "native/verify.c"],
             depends=["native/buf.h", "native/correlate.h", "native/seal.h", "native/kafka.h", "native/parse.h",
-                     "native/merkle.h", "native/verify.h"],
+                     "native/merkle.h", "native/verify.h", "native/kafka_read.h"],
             libraries=["crypto", "snappy"],
             extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter",
                                 "-Wno-deprecated-declarations"],

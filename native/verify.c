@@ -14,6 +14,8 @@
  * The scan itself touches no Python object and runs without the GIL. */
 #include "verify.h"
 
+#include "kafka_read.h"
+
 #include <openssl/sha.h>
 #include <stdint.h>
 #include <string.h>
@@ -46,6 +48,15 @@ static const char *const TYPE_NAMES[] = {"", "gap", "checkpoint", "close", "mani
 static const char *const IDENTITY_NAMES[IDENTITY_FIELDS] = {
     "k8s.namespace.name", "k8s.pod.name", "k8s.pod.uid", "k8s.container.name", "k8s.node.name"};
 static const char SCHEMA[] = "audit-shipper/v1";
+static const char SCHEMA_V2[] = "audit-shipper/v2";
+_Static_assert(sizeof SCHEMA == sizeof SCHEMA_V2, "envelope_ok compares either schema in as many bytes");
+
+/* What a Kafka record's envelope is judged against (verify_records): the format the value names and
+ * whether it has an event_id member at all (a v2 value must not). */
+typedef struct {
+    int format;                        /* 1: "audit-shipper/v1", 2: "audit-shipper/v2", 0: another */
+    int has_event_id;
+} value_envelope_t;
 
 /* A string value: its bytes in the record when it holds no escape, else decoded in the arena. */
 typedef struct {
@@ -681,7 +692,10 @@ static void mark_slow(scan_t *s, const columns_t *out, Py_ssize_t i) {
     s->epoch++;
 }
 
-static void scan_one(scan_t *s, cursor data, Py_ssize_t len, const columns_t *out, Py_ssize_t i) {
+/* Record i of the columns from the value data[0:len] (data NULL: not bytes, SLOW); `envelope`, when given,
+ * receives what the value says of its format (left zero for a SLOW record). */
+static void scan_one(scan_t *s, cursor data, Py_ssize_t len, const columns_t *out, Py_ssize_t i,
+                     value_envelope_t *envelope) {
     record_t r;
     s->arena.len = 0;
     input_t in = {data, data + len, &s->arena};
@@ -700,6 +714,11 @@ static void scan_one(scan_t *s, cursor data, Py_ssize_t len, const columns_t *ou
     int seq_len = buf_decimal(seq_text, r.seq);
     if (span_equals(&in, &r.schema, SCHEMA, (Py_ssize_t)sizeof SCHEMA - 1))
         flags |= SCAN_SCHEMA_OK;
+    if (envelope != NULL) {
+        envelope->format = (flags & SCAN_SCHEMA_OK) ? 1
+                           : span_equals(&in, &r.schema, SCHEMA_V2, (Py_ssize_t)sizeof SCHEMA_V2 - 1) ? 2 : 0;
+        envelope->has_event_id = (r.seen & (1u << K_EVENT_ID)) != 0;
+    }
     if (r.event_id.present && r.event_id.len == r.chain.len + 1 + seq_len) {
         cursor id = span_data(&in, &r.event_id);
         if (memcmp(id, chain, (size_t)r.chain.len) == 0 && id[r.chain.len] == ':'
@@ -810,6 +829,74 @@ static PyObject *column(Py_ssize_t count, Py_ssize_t width, unsigned char **data
     return bytes;
 }
 
+#define SCAN_COLUMNS 8
+
+/* The eight column objects of `count` records, with `out` pointing into them; -1 (and cols released)
+ * when memory ran out. */
+static int columns_new(Py_ssize_t count, PyObject *cols[SCAN_COLUMNS], columns_t *out) {
+    static const Py_ssize_t widths[SCAN_COLUMNS] = {1, 1, 4, 4, 8, 8, 32, 32};
+    unsigned char *data[SCAN_COLUMNS];
+    for (int c = 0; c < SCAN_COLUMNS; c++) {
+        if ((cols[c] = column(count, widths[c], &data[c])) == NULL) {
+            for (int k = 0; k < c; k++)
+                Py_CLEAR(cols[k]);
+            return -1;
+        }
+    }
+    out->flags = data[0];
+    out->types = data[1];
+    out->chains = (uint32_t *)data[2];
+    out->idents = (uint32_t *)data[3];
+    out->seqs = (int64_t *)data[4];
+    out->prefixes = (uint64_t *)data[5];
+    out->prevs = data[6];
+    out->hashes = data[7];
+    return 0;
+}
+
+static void scan_init(scan_t *s) {
+    table_init(&s->chains);
+    table_init(&s->identities);
+    buf_init(&s->arena);
+    buf_init(&s->scratch);
+    s->epoch = 0;
+}
+
+static void scan_free(scan_t *s) {
+    table_free(&s->chains);
+    table_free(&s->identities);
+    buf_free(&s->arena);
+    buf_free(&s->scratch);
+}
+
+/* The scan's result tuple: the columns (taken over: cols are cleared), the chain names and identities,
+ * then `extra` further objects (taken over too); NULL when memory ran out (everything released). */
+static PyObject *scan_result(const scan_t *s, PyObject *cols[SCAN_COLUMNS], PyObject **extra, int n_extra) {
+    PyObject *names = chain_names(&s->chains);
+    PyObject *identities = names ? identity_tuples(&s->identities) : NULL;
+    PyObject *result = identities ? PyTuple_New(SCAN_COLUMNS + 2 + n_extra) : NULL;
+    if (result == NULL) {
+        Py_XDECREF(names);
+        Py_XDECREF(identities);
+        for (int c = 0; c < SCAN_COLUMNS; c++)
+            Py_CLEAR(cols[c]);
+        for (int k = 0; k < n_extra; k++)
+            Py_CLEAR(extra[k]);
+        return NULL;
+    }
+    for (int c = 0; c < SCAN_COLUMNS; c++) {
+        PyTuple_SET_ITEM(result, c, cols[c]);
+        cols[c] = NULL;
+    }
+    PyTuple_SET_ITEM(result, SCAN_COLUMNS, names);
+    PyTuple_SET_ITEM(result, SCAN_COLUMNS + 1, identities);
+    for (int k = 0; k < n_extra; k++) {
+        PyTuple_SET_ITEM(result, SCAN_COLUMNS + 2 + k, extra[k]);
+        extra[k] = NULL;
+    }
+    return result;
+}
+
 PyDoc_STRVAR(verify_scan_doc,
 "verify_scan(values) -> (flags, types, chains, idents, seqs, prefixes, prevs, hashes, chain_names, identities)\n\n"
 "The columns of shipper.verify.scan.verify_scan_py for a sequence of record values (bytes; anything\n"
@@ -821,25 +908,16 @@ static PyObject *verify_scan(PyObject *self, PyObject *arg) {
     if (values == NULL)
         return NULL;
     Py_ssize_t n = PyTuple_GET_SIZE(values);
-    PyObject *cols[8] = {NULL};
+    PyObject *cols[SCAN_COLUMNS] = {NULL};
     PyObject *result = NULL;
     columns_t out;
-    unsigned char *chains_data, *idents_data, *seqs_data, *prefixes_data;
-    static const Py_ssize_t widths[8] = {1, 1, 4, 4, 8, 8, 32, 32};
-    unsigned char **targets[8] = {&out.flags, &out.types, &chains_data, &idents_data, &seqs_data, &prefixes_data,
-                                  &out.prevs, &out.hashes};
     struct { cursor data; Py_ssize_t len; } *items = PyMem_Malloc((size_t)(n ? n : 1) * sizeof *items);
     if (items == NULL) {
         Py_DECREF(values);
         return PyErr_NoMemory();
     }
-    for (int c = 0; c < 8; c++)
-        if ((cols[c] = column(n, widths[c], targets[c])) == NULL)
-            goto done;
-    out.chains = (uint32_t *)chains_data;
-    out.idents = (uint32_t *)idents_data;
-    out.seqs = (int64_t *)seqs_data;
-    out.prefixes = (uint64_t *)prefixes_data;
+    if (columns_new(n, cols, &out) < 0)
+        goto done;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *item = PyTuple_GET_ITEM(values, i);
         if (PyBytes_CheckExact(item)) {
@@ -851,52 +929,279 @@ static PyObject *verify_scan(PyObject *self, PyObject *arg) {
         }
     }
     scan_t s;
-    table_init(&s.chains);
-    table_init(&s.identities);
-    buf_init(&s.arena);
-    buf_init(&s.scratch);
-    s.epoch = 0;
+    scan_init(&s);
     if (n >= RELEASE_GIL_RECORDS) {
         Py_BEGIN_ALLOW_THREADS
         for (Py_ssize_t i = 0; i < n; i++)
-            scan_one(&s, items[i].data, items[i].len, &out, i);
+            scan_one(&s, items[i].data, items[i].len, &out, i, NULL);
         Py_END_ALLOW_THREADS
     } else {
         for (Py_ssize_t i = 0; i < n; i++)
-            scan_one(&s, items[i].data, items[i].len, &out, i);
+            scan_one(&s, items[i].data, items[i].len, &out, i, NULL);
     }
-    PyObject *names = chain_names(&s.chains);
-    PyObject *identities = names ? identity_tuples(&s.identities) : NULL;
-    table_free(&s.chains);
-    table_free(&s.identities);
-    buf_free(&s.arena);
-    buf_free(&s.scratch);
-    if (identities == NULL) {
-        Py_XDECREF(names);
-        goto done;
-    }
-    result = PyTuple_New(10);
-    if (result == NULL) {
-        Py_DECREF(names);
-        Py_DECREF(identities);
-        goto done;
-    }
-    for (int c = 0; c < 8; c++) {
-        PyTuple_SET_ITEM(result, c, cols[c]);
-        cols[c] = NULL;
-    }
-    PyTuple_SET_ITEM(result, 8, names);
-    PyTuple_SET_ITEM(result, 9, identities);
+    result = scan_result(&s, cols, NULL, 0);
+    scan_free(&s);
 done:
-    for (int c = 0; c < 8; c++)
-        Py_XDECREF(cols[c]);
     PyMem_Free(items);
     Py_DECREF(values);
     return result;
 }
 
+/* -- Kafka record batches -> the same columns, plus where each record sits -------------------------- */
+
+#define SCAN_ENVELOPE_OK 128       /* the value's schema and event_id, the key and headers as feed wants them */
+/* A record a run may hold: scanned, a log record, its hash and its envelope as the seal says. */
+#define RUN_MASK (SCAN_OK | SCAN_SLOW | SCAN_ALTERED | SCAN_ENVELOPE_OK)
+#define RUN_WANT (SCAN_OK | SCAN_ENVELOPE_OK)
+
+typedef struct {
+    kread_record_t record;
+    int64_t offset;
+    uint32_t batch, start;             /* the batch it is in, and where it starts in the batch's records */
+} found_t;
+
+typedef struct {
+    uint32_t batch, index;             /* the batch, and the index of the record that could not be read */
+    int32_t code;                      /* KREAD_* */
+} read_error_t;
+
+typedef struct {
+    Py_buffer view;
+    long long base_offset;
+    Py_ssize_t count;
+} batch_in_t;
+
+static int push(buf_t *b, const void *item, Py_ssize_t size) {
+    return buf_put(b, item, size);
+}
+
+/* Every record of every batch, in order (those below min_offset read but left out); a batch that cannot
+ * be read to its end stops at the record that fails, noted in errors. -1 only when memory ran out. */
+static int read_batches(const batch_in_t *batches, Py_ssize_t n_batches, long long min_offset, buf_t *found,
+                        buf_t *errors) {
+    for (Py_ssize_t b = 0; b < n_batches; b++) {
+        kread_cursor data = batches[b].view.buf, p = data, end = data + batches[b].view.len;
+        long long base = batches[b].base_offset;
+        read_error_t error = {(uint32_t)b, 0, KREAD_OK};
+        Py_ssize_t k = 0;
+        for (; k < batches[b].count; k++) {
+            found_t f;
+            kread_cursor start = p;
+            if (p == end) {
+                error.code = KREAD_COUNT;
+                break;
+            }
+            if ((error.code = kread_record(&p, end, &f.record)) != KREAD_OK)
+                break;
+            if (base > 0 && f.record.offset_delta > INT64_MAX - base) {
+                error.code = KREAD_OFFSET;
+                break;
+            }
+            f.offset = base + f.record.offset_delta;
+            if (f.offset < min_offset)
+                continue;
+            f.batch = (uint32_t)b;
+            f.start = (uint32_t)(start - data);
+            if (push(found, &f, sizeof f) < 0)
+                return -1;
+        }
+        if (error.code == KREAD_OK && p != end) {
+            error.code = KREAD_TRAILING;
+        }
+        if (error.code != KREAD_OK) {
+            error.index = (uint32_t)k;
+            if (push(errors, &error, sizeof error) < 0)
+                return -1;
+        }
+    }
+    return 0;
+}
+
+/* The envelope as Verifier.feed judges it, true when feed would find nothing to check: the value's own
+ * (a v1 value's event_id is "<chain>:<seq>", a v2 value has no event_id member), the key null or the
+ * chain, and among the headers the last `schema` names the value's format and the last `event_id` is
+ * "<chain>:<seq>". Only for a record that scanned OK. */
+static int envelope_ok(const scan_t *s, const columns_t *out, Py_ssize_t i, const kread_record_t *r,
+                       const value_envelope_t *value) {
+    if (value->format == 1 ? !(out->flags[i] & SCAN_EVENT_ID_OK) : value->format != 2 || value->has_event_id)
+        return 0;
+    const entry_t *e = &s->chains.entries[out->chains[i]];
+    cursor chain = (cursor)s->chains.keys.data + e->key_off;
+    Py_ssize_t chain_len = e->key_len;
+    if (r->key != NULL && (r->key_len != chain_len || memcmp(r->key, chain, (size_t)chain_len) != 0))
+        return 0;
+    kread_cursor p = r->headers;
+    kread_header_t schema = {NULL, 0, NULL, 0}, event = {NULL, 0, NULL, 0};
+    for (int64_t k = 0; k < r->header_count; k++) {
+        kread_header_t header;
+        if (kread_header(&p, r->end, &header) != KREAD_OK)
+            return 0;
+        if (header.key_len == 6 && memcmp(header.key, "schema", 6) == 0)
+            schema = header;
+        else if (header.key_len == 8 && memcmp(header.key, "event_id", 8) == 0)
+            event = header;
+    }
+    const char *format = value->format == 1 ? SCHEMA : SCHEMA_V2;    /* both of sizeof SCHEMA - 1 bytes */
+    if (schema.value == NULL || schema.value_len != (int64_t)sizeof SCHEMA - 1
+        || memcmp(schema.value, format, sizeof SCHEMA - 1) != 0)
+        return 0;
+    char seq_text[24];
+    int seq_len = buf_decimal(seq_text, out->seqs[i]);
+    return event.value != NULL && event.value_len == chain_len + 1 + seq_len
+           && memcmp(event.value, chain, (size_t)chain_len) == 0 && event.value[chain_len] == ':'
+           && memcmp(event.value + chain_len + 1, seq_text, (size_t)seq_len) == 0;
+}
+
+/* Runs: maximal stretches of consecutive records a run may hold, of one chain and one identity, each
+ * after the first FOLLOWS the one before. As (start, end) pairs. */
+static int find_runs(const columns_t *out, Py_ssize_t n, buf_t *runs) {
+    Py_ssize_t open = -1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int candidate = (out->flags[i] & RUN_MASK) == RUN_WANT && out->types[i] == 0;
+        if (candidate && open >= 0 && out->chains[i] == out->chains[i - 1] && out->idents[i] == out->idents[i - 1]
+            && (out->flags[i] & SCAN_FOLLOWS))
+            continue;
+        if (open >= 0) {
+            uint32_t pair[2] = {(uint32_t)open, (uint32_t)i};
+            if (push(runs, pair, sizeof pair) < 0)
+                return -1;
+        }
+        open = candidate ? i : -1;
+    }
+    if (open >= 0) {
+        uint32_t pair[2] = {(uint32_t)open, (uint32_t)n};
+        if (push(runs, pair, sizeof pair) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+static void scan_found(scan_t *s, const found_t *found, Py_ssize_t n, const columns_t *out, int64_t *offsets,
+                       uint32_t *locations) {
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const found_t *f = &found[i];
+        value_envelope_t value = {0, 0};
+        scan_one(s, f->record.value, f->record.value ? (Py_ssize_t)f->record.value_len : 0, out, i, &value);
+        if ((out->flags[i] & SCAN_OK) && envelope_ok(s, out, i, &f->record, &value))
+            out->flags[i] |= SCAN_ENVELOPE_OK;
+        offsets[i] = f->offset;
+        locations[2 * i] = f->batch;
+        locations[2 * i + 1] = f->start;
+    }
+}
+
+static PyObject *bytes_of(const buf_t *b) {
+    return PyBytes_FromStringAndSize(b->data ? b->data : "", b->len);
+}
+
+static PyObject *error_list(const buf_t *errors) {
+    Py_ssize_t n = errors->len / (Py_ssize_t)sizeof(read_error_t);
+    PyObject *list = PyList_New(n);
+    for (Py_ssize_t i = 0; list != NULL && i < n; i++) {
+        const read_error_t *e = (const read_error_t *)errors->data + i;
+        PyObject *item = Py_BuildValue("(IIi)", e->batch, e->index, (int)e->code);
+        if (item == NULL)
+            Py_CLEAR(list);
+        else
+            PyList_SET_ITEM(list, i, item);
+    }
+    return list;
+}
+
+PyDoc_STRVAR(verify_records_doc,
+"verify_records(batches, min_offset) -> (flags, types, chains, idents, seqs, prefixes, prevs, hashes,\n"
+"    chain_names, identities, offsets, locations, runs, errors)\n\n"
+"The records of Kafka v2 record batches (batches: [(records, base_offset, count)], records the\n"
+"decompressed records section) at offsets >= min_offset, scanned like verify_scan, with their envelope\n"
+"judged, as shipper.verify.batches.verify_records_py; without the GIL.");
+
+static PyObject *verify_records(PyObject *self, PyObject *args) {
+    PyObject *batches_arg;
+    long long min_offset;
+    if (!PyArg_ParseTuple(args, "OL", &batches_arg, &min_offset))
+        return NULL;
+    PyObject *batches = PySequence_Tuple(batches_arg);
+    if (batches == NULL)
+        return NULL;
+    Py_ssize_t n_batches = PyTuple_GET_SIZE(batches), held = 0;
+    if (n_batches > UINT32_MAX) {
+        Py_DECREF(batches);
+        PyErr_SetString(PyExc_ValueError, "too many batches");
+        return NULL;
+    }
+    batch_in_t *in = PyMem_Calloc((size_t)(n_batches ? n_batches : 1), sizeof *in);
+    PyObject *result = NULL, *cols[SCAN_COLUMNS] = {NULL}, *extra[4] = {NULL};
+    buf_t found, errors, runs;
+    buf_init(&found);
+    buf_init(&errors);
+    buf_init(&runs);
+    if (in == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (; held < n_batches; held++) {
+        PyObject *item = PyTuple_GET_ITEM(batches, held);
+        if (!PyTuple_Check(item) || !PyArg_ParseTuple(item, "y*Ln", &in[held].view, &in[held].base_offset,
+                                                      &in[held].count)) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_TypeError, "a batch is a tuple (records, base_offset, count)");
+            goto done;
+        }
+        if (in[held].view.len > UINT32_MAX) {
+            held++;
+            PyErr_SetString(PyExc_ValueError, "a batch's records are larger than 4 GiB");
+            goto done;
+        }
+    }
+    int failed;
+    Py_BEGIN_ALLOW_THREADS
+    failed = read_batches(in, n_batches, min_offset, &found, &errors);
+    Py_END_ALLOW_THREADS
+    if (failed) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_ssize_t n = found.len / (Py_ssize_t)sizeof(found_t);
+    columns_t out;
+    unsigned char *offsets, *locations;
+    if (columns_new(n, cols, &out) < 0 || (extra[0] = column(n, 8, &offsets)) == NULL
+        || (extra[1] = column(n, 8, &locations)) == NULL)
+        goto done;
+    scan_t s;
+    scan_init(&s);
+    Py_BEGIN_ALLOW_THREADS
+    scan_found(&s, (const found_t *)found.data, n, &out, (int64_t *)offsets, (uint32_t *)locations);
+    failed = find_runs(&out, n, &runs);
+    Py_END_ALLOW_THREADS
+    if (failed) {
+        scan_free(&s);
+        PyErr_NoMemory();
+        goto done;
+    }
+    if ((extra[2] = bytes_of(&runs)) == NULL || (extra[3] = error_list(&errors)) == NULL) {
+        scan_free(&s);
+        goto done;
+    }
+    result = scan_result(&s, cols, extra, 4);
+    scan_free(&s);
+done:
+    for (int c = 0; c < SCAN_COLUMNS; c++)
+        Py_XDECREF(cols[c]);
+    for (int k = 0; k < 4; k++)
+        Py_XDECREF(extra[k]);
+    for (Py_ssize_t b = 0; b < held; b++)
+        PyBuffer_Release(&in[b].view);
+    PyMem_Free(in);
+    buf_free(&found);
+    buf_free(&errors);
+    buf_free(&runs);
+    Py_DECREF(batches);
+    return result;
+}
+
 static PyMethodDef verify_methods[] = {
     {"verify_scan", verify_scan, METH_O, verify_scan_doc},
+    {"verify_records", verify_records, METH_VARARGS, verify_records_doc},
     {NULL, NULL, 0, NULL},
 };
 

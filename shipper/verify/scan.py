@@ -54,6 +54,7 @@ FLAG_SCHEMA_OK = 8        # schema == "audit-shipper/v1"
 FLAG_EVENT_ID_OK = 16     # event_id == f"{chain}:{seq}"
 FLAG_RESOURCE = 32        # a resource object is present
 FLAG_FOLLOWS = 64
+FLAG_ENVELOPE_OK = 128    # (batches.verify_records only) schema, event_id, key and headers as feed wants them
 
 TYPE_NAMES = ("", "gap", "checkpoint", "close", "manifest")
 IDENTITY_FIELDS = ("k8s.namespace.name", "k8s.pod.name", "k8s.pod.uid", "k8s.container.name", "k8s.node.name")
