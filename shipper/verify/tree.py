@@ -75,14 +75,21 @@ class ChainTree:
         self.next = next_seq
 
     def add_packed(self, first_seq: int, digests: bytes | memoryview) -> None:
-        """The leaves of first_seq.. (32 bytes each, in order), first_seq being the next one and no
-        leaf waiting aside: a run of records that each linked to the one before."""
+        """The leaves of first_seq.. (32 bytes each, in order), first_seq being the next one: a run of records
+        that each linked to the one before. Exactly what appending them one at a time as the verifier's
+        common path does leaves behind (folded whenever PENDING_MAX is reached, so the leaves a restarted
+        tree can be rebuilt from are the same; leaves waiting aside are not looked at, as there)."""
         pending = self.pending
-        if len(pending) + len(digests) > PENDING_MAX:
-            self.fold()
-            pending = self.pending
-        pending += digests
-        self.next = first_seq + len(digests) // 32
+        size = len(digests)
+        taken = 0
+        while taken < size:
+            if len(pending) >= PENDING_MAX:
+                self.fold()
+                pending = self.pending
+            step = min(size - taken, PENDING_MAX - len(pending))
+            pending += digests[taken:taken + step]
+            taken += step
+        self.next = first_seq + size // 32
 
     def _stop(self, seq: int) -> None:
         """Too many records after a hole at seq: the chain's tree cannot be rebuilt past it."""

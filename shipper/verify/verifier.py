@@ -1,6 +1,7 @@
 """The judge of `shipper verify`: how the hash chains, checkpoints and manifests of a topic are judged.
 
-A pure, streaming core (`Verifier`) is fed one record value at a time, in topic order per partition,
+A pure, streaming core (`Verifier`) is fed one record value at a time (or a partition's records in bulk,
+decoded and scanned in C: `feed_scanned`, the same verdicts), in topic order per partition,
 and keeps per chain only its head, counters, its last good checkpoint, a few open "missing" ranges and
 a bounded window of seq -> hash prefix (ring arrays, 16 bytes a slot). Memory is bounded by the number
 of chains times the window, never by the size of the topic. No I/O here: inputs.py feeds it from Kafka
@@ -336,6 +337,103 @@ class Verifier(Closing):
             self._check_claim(state, seq, stated)
         if state.trusted is not None and seq == state.trusted.seq:
             self._check_trusted(state, seq, stated)
+
+    def feed_scanned(self, scanned: Any, topic: str | None, partition: int | None) -> None:
+        """The records of one partition read in bulk, in offset order (a batches.RecordScan: the columns of
+        scan.py, each record's offset, and the runs of plain log records of one chain and identity that each
+        link to the one before): the same verdicts as `feed` of every record in that order. A run whose
+        chain stands where feed's common path would take each of its records (the run continues the head
+        in the same partition, no fill waits to be judged, the chain is not closed, the identity is the
+        attested or the recent one, no claim or trusted head falls inside) is judged at once: counters,
+        head, duplicate window and Merkle leaves by slices. Every other record goes through `feed`, its
+        value, key and headers read again (`scanned.record(index)`)."""
+        if self._finished is not None:
+            raise RuntimeError("the verifier has finished")
+        runs = scanned.runs
+        identities = [tuple("" if value is None else value for value in seen) for seen in scanned.identities]
+        position = 0
+        for index in range(0, len(runs), 2):
+            start, end = runs[index], runs[index + 1]
+            for single in range(position, start):
+                self._feed_scanned_record(scanned, single, topic, partition)
+            self._feed_run(scanned, start, end, topic, partition, identities[scanned.idents[start]])
+            position = end
+        for single in range(position, scanned.count):
+            self._feed_scanned_record(scanned, single, topic, partition)
+
+    def _feed_scanned_record(self, scanned: Any, index: int, topic: str | None, partition: int | None) -> None:
+        record = scanned.record(index)
+        self.feed(record.value, record.key, partition, record.offset, topic=topic, headers=record.headers)
+
+    def _feed_run(self, scanned: Any, start: int, end: int, topic: str | None, partition: int | None,
+                  identity: tuple) -> None:
+        """Records start..end-1 of a run: judged at once from the first whose chain allows it."""
+        name = scanned.chain_names[scanned.chains[start]]
+        seqs = scanned.seqs
+        location = (topic, partition)
+        while start < end:
+            state = self.chains.get(name)
+            first = seqs[start]
+            bucket = None
+            runnable = (state is not None and state.partition == location and state.just_filled is None
+                        and state.closed_at is None and first == state.head_seq + 1
+                        and scanned.prevs[32 * start:32 * start + 32] == state.head_hash)
+            if runnable and state.attribution is not None and identity != state.attribution.identity:
+                bucket = state.attribution.recent
+                runnable = bucket is not None and bucket[2] == identity
+            stop = end
+            if runnable:
+                last_seq = first + end - start - 1
+                for special in (state.claim_seq, state.trusted.seq if state.trusted is not None else 0):
+                    if first <= special <= last_seq:
+                        stop = min(stop, start + special - first)     # that record is checked by feed
+            if not runnable or stop == start:
+                self._feed_scanned_record(scanned, start, topic, partition)
+                start += 1
+                continue
+            self._judge_run(state, scanned, start, stop, topic, partition, bucket)
+            start = stop
+
+    def _judge_run(self, state: ChainState, scanned: Any, start: int, stop: int, topic: str | None,
+                   partition: int | None, bucket: list | None) -> None:
+        """What feed's common path does for each of records start..stop-1, each the next link of the chain."""
+        count = stop - start
+        last = stop - 1
+        seqs = scanned.seqs
+        first = seqs[start]
+        self.records += count
+        state.records += count
+        state.links += count
+        state.log_records += count
+        if state.first_seq is None:
+            state.first_seq = first
+        if bucket is not None:
+            bucket[0] += count
+            kept = bucket[1]
+            for index in range(start, min(stop, start + ISSUES_KEPT_PER_CHAIN - len(kept))):
+                kept.append((seqs[index], (topic, partition, scanned.offsets[index])))
+        hashes = scanned.hashes
+        state.head_seq = seqs[last]
+        state.head_hash = hashes[32 * last:32 * stop]
+        if state.head_alternatives:
+            state.head_alternatives = []
+        tree = state.tree
+        if tree.next == first:
+            tree.add_packed(first, memoryview(hashes)[32 * start:32 * stop])
+        elif tree.next:
+            for index in range(start, stop):
+                seq = seqs[index]
+                if seq == tree.next:
+                    tree.add_packed(seq, hashes[32 * index:32 * index + 32])
+                else:
+                    tree.add(seq, hashes[32 * index:32 * index + 32])
+        window = state.window
+        if window.high == first - 1:
+            window.put_run(first, scanned.prefixes[start:stop], scanned.offsets[start:stop])
+        else:
+            for index in range(start, stop):
+                window.put(seqs[index], scanned.prefixes[index], scanned.offsets[index])
+        self._where = (topic, partition, scanned.offsets[last])
 
     def _check_envelope(self, state: ChainState, record: dict, name: str, seq: int, key, headers) -> None:
         """What sits outside the hash but consumers rely on: the schema, the dedupe id, the partition key. A v2

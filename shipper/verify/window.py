@@ -52,6 +52,29 @@ class _Window:
         hashes[index] = prefix
         self.offsets[index] = offset
 
+    def put_run(self, first_seq: int, prefixes: memoryview, offsets: memoryview) -> None:
+        """seqs first_seq, first_seq + 1, ... (first_seq = high + 1), their prefixes and offsets in memoryviews
+        of the arrays' types ('Q', 'q'): what put() of each in turn leaves behind, the arrays grown by the
+        same steps, written by slices."""
+        capacity = self.capacity
+        count = len(prefixes)
+        seq = first_seq
+        done = 0
+        while done < count:
+            index = seq % capacity
+            step = min(count - done, capacity - index)
+            size = len(self.hashes)
+            while index + step > size:
+                grown = min(capacity, max(max(index, size) + 1, 2 * size, 64))
+                self.hashes.frombytes(bytes(8 * (grown - size)))
+                self.offsets.frombytes(bytes(8 * (grown - size)))
+                size = grown
+            memoryview(self.hashes)[index:index + step] = prefixes[done:done + step]
+            memoryview(self.offsets)[index:index + step] = offsets[done:done + step]
+            done += step
+            seq += step
+        self.high = first_seq + count - 1
+
     def _clear(self, first: int, end: int) -> None:
         """Forget seqs first..end-1 (skipped by a jump)."""
         if end - first <= 0:
