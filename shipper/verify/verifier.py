@@ -344,8 +344,8 @@ class Verifier(Closing):
         link to the one before): the same verdicts as `feed` of every record in that order. A run whose
         chain stands where feed's common path would take each of its records (the run continues the head
         in the same partition, no fill waits to be judged, the chain is not closed, the identity is the
-        attested or the recent one, no claim or trusted head falls inside) is judged at once: counters,
-        head, duplicate window and Merkle leaves by slices. Every other record goes through `feed`, its
+        attested or the recent one) is judged at once: counters, head, duplicate window and Merkle leaves by
+        slices, and a seq a manifest or saved head attests checked after it. Every other record goes through `feed`, its
         value, key and headers read again (`scanned.record(index)`)."""
         if self._finished is not None:
             raise RuntimeError("the verifier has finished")
@@ -381,17 +381,22 @@ class Verifier(Closing):
             if runnable and state.attribution is not None and identity != state.attribution.identity:
                 bucket = state.attribution.recent
                 runnable = bucket is not None and bucket[2] == identity
-            stop = end
-            if runnable:
-                last_seq = first + end - start - 1
-                for special in (state.claim_seq, state.trusted.seq if state.trusted is not None else 0):
-                    if first <= special <= last_seq:
-                        stop = min(stop, start + special - first)     # that record is checked by feed
-            if not runnable or stop == start:
+            if not runnable:
                 self._feed_scanned_record(scanned, start, topic, partition)
                 start += 1
                 continue
+            # a seq a manifest or a saved head attests ends the part judged at once: feed checks it last
+            stop = end
+            last_seq = first + end - start - 1
+            for special in (state.claim_seq, state.trusted.seq if state.trusted is not None else 0):
+                if first <= special <= last_seq:
+                    stop = min(stop, start + special - first + 1)
             self._judge_run(state, scanned, start, stop, topic, partition, bucket)
+            last_seq = seqs[stop - 1]
+            if last_seq == state.claim_seq:
+                self._check_claim(state, last_seq, state.head_hash)
+            if state.trusted is not None and last_seq == state.trusted.seq:
+                self._check_trusted(state, last_seq, state.head_hash)
             start = stop
 
     def _judge_run(self, state: ChainState, scanned: Any, start: int, stop: int, topic: str | None,
