@@ -161,10 +161,12 @@ def batch_records(batch: RawBatch):
 
 def _snappy(body: memoryview, base_offset: int):
     """Snappy as Kafka clients write it: the xerial framing (a header, then blocks each prefixed with its
-    length) or one raw block."""
+    length; the shipper writes one block) or one raw block. Decompressed without a copy: one block as
+    cramjam's buffer, several into one bytearray."""
     if bytes(body[:len(_XERIAL_MAGIC)]) != _XERIAL_MAGIC:
         return cramjam.snappy.decompress_raw(body)
     blocks = []
+    size = 0
     position = _XERIAL_HEADER_SIZE
     while position < len(body):
         if len(body) - position < 4:
@@ -173,9 +175,21 @@ def _snappy(body: memoryview, base_offset: int):
         position += 4
         if length < 0 or length > len(body) - position:
             raise BadBatch(base_offset, f"its snappy data has a block of {length} bytes past its end")
-        blocks.append(bytes(cramjam.snappy.decompress_raw(body[position:position + length])))
+        block = body[position:position + length]
+        blocks.append(block)
+        size += cramjam.snappy.decompress_raw_len(block)
         position += length
-    return b"".join(blocks)
+    if len(blocks) == 1:
+        return cramjam.snappy.decompress_raw(blocks[0])
+    out = bytearray(size)
+    view = memoryview(out)
+    written = 0
+    for block in blocks:
+        if cramjam.snappy.decompress_raw_len(block) > size - written:
+            raise BadBatch(base_offset, "its snappy blocks decompress to more than they state")
+        written += cramjam.snappy.decompress_raw_into(block, view[written:])
+    del view
+    return out if written == size else out[:written]
 
 
 # -- records: the reference reader --------------------------------------------------------------------------
