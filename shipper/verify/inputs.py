@@ -240,9 +240,9 @@ async def verify_topic(bootstrap: str, topic: str | list[str], *, public_keys: d
                        save_heads: str | Path | None = None, progress: Callable[[int, int], None] | None = None,
                        **client_options) -> Report:
     """Read every partition of the topic(s) from the beginning, without a consumer group (nothing is
-    committed), and verify. `client_options` go to AIOKafkaConsumer (security_protocol, ssl_context,
-    sasl_mechanism, sasl_plain_username, sasl_plain_password, ...); `progress(records read, records to
-    read)` is called as reading goes (see read_partitions for when it stops)."""
+    committed), and verify. `client_options` go to AIOKafkaConsumer, whose client reads (security_protocol,
+    ssl_context, sasl_mechanism, sasl_plain_username, sasl_plain_password, ...); `progress(records read,
+    records to read)` is called as reading goes (see read_partitions for how it reads and when it stops)."""
     topics = _topic_list(topic)
     if not topics:
         raise VerifyError("no topic given")
@@ -265,18 +265,23 @@ async def verify_topic(bootstrap: str, topic: str | list[str], *, public_keys: d
 @dataclass(slots=True)
 class Reading:
     """How a read of partitions to their end offsets went: why it stopped (end_offsets, idle, timeout),
-    and per TopicPartition the offsets it began at, was to end at, and reached."""
+    per TopicPartition the offsets it began at, was to end at, and reached, and what fetching cost
+    (fetch.FetchStats.as_dict: requests, batches, bytes, codecs, CPU seconds per stage)."""
 
     stopped: str
     begins: dict
     ends: dict
     reached: dict
+    fetch: dict | None = None
 
     def meta(self, topics: list[str], records: int, elapsed: float, idle_timeout_s: float) -> dict[str, Any]:
-        return dict(source="kafka", topics=topics, partitions=len(self.ends), stopped=self.stopped,
+        meta = dict(source="kafka", topics=topics, partitions=len(self.ends), stopped=self.stopped,
                     idle_timeout_s=idle_timeout_s,
                     end_offsets={f"{tp.topic}/{tp.partition}": end for tp, end in sorted(self.ends.items())},
                     elapsed_s=round(elapsed, 3), records_per_s=round(records / elapsed) if elapsed > 0 else None)
+        if self.fetch is not None:
+            meta["fetch"] = self.fetch
+        return meta
 
 
 async def topic_partitions(consumer, topics: list[str]) -> list:
@@ -317,57 +322,58 @@ async def read_partitions(verifier: Verifier, consumer, assigned: list, *, idle_
     """Feed the verifier every record of the partitions, from their beginning to their end offsets
     (captured now unless given), in offset order per partition.
 
+    How: through fetch.Fetcher on the consumer's client (raw fetch requests, batches read and scanned in
+    C, records judged in runs by Verifier.feed_scanned); the consumer itself fetches nothing: the
+    partitions are not assigned to it, and a group's consumer, which has them already (`assign` False),
+    has them paused. Records retention deletes while they are read are an `incomplete_read`, and reading
+    goes on from the new log start; a log truncated below the position, or bytes no batch can be read
+    from, leave the partition `incomplete_read`.
+
     When to stop: once every partition has been read up to its end offset, reading goes on until a poll
     brings nothing new (at most `idle_timeout_s` more): Tansu reports a partition's end offset as the
     start of its last batch, so the end offset alone would leave that batch unread, and on a live topic
     it lets records written together with a manifest arrive (`wait_for_claims`: while a manifest attests
     more than was read). Reading also stops after `idle_timeout_s` without any new record (a partition
     that never reaches its end offset is then a violation `incomplete_read`), and after `timeout_s` in all.
-    A consumer in a group has its partitions already (`assign` False); `interrupted()` true (its group
-    rebalanced) ends the read at once, stopped "interrupted".
+    `interrupted()` true (its group rebalanced) ends the read at once, stopped "interrupted".
     """
     from aiokafka.errors import KafkaError
 
+    from .fetch import Fetcher
+
     started = _time.monotonic()
     stopped = "end_offsets"
+    fetcher = Fetcher(consumer._client, verifier)
     try:
-        if assign:
-            consumer.assign(assigned)
+        if not assign:
+            owned = consumer.assignment()
+            consumer.pause(*[tp for tp in assigned if tp in owned])
         if begins is None or ends is None:
             begins, ends = await offset_range(consumer, assigned)
         for tp in assigned:
-            consumer.seek(tp, begins[tp])
-        reached = {tp: begins[tp] for tp in assigned}
+            fetcher.assign(tp.topic, tp.partition, begins[tp])
         pending = {tp for tp in assigned if ends[tp] > begins[tp]}
+        unfinished: dict = {}                   # partitions that cannot be read to their end, and why
         total = sum(max(0, ends[tp] - begins[tp]) for tp in assigned)
-        done = 0
         idle_since = _time.monotonic()
         drain_since: float | None = None
         settle_ms = int(min(idle_timeout_s, 1.0) * 1000)
-        feed = verifier.feed
         while True:
-            batch = await consumer.getmany(timeout_ms=200 if pending else settle_ms, max_records=10_000)
+            fed = await fetcher.fetch_once(200 if pending else settle_ms)
             now = _time.monotonic()
-            if batch:
+            if len(fetcher.stopped) > len(unfinished):
+                await _settle_stopped(consumer._client, fetcher, verifier, pending, unfinished)
+            if fed:
                 idle_since = now
-                for tp, messages in batch.items():
-                    for message in messages:
-                        feed(message.value, message.key, message.partition, message.offset, topic=message.topic,
-                             headers=message.headers)
-                    done += messages[-1].offset + 1 - reached[tp]
-                    reached[tp] = messages[-1].offset + 1
-                    if tp in pending and reached[tp] >= ends[tp]:
-                        pending.discard(tp)
                 if progress is not None:
-                    progress(done, total)
-            elif pending:
-                # transaction markers move the position without a record
-                for tp in list(pending):
-                    if await consumer.position(tp) >= ends[tp]:
-                        pending.discard(tp)
+                    progress(sum(fetcher.position(tp.topic, tp.partition) - begins[tp] for tp in assigned), total)
+            for tp in list(pending):
+                # control batches (transaction markers) move the position too
+                if fetcher.position(tp.topic, tp.partition) >= ends[tp]:
+                    pending.discard(tp)
             if not pending:
                 drain_since = now if drain_since is None else drain_since
-                if (not batch and not (wait_for_claims and verifier.unmet_claims())) \
+                if (not fed and not (wait_for_claims and verifier.unmet_claims())) \
                         or now - drain_since >= idle_timeout_s:
                     break
             elif now - idle_since >= idle_timeout_s:
@@ -377,13 +383,46 @@ async def read_partitions(verifier: Verifier, consumer, assigned: list, *, idle_
                 stopped = "timeout"
                 break
             if interrupted is not None and interrupted():
-                return Reading("interrupted", begins, ends, reached)
-        for tp in sorted(pending):
-            verifier.add_violation(INCOMPLETE_READ, f"read up to offset {reached[tp]} of end offset {ends[tp]} "
-                                   f"(stopped: {stopped})", tp.topic, tp.partition, reached[tp])
+                return Reading("interrupted", begins, ends, _positions(fetcher, assigned), fetcher.stats.as_dict())
+        for tp, reason in sorted([(tp, stopped) for tp in pending] + list(unfinished.items())):
+            position = fetcher.position(tp.topic, tp.partition)
+            verifier.add_violation(INCOMPLETE_READ, f"read up to offset {position} of end offset {ends[tp]} "
+                                   f"(stopped: {reason})", tp.topic, tp.partition, position)
     except (KafkaError, OSError) as exc:
         raise VerifyError(f"reading {_partitions_text(assigned)}: {exc}") from None
-    return Reading(stopped, begins, ends, reached)
+    return Reading(stopped, begins, ends, _positions(fetcher, assigned), fetcher.stats.as_dict())
+
+
+def _positions(fetcher, assigned: list) -> dict:
+    return {tp: fetcher.position(tp.topic, tp.partition) for tp in assigned}
+
+
+async def _settle_stopped(client, fetcher, verifier: Verifier, pending: set, unfinished: dict) -> None:
+    """Partitions the fetcher stopped: a position retention deleted is reported and reading goes on from the
+    log start; a log truncated below the position, or bytes that cannot be read (reported by the fetcher),
+    leave the partition unfinished (pending and unfinished hold TopicPartitions, which equal (topic,
+    partition) tuples)."""
+    from aiokafka import TopicPartition
+
+    from .fetch import EARLIEST, LATEST, OUT_OF_RANGE, list_offsets
+
+    for key, stop in list(fetcher.stopped.items()):
+        tp = TopicPartition(*key)
+        if tp in unfinished:
+            continue
+        if stop.reason == OUT_OF_RANGE:
+            start = (await list_offsets(client, [key], EARLIEST))[key]
+            if start > stop.offset:
+                verifier.add_violation(INCOMPLETE_READ, f"offsets {stop.offset}..{start - 1} were deleted (retention) "
+                                       f"while the topic was read: their records are not judged; read on from "
+                                       f"offset {start}", tp.topic, tp.partition, stop.offset)
+                fetcher.assign(tp.topic, tp.partition, start)
+                continue
+            end = (await list_offsets(client, [key], LATEST))[key]
+            unfinished[tp] = f"offset {stop.offset} is past the end of the log ({end}): it was truncated"
+        else:
+            unfinished[tp] = "unreadable"
+        pending.discard(tp)
 
 
 def _partitions_text(assigned: list) -> str:
