@@ -387,16 +387,20 @@ class Verifier(Closing):
                 continue
             # a seq a manifest or a saved head attests ends the part judged at once: feed checks it last
             stop = end
-            last_seq = first + end - start - 1
-            for special in (state.claim_seq, state.trusted.seq if state.trusted is not None else 0):
-                if first <= special <= last_seq:
-                    stop = min(stop, start + special - first + 1)
+            claim_seq = state.claim_seq
+            trusted_seq = state.trusted.seq if state.trusted is not None else 0
+            if claim_seq >= first or trusted_seq >= first:
+                last_seq = first + end - start - 1
+                for special in (claim_seq, trusted_seq):
+                    if first <= special <= last_seq:
+                        stop = min(stop, start + special - first + 1)
             self._judge_run(state, scanned, start, stop, topic, partition, bucket)
-            last_seq = seqs[stop - 1]
-            if last_seq == state.claim_seq:
-                self._check_claim(state, last_seq, state.head_hash)
-            if state.trusted is not None and last_seq == state.trusted.seq:
-                self._check_trusted(state, last_seq, state.head_hash)
+            if claim_seq >= first or trusted_seq >= first:
+                last_seq = seqs[stop - 1]
+                if last_seq == claim_seq:
+                    self._check_claim(state, last_seq, state.head_hash)
+                if last_seq == trusted_seq:
+                    self._check_trusted(state, last_seq, state.head_hash)
             start = stop
 
     def _judge_run(self, state: ChainState, scanned: Any, start: int, stop: int, topic: str | None,
@@ -418,11 +422,33 @@ class Verifier(Closing):
             for index in range(start, min(stop, start + ISSUES_KEPT_PER_CHAIN - len(kept))):
                 kept.append((seqs[index], (topic, partition, scanned.offsets[index])))
         hashes = scanned.hashes
-        state.head_seq = seqs[last]
-        state.head_hash = hashes[32 * last:32 * stop]
+        head_seq = state.head_seq = seqs[last]
+        head_hash = state.head_hash = hashes[32 * last:32 * stop]
         if state.head_alternatives:
             state.head_alternatives = []
+        offset = scanned.offsets[last]
         tree = state.tree
+        window = state.window
+        if count == 1:
+            # a run of one (chains interleaved record by record): feed's own inline steps, no calls
+            if head_seq == tree.next:
+                pending = tree.pending
+                if len(pending) >= PENDING_MAX:
+                    tree.fold()
+                    pending = tree.pending
+                pending += head_hash
+                tree.next = head_seq + 1
+            elif tree.next:
+                tree.add(head_seq, head_hash)
+            index = head_seq % window.capacity
+            if head_seq == window.high + 1 and index < len(window.hashes):
+                window.hashes[index] = scanned.prefixes[last]
+                window.offsets[index] = offset
+                window.high = head_seq
+            else:
+                window.put(head_seq, scanned.prefixes[last], offset)
+            self._where = (topic, partition, offset)
+            return
         if tree.next == first:
             tree.add_packed(first, memoryview(hashes)[32 * start:32 * stop])
         elif tree.next:
@@ -432,13 +458,12 @@ class Verifier(Closing):
                     tree.add_packed(seq, hashes[32 * index:32 * index + 32])
                 else:
                     tree.add(seq, hashes[32 * index:32 * index + 32])
-        window = state.window
         if window.high == first - 1:
             window.put_run(first, scanned.prefixes[start:stop], scanned.offsets[start:stop])
         else:
             for index in range(start, stop):
                 window.put(seqs[index], scanned.prefixes[index], scanned.offsets[index])
-        self._where = (topic, partition, scanned.offsets[last])
+        self._where = (topic, partition, offset)
 
     def _check_envelope(self, state: ChainState, record: dict, name: str, seq: int, key, headers) -> None:
         """What sits outside the hash but consumers rely on: the schema, the dedupe id, the partition key. A v2
