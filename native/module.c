@@ -2,7 +2,8 @@
  * implementations: the CRI line loop (StreamParser's Python loop), the sealing loop
  * (records.seal_entries_py) with the redaction prefilter (enrich.redact.default_candidate), correlation
  * ids (enrich.correlation.Correlator.extract), and the Kafka record batch body and its snappy block
- * (kafka_records_py, _snappy_block_py), and the verifier's record decoder (verify.scan.verify_scan_py).
+ * (kafka_records_py, _snappy_block_py), and the verifier's record decoder (verify.scan.verify_scan_py)
+ * with its reader of Kafka record batches (verify.batches.verify_records_py).
  * The Python code stays the specification: tests feed both the same inputs and require byte-identical
  * output. */
 #define PY_SSIZE_T_CLEAN
