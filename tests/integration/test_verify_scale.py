@@ -227,6 +227,7 @@ def test_follow_members_relay_a_manifests_claims_to_the_member_holding_the_chain
 
     from shipper.kafka import partition_of
     from tests.harness.ports import free_port
+    from tests.integration.test_verify_kafka import produce
 
     class Murmur2Topic(Topic):
         def partition_of(self, key: bytes) -> int:         # as the shipper partitions
@@ -238,10 +239,14 @@ def test_follow_members_relay_a_manifests_claims_to_the_member_holding_the_chain
     for key, value in spec_node().emitted:
         topic.append(key, value)
     topic.truncate_chain("uid-1/app", 300)
-    name = asyncio.run(publish(kafka_broker, "relay", topic, partitions=count))
+    name = asyncio.run(publish(kafka_broker, "relay", Murmur2Topic(count), partitions=count))     # empty
     group, ports = f"relay-{name}", [free_port(), free_port()]
     followers = [start_follower(kafka_broker.bootstrap, name, group, key_file, port, grace="3") for port in ports]
     try:
+        # both members hold their partitions before the records come: the manifest's claim must cross
+        wait_for(ports[0], lambda _: all(metrics_of(port).get("audit_shipper_verify_partitions", 0) > 0
+                                         for port in ports))
+        asyncio.run(produce(kafka_broker.client_options(), name, topic))
         total = sum(len(records) for records in topic.partitions.values())
 
         def read_all(_):
