@@ -129,7 +129,8 @@ def gone_marker(entry: _File) -> _File:
 
 def is_same_file(sib: _Sibling, rec: _File) -> bool:
     """Whether sibling `sib` is the file `rec` stands for: by inode (and first bytes, unless we
-    hold it open), or for a compressed one by its first bytes and size."""
+    hold it open; and name, when it has no first bytes yet), or for a compressed one by its first
+    bytes and size."""
     if sib.compressed:
         if rec.fd >= 0:
             # What we hold now, not what we read: a copy of older content may be around.
@@ -147,8 +148,19 @@ def is_same_file(sib: _Sibling, rec: _File) -> bool:
         return False
     if rec.fd >= 0:
         return True                         # we hold it open: the inode cannot have been reused
+    if not rec.head and not _may_bear_name(rec, sib.stamp):
+        return False                        # an empty file proves nothing by its inode: its name must agree
     head = _read_head(sib.path)
     return head is not None and head[:len(rec.head)] == rec.head
+
+
+def _may_bear_name(rec: _File, stamp: str) -> bool:
+    """Whether the file `rec` stands for can be under rotation suffix `stamp` now ("" for the live
+    path). kubelet never renames a rotated file (it only compresses it), and the live file it
+    renames takes a stamp that did not exist yet when we saw it live."""
+    if rec.stamp is not None:
+        return stamp == rec.stamp or not _KUBELET_STAMP.fullmatch(rec.stamp)
+    return rec.older is None or stamp not in rec.older
 
 
 def starts_like(sib: _Sibling, head: bytes) -> bool:
