@@ -14,7 +14,7 @@ import os
 from shipper.model import FINGERPRINT_BYTES, FileId, Fingerprint, LossEvent, LossReason
 
 from .compressed import GzipReader
-from .identity import _gzip_size, _read_gzip_head, _read_head
+from .identity import _gzip_is_empty, _gzip_size, _read_gzip_head, _read_head
 from .siblings import _KUBELET_STAMP, GZIP_SUFFIX, _Sibling
 
 
@@ -97,7 +97,8 @@ def compressed_entry(sib: _Sibling, known_size: int = -1) -> _File:
     entry = placeholder(sib)
     entry.offset = 0
     entry.compressed = True
-    entry.known_size = known_size
+    # an empty one has no first bytes to show, but its whole stream says it holds nothing
+    entry.known_size = 0 if known_size < 0 and not entry.head and _gzip_is_empty(sib.path) else known_size
     return entry
 
 
