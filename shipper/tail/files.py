@@ -149,13 +149,13 @@ def is_same_file(sib: _Sibling, rec: _File) -> bool:
         return False
     if rec.fd >= 0:
         return True                         # we hold it open: the inode cannot have been reused
-    if not rec.head and not _may_bear_name(rec, sib.stamp):
+    if not rec.head and not may_bear_name(rec, sib.stamp):
         return False                        # an empty file proves nothing by its inode: its name must agree
     head = _read_head(sib.path)
     return head is not None and head[:len(rec.head)] == rec.head
 
 
-def _may_bear_name(rec: _File, stamp: str) -> bool:
+def may_bear_name(rec: _File, stamp: str) -> bool:
     """Whether the file `rec` stands for can be under rotation suffix `stamp` now ("" for the live
     path). kubelet never renames a rotated file (it only compresses it), and the live file it
     renames takes a stamp that did not exist yet when we saw it live."""

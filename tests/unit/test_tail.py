@@ -394,6 +394,37 @@ def test_held_rotated_file_is_read_when_an_empty_file_before_it_lost_its_inode_t
     assert rec.losses == []
 
 
+def test_empty_rotated_file_is_not_taken_for_the_live_file_that_reused_its_inode(live, tail_record):
+    # One descriptor, held by b: the empty file E is known by name and inode only. Compressed and
+    # gone, its inode goes to the new live file: that is not E (a rotated file never comes back to
+    # the live path), so c is read once and E, which held nothing, loses nothing.
+    spares = live.parent.parent / "spares"
+    spares.mkdir()
+    rec = tail_record(tailer(live, read_size=1000, max_held_files=1), read_size=1000)
+    a, c = lines("a", 40), lines("c", 5)
+    append(live, a)
+    rec.poll()                                         # reading a
+    rotate(live, "20261128-180000")
+    rotate(live, "20261128-180001")                    # b, empty, held open; E, live, tracked
+    rec.poll()
+    empty = live.with_name("0.log.20261128-180002")
+    os.rename(live, empty)                             # the runtime has not reopened its log yet
+    rec.poll()                                         # E's rotated name is learned
+    inode = os.stat(empty).st_ino
+    compress(empty)
+    for i in range(200):                               # ext4 hands a freed inode out again soon
+        live.write_bytes(b"")
+        if os.stat(live).st_ino == inode:
+            break
+        live.rename(spares / f"{i}")
+    else:
+        pytest.skip("the filesystem did not reuse the inode")
+    append(live, c)
+    rec.drain()
+    assert rec.data == a + c
+    assert rec.losses == []
+
+
 # -- restore ---------------------------------------------------------------------------------------
 
 def read_all_and_position(live: Path, tail_record, n_bytes: int | None = None, **kw):
