@@ -141,8 +141,8 @@ def is_same_file(sib: _Sibling, rec: _File) -> bool:
         if not head:
             return False
         gz_head = _read_gzip_head(sib.path)
-        if gz_head is None or gz_head[:len(head)] != head[:len(gz_head)]:
-            return False
+        if not gz_head or gz_head[:len(head)] != head[:len(gz_head)]:
+            return False                    # an empty one agrees with any first bytes: no evidence
         # the size must agree too where we know it is final
         return size < 0 or _gzip_size(sib.path) == size % (1 << 32)
     if (sib.dev, sib.ino) != (rec.dev, rec.ino):

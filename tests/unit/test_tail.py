@@ -425,6 +425,37 @@ def test_empty_rotated_file_is_not_taken_for_the_live_file_that_reused_its_inode
     assert rec.losses == []
 
 
+def test_empty_gz_is_not_taken_for_a_deleted_file_so_the_held_file_after_it_is_read(live, tail_record):
+    # a is deleted while we read it (never renamed); h, rotated after it, is held open. An empty
+    # .gz newer than h (the tracked empty file E, compressed; its inode reused by the live file,
+    # so the rotation went unnoticed) agrees with no first bytes: it says nothing of where a went,
+    # and reading goes on with h, not after the .gz.
+    spares = live.parent.parent / "spares"
+    spares.mkdir()
+    rec = tail_record(tailer(live, read_size=1000, max_held_files=1), read_size=1000)
+    a, h = lines("a", 40), lines("h", 3)
+    append(live, a)
+    rec.poll()                                         # reading a
+    live.unlink()
+    append(live, h)
+    rotate(live, "20261128-180001")                    # h held open; E, live and empty, tracked
+    rec.poll()
+    empty = live.with_name("0.log.20261128-180002")
+    os.rename(live, empty)
+    inode = os.stat(empty).st_ino
+    compress(empty)
+    for i in range(200):                               # ext4 hands a freed inode out again soon
+        live.write_bytes(b"")
+        if os.stat(live).st_ino == inode:
+            break
+        live.rename(spares / f"{i}")
+    else:
+        pytest.skip("the filesystem did not reuse the inode")
+    rec.drain()
+    assert rec.data == a + h
+    assert rec.losses == []
+
+
 # -- restore ---------------------------------------------------------------------------------------
 
 def read_all_and_position(live: Path, tail_record, n_bytes: int | None = None, **kw):

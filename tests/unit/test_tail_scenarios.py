@@ -394,6 +394,10 @@ OPS = st.lists(
 # for it, so the live file's bytes are read once and not also counted lost.
 @example(ops=[("write", 7), ("rotate",), ("rotate",), ("write", 1), ("rotate",), ("rotate",), ("rotate",), ("write", 1)],
          read_size=700, seed=0, keep_rotated=2, gzip_rotated=True, max_held=1)
+# A file deleted while read (never renamed), then an empty .gz: no evidence of where the file went, so
+# reading goes on with the held file after it, not after the .gz.
+@example(ops=[("write", 4), ("rotate",), ("gc_and_recreate",), ("write", 1), ("rotate",), ("rotate",), ("rotate",)],
+         read_size=700, seed=0, keep_rotated=2, gzip_rotated=True, max_held=1)
 def test_random_interleavings_account_for_every_byte(tmp_path_factory, ops, read_size, seed, keep_rotated,
                                                      gzip_rotated, max_held):
     node = make_node(tmp_path_factory.mktemp("node"), pods=1, containers_per_pod=1, rotate_every_bytes=None,
