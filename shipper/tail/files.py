@@ -6,6 +6,10 @@ Markers are `_File`s with no descriptor: a placeholder stands for a sibling we c
 the choice of the next file starts after it; a lost or gone marker also carries the `LossEvent`
 to report when its turn comes. A compressed entry stands for a `.gz` sibling seen ahead of its
 turn; when its turn comes it is opened through `compressed.GzipReader` (held in `gz`, `fd` -1).
+
+An empty file has no first bytes to prove it is the file we knew: one we do not hold open is
+recognised by inode and name (a later file may have its inode), and an empty `.gz` is never taken
+for a file we know (it is a file of its own, known to hold nothing).
 """
 from __future__ import annotations
 
