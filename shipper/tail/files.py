@@ -6,6 +6,10 @@ Markers are `_File`s with no descriptor: a placeholder stands for a sibling we c
 the choice of the next file starts after it; a lost or gone marker also carries the `LossEvent`
 to report when its turn comes. A compressed entry stands for a `.gz` sibling seen ahead of its
 turn; when its turn comes it is opened through `compressed.GzipReader` (held in `gz`, `fd` -1).
+
+An empty file has no first bytes to prove it is the file we knew: one we do not hold open is
+recognised by inode and name (a later file may have its inode), and an empty `.gz` is never taken
+for a file we know (it is a file of its own, known to hold nothing).
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ import os
 from shipper.model import FINGERPRINT_BYTES, FileId, Fingerprint, LossEvent, LossReason
 
 from .compressed import GzipReader
-from .identity import _gzip_size, _read_gzip_head, _read_head
+from .identity import _gzip_is_empty, _gzip_size, _read_gzip_head, _read_head
 from .siblings import _KUBELET_STAMP, GZIP_SUFFIX, _Sibling
 
 
@@ -97,7 +101,8 @@ def compressed_entry(sib: _Sibling, known_size: int = -1) -> _File:
     entry = placeholder(sib)
     entry.offset = 0
     entry.compressed = True
-    entry.known_size = known_size
+    # an empty one has no first bytes to show, but its whole stream says it holds nothing
+    entry.known_size = 0 if known_size < 0 and not entry.head and _gzip_is_empty(sib.path) else known_size
     return entry
 
 
@@ -129,7 +134,8 @@ def gone_marker(entry: _File) -> _File:
 
 def is_same_file(sib: _Sibling, rec: _File) -> bool:
     """Whether sibling `sib` is the file `rec` stands for: by inode (and first bytes, unless we
-    hold it open), or for a compressed one by its first bytes and size."""
+    hold it open; and name, when it has no first bytes yet), or for a compressed one by its first
+    bytes and size."""
     if sib.compressed:
         if rec.fd >= 0:
             # What we hold now, not what we read: a copy of older content may be around.
@@ -139,16 +145,27 @@ def is_same_file(sib: _Sibling, rec: _File) -> bool:
         if not head:
             return False
         gz_head = _read_gzip_head(sib.path)
-        if gz_head is None or gz_head[:len(head)] != head[:len(gz_head)]:
-            return False
+        if not gz_head or gz_head[:len(head)] != head[:len(gz_head)]:
+            return False                    # an empty one agrees with any first bytes: no evidence
         # the size must agree too where we know it is final
         return size < 0 or _gzip_size(sib.path) == size % (1 << 32)
     if (sib.dev, sib.ino) != (rec.dev, rec.ino):
         return False
     if rec.fd >= 0:
         return True                         # we hold it open: the inode cannot have been reused
+    if not rec.head and not may_bear_name(rec, sib.stamp):
+        return False                        # an empty file proves nothing by its inode: its name must agree
     head = _read_head(sib.path)
     return head is not None and head[:len(rec.head)] == rec.head
+
+
+def may_bear_name(rec: _File, stamp: str) -> bool:
+    """Whether the file `rec` stands for can be under rotation suffix `stamp` now ("" for the live
+    path). kubelet never renames a rotated file (it only compresses it), and the live file it
+    renames takes a stamp that did not exist yet when we saw it live."""
+    if rec.stamp is not None:
+        return stamp == rec.stamp or not _KUBELET_STAMP.fullmatch(rec.stamp)
+    return rec.older is None or stamp not in rec.older
 
 
 def starts_like(sib: _Sibling, head: bytes) -> bool:

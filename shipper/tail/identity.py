@@ -16,6 +16,7 @@ import zlib
 from shipper.model import FINGERPRINT_BYTES
 
 _GZIP_PROBE_LIMIT = 1 << 20       # compressed bytes read at most to recover a gzip file's first bytes
+_EMPTY_GZIP_LIMIT = 4096          # an empty gzip file: 20 bytes, and the name or comment its header may carry
 
 
 def _read_head(path: str) -> bytes | None:
@@ -43,6 +44,24 @@ def _read_gzip_head(path: str, n: int = FINGERPRINT_BYTES) -> bytes | None:
             return out
     except (OSError, zlib.error):
         return None
+
+
+def _gzip_is_empty(path: str) -> bool:
+    """Whether `path` is a whole gzip stream of no bytes (a file compressed while empty): unlike
+    a damaged or cut one, it says how much it holds."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(_EMPTY_GZIP_LIMIT + 1)
+    except OSError:
+        return False
+    if len(data) > _EMPTY_GZIP_LIMIT:
+        return False
+    inflater = zlib.decompressobj(wbits=31)
+    try:
+        out = inflater.decompress(data)
+    except zlib.error:
+        return False
+    return out == b"" and inflater.eof and not inflater.unused_data
 
 
 def _gzip_size(path: str) -> int:

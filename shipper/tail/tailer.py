@@ -44,7 +44,7 @@ from shipper.model import FINGERPRINT_BYTES, ContainerRef, FileId, LossEvent, Lo
 
 from .compressed import GzipReader
 from .files import (_File, _NoFile, already_passed, anchor, compressed_entry, gone_marker, is_same_file, lost_marker,
-                    starts_like)
+                    may_bear_name, starts_like)
 from .identity import _read_head
 from .restore import Lost, Reopen, resume_point
 from .siblings import _GONE, _NEWEST, GZIP_SUFFIX, _KUBELET_STAMP, _order_key, _Sibling, scan_siblings
@@ -198,9 +198,10 @@ class Tailer:
                 if newest is not cur:
                     self._observe(newest)          # behind: keep what we know of it current
                 return                             # the usual case: nothing rotated
-            # Tracked, not open: its inode could have been reused, so the first bytes decide.
+            # Tracked, not open: its inode could have been reused, so the first bytes decide (and
+            # the name, for an empty one).
             head = _read_head(self.path)
-            if head is not None and head[:len(newest.head)] == newest.head:
+            if head is not None and head[:len(newest.head)] == newest.head and (newest.head or may_bear_name(newest, "")):
                 if len(head) > len(newest.head):
                     newest.set_head(head)
                 newest.max_seen = max(newest.max_seen, st.st_size)
@@ -243,7 +244,7 @@ class Tailer:
         for index, entry in enumerate(queue):
             if entry.fd >= 0 or entry.loss is not None or entry.compressed:
                 continue
-            if entry.stamp is None and st_path is not None and (st_path.st_dev, st_path.st_ino) == (entry.dev, entry.ino):
+            if entry.stamp is None and st_path is not None and is_same_file(self._live_sibling(st_path), entry):
                 continue                                # still the live file
             found = next((sib for sib in siblings if is_same_file(sib, entry)), None)
             if found is not None and not found.compressed:
@@ -343,10 +344,8 @@ class Tailer:
         siblings = self._siblings()
         candidates = [sib for sib in siblings if is_same_file(sib, entry)]
         if entry.stamp is None:
-            live = _Sibling("", self.path, False, -1, -1, 0, 0)
             try:
-                st = os.stat(self.path)
-                live.dev, live.ino, live.size = st.st_dev, st.st_ino, st.st_size
+                live = self._live_sibling(os.stat(self.path))
                 if is_same_file(live, entry):
                     candidates.insert(0, live)
             except FileNotFoundError:
@@ -596,8 +595,7 @@ class Tailer:
         """Where a file seen ahead of its turn stands in rotation order now."""
         if entry.stamp is None and entry.loss is None:
             try:
-                st = os.stat(self.path)
-                if (st.st_dev, st.st_ino) == (entry.dev, entry.ino):
+                if is_same_file(self._live_sibling(os.stat(self.path)), entry):
                     return _NEWEST
             except FileNotFoundError:
                 pass
@@ -692,6 +690,10 @@ class Tailer:
     # -- siblings ----------------------------------------------------------------------------------
     def _siblings(self) -> list[_Sibling]:
         return scan_siblings(self._dir, self._sibling_prefix)
+
+    def _live_sibling(self, st: os.stat_result) -> _Sibling:
+        """The file at the live path (stat `st`), as a sibling with no stamp, for `is_same_file`."""
+        return _Sibling("", self.path, False, st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
 
     def _successors(self, prev: _File | _NoFile, siblings: list[_Sibling]) -> list[_Sibling]:
         """Siblings rotated after `prev` that we do not hold open already, oldest first."""

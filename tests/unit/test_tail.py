@@ -357,6 +357,105 @@ def test_kernel_reused_inode_is_a_new_identity(live, tail_record):
     assert rec.losses[0].reason is LossReason.ROTATED_UNREAD
 
 
+def test_held_rotated_file_is_read_when_an_empty_file_before_it_lost_its_inode_to_a_newer_one(live, tail_record):
+    # One descriptor: the empty file E is known by name and inode only, the file after it (c) is
+    # held open. E is deleted and a newer empty file gets its inode: it is not E (its name says
+    # so), so reading never jumps past c to it.
+    spares = live.parent.parent / "spares"
+    spares.mkdir()
+    rec = tail_record(tailer(live, read_size=1000, max_held_files=1), read_size=1000)
+    a, b, c = lines("a", 40), lines("b", 40), lines("c", 5)
+    append(live, a)
+    rec.poll()                                         # reading a
+    rotate(live, "20261128-180000")
+    append(live, b)
+    rec.poll()                                         # b held open
+    rotate(live, "20261128-180001")
+    rec.poll()                                         # E, live and empty, tracked: no room left
+    while not (rec.segments and rec.segments[-1].path.endswith("180001")):
+        rec.poll()                                     # a finished: now reading b
+    empty = rotate(live, "20261128-180002")            # E, rotated: its name is learned
+    append(live, c)
+    rec.poll()                                         # c held open
+    rotate(live, "20261128-180003")
+    inode = os.stat(empty).st_ino
+    empty.unlink()                                     # kubelet deletes the oldest
+    rotate(live, "20261128-180004")
+    for i in range(200):                               # ext4 hands a freed inode out again soon
+        if os.stat(live).st_ino == inode:
+            break
+        live.rename(spares / f"{i}")
+        live.write_bytes(b"")
+    else:
+        pytest.skip("the filesystem did not reuse the inode")
+    rotate(live, "20261128-180005")                    # a newer empty file on E's inode
+    rec.drain()
+    assert rec.data == a + b + c
+    assert rec.losses == []
+
+
+def test_empty_rotated_file_is_not_taken_for_the_live_file_that_reused_its_inode(live, tail_record):
+    # One descriptor, held by b: the empty file E is known by name and inode only. Compressed and
+    # gone, its inode goes to the new live file: that is not E (a rotated file never comes back to
+    # the live path), so c is read once and E, which held nothing, loses nothing.
+    spares = live.parent.parent / "spares"
+    spares.mkdir()
+    rec = tail_record(tailer(live, read_size=1000, max_held_files=1), read_size=1000)
+    a, c = lines("a", 40), lines("c", 5)
+    append(live, a)
+    rec.poll()                                         # reading a
+    rotate(live, "20261128-180000")
+    rotate(live, "20261128-180001")                    # b, empty, held open; E, live, tracked
+    rec.poll()
+    empty = live.with_name("0.log.20261128-180002")
+    os.rename(live, empty)                             # the runtime has not reopened its log yet
+    rec.poll()                                         # E's rotated name is learned
+    inode = os.stat(empty).st_ino
+    compress(empty)
+    for i in range(200):                               # ext4 hands a freed inode out again soon
+        live.write_bytes(b"")
+        if os.stat(live).st_ino == inode:
+            break
+        live.rename(spares / f"{i}")
+    else:
+        pytest.skip("the filesystem did not reuse the inode")
+    append(live, c)
+    rec.drain()
+    assert rec.data == a + c
+    assert rec.losses == []
+
+
+def test_empty_gz_is_not_taken_for_a_deleted_file_so_the_held_file_after_it_is_read(live, tail_record):
+    # a is deleted while we read it (never renamed); h, rotated after it, is held open. An empty
+    # .gz newer than h (the tracked empty file E, compressed; its inode reused by the live file,
+    # so the rotation went unnoticed) agrees with no first bytes: it says nothing of where a went,
+    # and reading goes on with h, not after the .gz.
+    spares = live.parent.parent / "spares"
+    spares.mkdir()
+    rec = tail_record(tailer(live, read_size=1000, max_held_files=1), read_size=1000)
+    a, h = lines("a", 40), lines("h", 3)
+    append(live, a)
+    rec.poll()                                         # reading a
+    live.unlink()
+    append(live, h)
+    rotate(live, "20261128-180001")                    # h held open; E, live and empty, tracked
+    rec.poll()
+    empty = live.with_name("0.log.20261128-180002")
+    os.rename(live, empty)
+    inode = os.stat(empty).st_ino
+    compress(empty)
+    for i in range(200):                               # ext4 hands a freed inode out again soon
+        live.write_bytes(b"")
+        if os.stat(live).st_ino == inode:
+            break
+        live.rename(spares / f"{i}")
+    else:
+        pytest.skip("the filesystem did not reuse the inode")
+    rec.drain()
+    assert rec.data == a + h
+    assert rec.losses == []
+
+
 # -- restore ---------------------------------------------------------------------------------------
 
 def read_all_and_position(live: Path, tail_record, n_bytes: int | None = None, **kw):

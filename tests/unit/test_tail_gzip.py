@@ -295,6 +295,23 @@ def test_empty_gz_is_a_loss_not_silence(live, tail_record):
     assert rec.losses and all(x.bytes_lost == -1 for x in rec.losses)
 
 
+def test_empty_file_seen_compressed_then_deleted_before_its_turn_is_no_loss(live, tail_record):
+    # Its whole .gz said it held nothing: deleted unread, it lost nothing (not an unknown amount).
+    rec = tail_record(tailer(live, read_size=1000), read_size=1000)
+    a, b = lines("a", 40), lines("b", 3)
+    append(live, a)
+    rec.poll()                                        # reading a
+    first = kubelet_rotate(live, "20261128-180000")
+    empty = kubelet_compress(kubelet_rotate(live, "20261128-180010"))
+    append(live, b)
+    rec.poll()                                        # still in a; the empty .gz taken as next
+    first.unlink()                                    # kubelet deletes the oldest first
+    empty.unlink()
+    rec.drain()
+    assert rec.data == a + b
+    assert rec.losses == []
+
+
 # -- the ingest: a gap record, counted in the metrics ----------------------------------------------
 
 def _ingest(root: Path, tmp_path: Path, snapshot: Snapshot) -> Ingest:
