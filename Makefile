@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export AUDIT_SHIPPER_CACHE ?= $(HOME)/.cache/audit-shipper
 
-.PHONY: setup demo test test-unit soak bench tools clean
+.PHONY: setup demo test test-unit soak bench bench-verify tools clean
 
 setup: $(VENV)/.installed $(VENV)/.native
 
@@ -37,6 +37,9 @@ soak: setup tools
 
 bench: setup tools
 	$(PY) bench/run.py
+
+bench-verify: setup tools
+	$(PY) bench/verify_topic_bench.py --broker kafka
 
 clean:
 	rm -rf $(VENV) build *.egg-info
