@@ -61,6 +61,7 @@ SCAN_BYTES = 4 << 20
 
 OUT_OF_RANGE = "offset_out_of_range"
 UNREADABLE = "unreadable"
+DELETED = "deleted"
 
 Partition = tuple[str, int]       # (topic, partition)
 
@@ -72,8 +73,9 @@ class FetchError(KafkaError):
 
 @dataclass(slots=True, frozen=True)
 class Stopped:
-    """Why a partition is no longer fetched: OUT_OF_RANGE (`offset` is no longer in the log) or UNREADABLE
-    (no batch can be found at `offset`: already reported as malformed)."""
+    """Why a partition is no longer fetched: OUT_OF_RANGE (`offset` is no longer in the log), UNREADABLE
+    (no batch can be found at `offset`: already reported as malformed) or DELETED (its topic, or the
+    partition, no longer exists)."""
 
     reason: str
     offset: int
@@ -225,6 +227,7 @@ class Fetcher:
         self.max_bytes = max_bytes
         self._positions: dict[Partition, int] = {}
         self._limits: dict[Partition, int] = {}
+        self._led: set[Partition] = set()        # partitions seen with a leader (a deleted one had one)
         self._order: list[Partition] = []
         self.stopped: dict[Partition, Stopped] = {}
         self.stats = FetchStats()
@@ -260,7 +263,8 @@ class Fetcher:
             self._order.append(self._order.pop(0))      # each partition leads its request in turn
         by_leader, unknown = self._by_leader()
         if unknown:
-            await self._client.force_metadata_update()
+            if await self._client.force_metadata_update():
+                self._stop_deleted()
             by_leader, unknown = self._by_leader()
         if not by_leader:
             if unknown:
@@ -283,6 +287,18 @@ class Fetcher:
                         fed += self._take(topic, part, asked)
         return fed
 
+    def _stop_deleted(self) -> None:
+        """Partitions that had a leader and the fresh metadata no longer has (the topic was deleted, or the
+        partition): stopped, not retried until a broker is given up on."""
+        cluster = self._client.cluster
+        for key in self._order:
+            if key in self.stopped or key not in self._led:
+                continue
+            partitions = cluster.partitions_for_topic(key[0])
+            if not partitions or key[1] not in partitions:
+                what = "its topic was deleted" if not partitions else "the partition no longer exists"
+                self.stopped[key] = Stopped(DELETED, self._positions[key], f"{what} while it was read")
+
     def _by_leader(self) -> tuple[dict[int, list[Partition]], bool]:
         """The partitions to fetch by leader, and whether some have no known leader."""
         by_leader: dict[int, list[Partition]] = {}
@@ -294,6 +310,7 @@ class Fetcher:
             if leader is None or leader < 0:
                 unknown = True
             else:
+                self._led.add(key)
                 by_leader.setdefault(leader, []).append(key)
         return by_leader, unknown
 

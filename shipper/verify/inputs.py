@@ -404,7 +404,7 @@ async def _settle_stopped(client, fetcher, verifier: Verifier, pending: set, unf
     partition) tuples)."""
     from aiokafka import TopicPartition
 
-    from .fetch import EARLIEST, LATEST, OUT_OF_RANGE, list_offsets
+    from .fetch import DELETED, EARLIEST, LATEST, OUT_OF_RANGE, list_offsets
 
     for key, stop in list(fetcher.stopped.items()):
         tp = TopicPartition(*key)
@@ -420,6 +420,8 @@ async def _settle_stopped(client, fetcher, verifier: Verifier, pending: set, unf
                 continue
             end = (await list_offsets(client, [key], LATEST))[key]
             unfinished[tp] = f"offset {stop.offset} is past the end of the log ({end}): it was truncated"
+        elif stop.reason == DELETED:
+            unfinished[tp] = stop.detail
         else:
             unfinished[tp] = "unreadable"
         pending.discard(tp)

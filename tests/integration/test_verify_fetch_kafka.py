@@ -167,3 +167,42 @@ def test_the_report_states_what_was_read_and_the_cpu_of_each_stage(kafka_broker)
     assert stats["codecs"] == {"snappy": stats["batches"]} and stats["requests"] >= 1
     assert all(stats[stage] >= 0 for stage in ("fetch_s", "decode_s", "scan_s", "judge_s"))
     assert json.loads(json.dumps(report.to_dict()))["meta"]["end_offsets"] == {f"{name}/0": stats["records"]}
+
+
+def test_a_topic_deleted_while_it_is_read_stops_its_partitions_as_deleted(kafka_broker):
+    """Half a partition read, then its topic deleted: the fetcher stops the partition as deleted at the
+    next metadata (not after retrying a broker for 30 s), and verify's report names the partition read
+    only so far: an incomplete read, exit status 1."""
+    async def scenario():
+        topic = one_partition()
+        name = await written(kafka_broker, "deleted", topic)
+        client = await started_client(kafka_broker.bootstrap)
+        try:
+            verifier = Verifier(KEYS)
+            fetcher = Fetcher(client, verifier, max_partition_bytes=4096, max_bytes=4096)
+            fetcher.assign(name, 0, 0)
+            end = (await list_offsets(client, [(name, 0)], LATEST))[(name, 0)]
+            async with asyncio.timeout(30):
+                while not await fetcher.fetch_once(200):
+                    pass
+            read = fetcher.position(name, 0)
+            assert 0 < read < end
+            admin = AIOKafkaAdminClient(bootstrap_servers=kafka_broker.bootstrap)
+            await admin.start()
+            try:
+                await admin.delete_topics([name])
+            finally:
+                await admin.close()
+            started = asyncio.get_running_loop().time()
+            async with asyncio.timeout(20):
+                while (name, 0) not in fetcher.stopped:
+                    await fetcher.fetch_once(200)
+            pending, unfinished = {TopicPartition(name, 0)}, {}
+            await _settle_stopped(client, fetcher, verifier, pending, unfinished)
+            return fetcher.stopped[(name, 0)], asyncio.get_running_loop().time() - started, unfinished, read
+        finally:
+            await client.close()
+
+    stopped, took, unfinished, read = asyncio.run(scenario())
+    assert stopped.reason == fetch_module.DELETED and stopped.offset >= read and took < 15
+    assert list(unfinished.values()) == ["its topic was deleted while it was read"]
