@@ -46,11 +46,44 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def process_tree(pid: int) -> list[int]:
+    """The process and its descendants (`workers: N` runs a supervisor and N workers)."""
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        out.append(current)
+        for task in Path(f"/proc/{current}/task").iterdir():
+            try:
+                todo += [int(child) for child in (task / "children").read_text().split()]
+            except OSError:
+                pass
+    return out
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    return sum(cpu_seconds(each) for each in process_tree(pid))
+
+
 def peak_rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
+    """Peak RSS of the process and its descendants, added up."""
+    total = 0
+    for each in process_tree(pid):
+        for line in Path(f"/proc/{each}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                total += int(line.split()[1]) * 1024
+    return total
+
+
+def summed(metrics: dict[str, float]) -> dict[str, float]:
+    """Samples of the workers (`worker` label, see shipper/workers.py) added up under their other labels."""
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        name, brace, labels = key.partition("{")
+        if brace:
+            kept = ",".join(label for label in labels.rstrip("}").split(",") if not label.startswith("worker="))
+            key = f"{name}{{{kept}}}" if kept else name
+        out[key] = out.get(key, 0.0) + value
+    return out
 
 
 def histogram_quantile(metrics: dict[str, float], name: str, q: float) -> float:
@@ -134,8 +167,11 @@ async def run_once(args, workdir: Path, node: SimNode, entries: int, size: int) 
                                      "kafka": {"request_timeout_ms": 30000}}
         for item in args.set:
             key, _, value = item.partition("=")
-            section, _, name = key.partition(".")
-            sections.setdefault(section, {})[name] = yaml.safe_load(value)
+            section, dot, name = key.partition(".")
+            if dot:
+                sections.setdefault(section, {})[name] = yaml.safe_load(value)
+            else:
+                sections[key] = yaml.safe_load(value)       # a top-level option (workers=2)
         config = write_config(workdir / "config.yaml", bootstrap=broker.bootstrap, node_root=workdir / "log",
                               state_dir=workdir / "state", metrics_port=free_port(), **sections)
         shipper = ShipperProcess(config, workdir / "shipper.log",
@@ -161,7 +197,7 @@ async def run_once(args, workdir: Path, node: SimNode, entries: int, size: int) 
                 print(shipper.log_text()[-3000:])
                 raise SystemExit(1)
             try:
-                metrics = scrape(shipper.metrics_port)
+                metrics = summed(scrape(shipper.metrics_port))
             except OSError:
                 continue
             if metrics.get("audit_shipper_entries_total", 0) >= entries and \
@@ -169,10 +205,10 @@ async def run_once(args, workdir: Path, node: SimNode, entries: int, size: int) 
                     metrics.get("audit_shipper_records_shipped_total", 0) >= entries:
                 break
         elapsed = time.monotonic() - begin
-        cpu = cpu_seconds(shipper.pid)
+        cpu = tree_cpu_seconds(shipper.pid)
         broker_cpu = cpu_seconds(broker_pid) - broker_cpu_begin
         rss = peak_rss(shipper.pid)
-        metrics = scrape(shipper.metrics_port)
+        metrics = summed(scrape(shipper.metrics_port))
         if spy is not None:
             spy.send_signal(2)
             spy.wait(30)
@@ -217,7 +253,8 @@ async def main() -> int:
     parser.add_argument("--python", action="store_true",
                         help="run the pure-Python reference hot path (SHIPPER_NATIVE=0) instead of shipper._native")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override one configuration value (YAML scalar), e.g. --set kafka.compression=zstd")
+                        help="override one configuration value (YAML scalar), e.g. --set kafka.compression=zstd "
+                             "or --set workers=2")
     parser.add_argument("--rate", type=int, default=0, metavar="ENTRIES_PER_S",
                         help="write the entries while the shipper runs, at this rate (for latency at a given "
                              "load), instead of writing them all before it starts")
