@@ -96,19 +96,19 @@ def histogram_quantile(metrics: dict[str, float], name: str, q: float) -> float:
     return float("nan")
 
 
-async def start_broker(kind: str, workdir: Path):
+async def start_broker(kind: str, workdir: Path, partitions: int = 1):
     if kind == "tansu":
         broker = EmbeddedTansu(log_dir=str(workdir))
         broker.start()
         await broker.wait_ready()
-        await broker.create_topic("logs", 1)
+        await broker.create_topic("logs", partitions)
         return broker, broker.stop
     from tests.harness.kafka import KafkaBroker  # the test harness's real Apache Kafka
 
     broker = KafkaBroker(workdir / "kafka", fast_start=False)   # the full JIT: a broker under sustained load
     broker.start()
     await broker.wait_ready_async(120)
-    await broker.create_topic("logs", 1)
+    await broker.create_topic("logs", partitions)
     return broker, broker.stop
 
 
@@ -158,7 +158,7 @@ def cores_for(pin: bool) -> tuple[set[int] | None, set[int] | None]:
 
 async def run_once(args, workdir: Path, node: SimNode, entries: int, size: int) -> dict[str, float]:
     shipper_cores, broker_cores = cores_for(args.pin)
-    broker, stop_broker = await start_broker(args.broker, workdir)
+    broker, stop_broker = await start_broker(args.broker, workdir, args.partitions)
     try:
         broker_pid = broker.process.pid
         if broker_cores:
@@ -246,6 +246,7 @@ async def main() -> int:
     parser.add_argument("--lines", type=int, default=2_000_000, help="entries to write")
     parser.add_argument("--files", type=int, default=10)
     parser.add_argument("--broker", choices=["kafka", "tansu"], default="kafka")
+    parser.add_argument("--partitions", type=int, default=1, help="partitions of the topic (default 1)")
     parser.add_argument("--runs", type=int, default=3, help="runs, each with a fresh broker and state (default 3)")
     parser.add_argument("--no-pin", dest="pin", action="store_false",
                         help="let the broker and the shipper share every core (default: the broker on the last "
