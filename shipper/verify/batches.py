@@ -294,21 +294,11 @@ Batch = tuple  # (records: a buffer, base_offset: int, count: int)
 
 
 @dataclass(slots=True, frozen=True)
-class RecordScan:
-    """The columns of one verify_records call (see the module docstring and scan.py), as memoryviews, and
-    the batches they were read from. What Verifier.feed_scanned takes."""
+class RecordScan(ScanResult):
+    """The columns of one verify_records call (see the module docstring and scan.py): a scan's columns, and
+    where each record sits, the runs and errors, and the batches they were read from. What
+    Verifier.feed_scanned takes."""
 
-    count: int
-    flags: memoryview
-    types: memoryview
-    chains: memoryview
-    idents: memoryview
-    seqs: memoryview
-    prefixes: memoryview
-    prevs: bytes
-    hashes: bytes
-    chain_names: list[str]
-    identities: list[tuple]
     offsets: memoryview                    # int64 a record
     locations: memoryview                  # uint32 pairs: (batch index, start in its records)
     runs: memoryview                       # uint32 pairs: (start, end) of each run
