@@ -251,11 +251,11 @@ class Follower:
         batch = await self.exchange_reader.getmany(timeout_ms=0, max_records=1000)
         for records in batch.values():
             for record in records:
-                self.claims.add(dict(record.headers or ()), record.value or b"")
-        if self.claims.complete:
-            received = self.claims.complete
-            self.claims.complete = {}
-            for payload in received.values():
+                # each message applied as it completes: a member's messages follow one another
+                payload = self.claims.add(dict(record.headers or ()), record.value or b"")
+                if payload is None:
+                    continue
+                self.claims.complete.clear()
                 claims = [RelayedClaim.from_dict(claim) for claim in payload["claims"]]
                 mine = [claim for claim in claims if self._owns(claim.chain) or (
                     claim.chain in self.verifier.chains and self.verifier.chains[claim.chain].records)]

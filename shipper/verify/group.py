@@ -61,23 +61,27 @@ class _Messages:
     complete: dict[tuple[str, str], dict] = field(default_factory=dict)
     _chunks: dict[tuple[str, str], dict[int, bytes]] = field(default_factory=dict)
 
-    def add(self, headers: dict[str, bytes], value: bytes) -> None:
+    def add(self, headers: dict[str, bytes], value: bytes) -> dict | None:
+        """Take one chunk; the payload when it completes a message (kept in `complete` too)."""
         if headers.get("run", b"").decode("utf-8", "replace") != self.run:
-            return
+            return None
         try:
             kind, member = headers["kind"].decode(), headers["member"].decode()
             index, count = (int(part) for part in headers["chunk"].decode().split("/"))
         except (KeyError, ValueError):
-            return
+            return None
         key = (kind, member)
         parts = self._chunks.setdefault(key, {})
         parts[index] = value
-        if len(parts) == count:
-            del self._chunks[key]
-            try:
-                self.complete[key] = json.loads(zlib.decompress(b"".join(parts[i] for i in range(count))))
-            except (ValueError, zlib.error, KeyError):
-                pass    # a broken message: the run waits for a whole one (a rerun of that member)
+        if len(parts) != count:
+            return None
+        del self._chunks[key]
+        try:
+            payload = json.loads(zlib.decompress(b"".join(parts[i] for i in range(count))))
+        except (ValueError, zlib.error, KeyError):
+            return None     # a broken message: the run waits for a whole one (a rerun of that member)
+        self.complete[key] = payload
+        return payload
 
     def of_kind(self, kind: str) -> dict[str, dict]:
         return {member: payload for (each, member), payload in sorted(self.complete.items()) if each == kind}

@@ -125,3 +125,26 @@ def test_partitions_are_dealt_by_size_and_never_left_empty():
     parts = balance(sizes, 2)
     assert parts == [[("logs", 0), ("logs", 1)], [("audit", 0), ("logs", 2), ("logs", 3)]]
     assert balance(sizes, 9) == [[("logs", 0)], [("logs", 2)], [("logs", 3)], [("logs", 1)], [("audit", 0)]]
+
+
+def test_exchange_messages_are_cut_into_chunks_and_each_completes_once():
+    from shipper.verify.group import _Messages, encode_message
+
+    messages = _Messages("g/3")
+    import os
+
+    payloads = [{"claims": [{"chain": os.urandom(64).hex(), "claim_seq": i} for i in range(16000)]},  # > 1 chunk
+                {"claims": [{"chain": "c1", "claim_seq": 1}]}]
+    assert len(encode_message(payloads[0])) > 1
+    completed = []
+    for number, payload in enumerate(payloads):
+        chunks = encode_message(payload)
+        for index, chunk in enumerate(chunks):
+            headers = {"run": b"g/3", "kind": b"claims", "member": b"m1", "chunk": f"{index}/{len(chunks)}".encode()}
+            got = messages.add(headers, chunk)
+            assert (got is not None) == (index == len(chunks) - 1)
+            if got is not None:
+                completed.append(got)
+    assert completed == payloads            # two messages of one member in a row: neither lost
+    assert messages.add({"run": b"g/2", "kind": b"claims", "member": b"m1", "chunk": b"0/1"},
+                        encode_message({"x": 1})[0]) is None          # another run's message is not ours
