@@ -62,6 +62,8 @@ class Metrics:
         self.wal_limit_bytes = Gauge(p + "wal_limit_bytes", "Configured WAL size limit", registry=r)
         self.wal_segments = Gauge(p + "wal_segments", "WAL segment files on disk", registry=r)
         self.wal_commits = Counter(p + "wal_commits_total", "WAL group commits", registry=r)
+        self.wal_written_bytes = Counter(p + "wal_written_bytes_total", "Bytes appended to the WAL (frames and "
+                                         "their headers)", registry=r)
         self.wal_write_errors = Counter(p + "wal_write_errors_total", "Failed WAL writes (e.g. disk full)", ["errno"],
                                         registry=r)
         self.wal_unacked_records = Gauge(p + "wal_unacked_records", "Records in the WAL not yet acknowledged by Kafka",

@@ -22,7 +22,7 @@ from .kafka import KafkaSink, Sender
 from .metrics import Metrics, timed
 from .model import LossEvent
 from .state import Acknowledgements, StateStore, append_keeping_reserve, roll_forward
-from .wal import Wal, WalWriteError
+from .wal import HEADER_SIZE, Wal, WalWriteError
 
 log = logging.getLogger("shipper.pipeline")
 
@@ -234,6 +234,7 @@ class Pipeline:
             self.metrics.backpressure.set(0)
         sender.offer(wal.last_start, end, frame)
         self.metrics.wal_commits.inc()
+        self.metrics.wal_written_bytes.inc(frame.nbytes + HEADER_SIZE)
         self.metrics.wal_bytes.set(wal.bytes_on_disk)
         self.metrics.wal_segments.set(wal.segment_count)
 
