@@ -76,6 +76,10 @@ class Metrics:
         self.bytes_shipped = Counter(p + "bytes_shipped_total", "Record value bytes acknowledged by Kafka", registry=r)
         self.send_errors = Counter(p + "kafka_send_errors_total", "Failed batch sends by reason", ["reason"], registry=r)
         self.retries = Counter(p + "kafka_retries_total", "Batches sent again after a failure", registry=r)
+        self.kafka_batches = Counter(p + "kafka_batches_total", "Record batches acknowledged by Kafka, by where they "
+                                     "were built: `ingest` (in the WAL frame, sent as they are), `sender` (from "
+                                     "record values: a topic whose partition count was not known yet, a frame of "
+                                     "the previous release, a refused batch split)", ["built"], registry=r)
         self.lag = Histogram(p + "end_to_end_lag_seconds", "Read of a line to its broker ack", buckets=LAG_BUCKETS,
                              registry=r)
         self.kafka_connected = Gauge(p + "kafka_connected", "1 when the last send to Kafka succeeded", registry=r)
