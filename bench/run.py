@@ -12,7 +12,8 @@ Each of `--runs` runs (3) starts a fresh broker and shipper; the broker is pinne
 core and the shipper to the others (taskset-like affinity; `--no-pin` lets them share), so that each
 one's CPU is its own. Prints per run, then min / median / max: entries/s, MB/s, CPU-seconds per million
 lines (the shipper's user+sys), peak RSS, the broker's own CPU, end-to-end lag p50/p99 (line read ->
-broker ack, from the shipper's histogram), and where the shipper's CPU went, stage by stage (read,
+broker ack, from the shipper's histogram), the bytes written to the WAL per line (frames and their
+headers, audit_shipper_wal_written_bytes_total), and where the shipper's CPU went, stage by stage (read,
 parse, seal, WAL frame encode, WAL write, fsync, Kafka batch encode, compress, and the rest: the event
 loop's sending, acknowledgements and discovery), from its own audit_shipper_stage_cpu_seconds_total.
 """
@@ -219,6 +220,7 @@ async def run_once(args, workdir: Path, node: SimNode, entries: int, size: int) 
     per_line = 1e6 / physical
     figures = {"entries/s": entries / elapsed, "MB/s": size / elapsed / 1e6, "CPU-s per 1M lines": cpu * per_line,
                "peak RSS MiB": rss / 2**20, "broker CPU-s per 1M": broker_cpu * per_line,
+               "WAL bytes per line": metrics.get("audit_shipper_wal_written_bytes_total", 0.0) / physical,
                "lag p50 s": histogram_quantile(metrics, "audit_shipper_end_to_end_lag_seconds", 0.5),
                "lag p99 s": histogram_quantile(metrics, "audit_shipper_end_to_end_lag_seconds", 0.99)}
     staged = 0.0

@@ -1,14 +1,30 @@
 """The payload of one WAL frame: a batch of sealed records with the source checkpoint they reach.
 
-Pure encoding over bytes. A batch carries, besides the record values, where every source it
-touched stands after it and every chain head it moved, so that recovery can roll source positions
-forward from the WAL alone (the checkpoint travels with the commit).
+Pure encoding over bytes. A batch carries, besides the records, where every source it touched stands
+after it and every chain head it moved, so that recovery can roll source positions forward from the
+WAL alone (the checkpoint travels with the commit).
 
-Layout: `[u32 header length][header JSON][u32 n][n x u32 value lengths][values...]`, little endian.
-Header (format 2): `{"v": 2, "runs": [[chain, topic, first_seq, count], ...], "sources": {key:
-SourceCheckpoint.to_list() or null when dropped}, "chains": {chain: ChainCheckpoint.to_list()},
-"t": read time}`. Format 1 (no "v") had chains as [seq, hash_hex, closed] without a Merkle tree; it
-is still read (those chains start a new tree). A newer format is refused with FrameFormatError.
+The records travel in two forms. Record values (`Batch.runs`): what the ingest seals, and what a frame
+holds for a topic whose partition count was not known when it was built. Kafka record batches
+(`Batch.kafka`): complete Kafka v2 RecordBatches, built and compressed on the ingest side
+(kafka/prebuild.py) for one topic partition each, which the sender forwards as they are. This module
+treats a Kafka batch as opaque bytes described by its header entry; it never builds or reads one.
+
+Layout: `[u32 header length][header JSON][u32 n][n x u32 value lengths][values...][kafka batches...]`,
+little endian.
+Header (format 3): `{"v": 3, "runs": [[chain, topic, first_seq, count, before], ...], "batches":
+[[topic, partition, partitions, codec, count, nbytes, value_bytes, [[chain, first_seq, count], ...]],
+...], "sources": {key: SourceCheckpoint.to_list() or null when dropped}, "chains": {chain:
+ChainCheckpoint.to_list()}, "t": read time}`. A batch entry names the topic's partition count its
+partition was computed with (`partitions`), the codec its records are compressed with (0: none, also
+when compression did not make them smaller), its record count, its length in the body, the bytes of
+its record values and the runs of consecutive seqs it holds, in order. A value run's `before` is the
+index of the first Kafka batch that is sent after it (a record too large for any batch between two
+batches of its chain); the sender keeps that order.
+A batch without Kafka batches is written in format 2, the same bytes as the release before: `{"v": 2,
+"runs": [[chain, topic, first_seq, count], ...], "sources": ..., "chains": ..., "t": ...}` and no
+Kafka batches in the body. Format 1 (no "v") had chains as [seq, hash_hex, closed] without a Merkle
+tree; it is still read (those chains start a new tree). A newer format is refused with FrameFormatError.
 """
 from __future__ import annotations
 
@@ -22,7 +38,8 @@ from itertools import accumulate
 from .model import ChainCheckpoint, SourceCheckpoint
 
 _U32 = struct.Struct("<I")
-FRAME_FORMAT = 2
+FRAME_FORMAT = 3
+_VALUES_ONLY_FORMAT = 2       # what a batch without Kafka batches is written as
 
 
 class FrameFormatError(ValueError):
@@ -37,6 +54,37 @@ class Run:
     topic: str
     first_seq: int
     values: "list[bytes] | Sealed | Packed"
+    before: int = 0                 # index of the first of the batch's Kafka batches sent after this run
+
+
+@dataclass(slots=True, frozen=True)
+class BatchRun:
+    """Records first_seq .. first_seq + count - 1 of one chain, inside a Kafka batch."""
+
+    chain: str
+    first_seq: int
+    count: int
+
+
+@dataclass(slots=True, frozen=True)
+class KafkaBatch:
+    """A complete Kafka v2 RecordBatch for one topic partition, built on the ingest side: its records
+    (key, headers and values as the sender builds them) compressed with `codec`, the producer id, epoch
+    and base sequence left at -1, -1, 0; the sender sets those, the timestamps and the CRC when it sends.
+    `partition` is the chain keys' murmur2 modulo `partitions`, the topic's partition count then."""
+
+    topic: str
+    partition: int
+    partitions: int
+    codec: int
+    count: int
+    value_bytes: int
+    data: "bytes | bytearray | memoryview"
+    runs: tuple[BatchRun, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.data)
 
 
 @dataclass(slots=True)
@@ -45,10 +93,11 @@ class Batch:
     sources: dict[str, SourceCheckpoint | None] = field(default_factory=dict)
     chains: dict[str, ChainCheckpoint] = field(default_factory=dict)
     read_time: float = 0.0          # wall-clock time the batch was read (for the end-to-end lag)
+    kafka: list[KafkaBatch] = field(default_factory=list)
 
     @property
     def record_count(self) -> int:
-        return sum(len(run.values) for run in self.runs)
+        return sum(len(run.values) for run in self.runs) + sum(batch.count for batch in self.kafka)
 
 
 class Packed(Sequence):
@@ -139,8 +188,18 @@ class Frame:
 
 
 def encode_frame(batch: Batch) -> Frame:
-    header = json.dumps({"v": FRAME_FORMAT,
-                         "runs": [[run.chain, run.topic, run.first_seq, len(run.values)] for run in batch.runs],
+    if batch.kafka:
+        header_runs = [[run.chain, run.topic, run.first_seq, len(run.values), run.before] for run in batch.runs]
+        kafka = {"batches": [[kb.topic, kb.partition, kb.partitions, kb.codec, kb.count, kb.nbytes, kb.value_bytes,
+                              [[run.chain, run.first_seq, run.count] for run in kb.runs]] for kb in batch.kafka]}
+        version = FRAME_FORMAT
+    else:
+        header_runs = [[run.chain, run.topic, run.first_seq, len(run.values)] for run in batch.runs]
+        kafka = {}
+        version = _VALUES_ONLY_FORMAT
+    header = json.dumps({"v": version,
+                         "runs": header_runs,
+                         **kafka,
                          "sources": {key: None if source is None else source.to_list()
                                      for key, source in batch.sources.items()},
                          "chains": {name: chain.to_list() for name, chain in batch.chains.items()},
@@ -161,6 +220,7 @@ def encode_frame(batch: Batch) -> Frame:
     if struct.pack("=I", 1) != struct.pack("<I", 1):  # pragma: no cover - big-endian hosts
         lengths.byteswap()
     parts = [b"".join([_U32.pack(len(header)), header, _U32.pack(len(lengths)), lengths.tobytes()]), *bodies]
+    parts.extend(kb.data for kb in batch.kafka)
     return Frame(parts, sum(map(len, parts)), batch)
 
 
@@ -172,8 +232,8 @@ def _header(payload: "bytes | memoryview") -> tuple[dict, int]:
     (header_len,) = _U32.unpack_from(payload, 0)
     header = json.loads(bytes(payload[4:4 + header_len]))
     version = header.get("v", 1)
-    if version not in (1, FRAME_FORMAT):
-        raise FrameFormatError(f"a WAL frame of format {version!r}: this release reads formats 1 and {FRAME_FORMAT}; "
+    if version not in (1, 2, FRAME_FORMAT):
+        raise FrameFormatError(f"a WAL frame of format {version!r}: this release reads formats 1 to {FRAME_FORMAT}; "
                                "run the release that wrote the WAL until it has shipped it, or move the WAL aside")
     return header, 4 + header_len
 
@@ -202,15 +262,27 @@ def decode_batch(payload: "bytes | memoryview") -> Batch:
         lengths.byteswap()
     position += 4 * count
     ends = array("q", accumulate(lengths, initial=position))
-    if ends[-1] != len(payload):
-        raise ValueError(f"batch body holds {len(payload) - position} bytes of values, its lengths say "
-                         f"{ends[-1] - position}")
+    entries = header.get("batches", [])
+    kafka_bytes = sum(entry[5] for entry in entries)
+    if ends[-1] + kafka_bytes != len(payload):
+        raise ValueError(f"batch body holds {len(payload) - position} bytes, its lengths say "
+                         f"{ends[-1] - position} of values and {kafka_bytes} of Kafka batches")
     runs = []
     index = 0
-    for chain, topic, first_seq, run_count in header["runs"]:
-        runs.append(Run(chain, topic, first_seq, Packed(payload, ends[index:index + run_count + 1])))
+    for chain, topic, first_seq, run_count, *before in header["runs"]:
+        runs.append(Run(chain, topic, first_seq, Packed(payload, ends[index:index + run_count + 1]), *before))
         index += run_count
     if index != count:
         raise ValueError(f"batch header names {index} records, the body holds {count}")
+    kafka = []
+    position = ends[-1]
+    view = memoryview(payload)
+    for topic, partition, partitions, codec, batch_count, nbytes, value_bytes, batch_runs in entries:
+        runs_in = tuple(BatchRun(chain, first_seq, run_count) for chain, first_seq, run_count in batch_runs)
+        if sum(run.count for run in runs_in) != batch_count:
+            raise ValueError(f"a Kafka batch of {batch_count} records lists runs of {sum(r.count for r in runs_in)}")
+        kafka.append(KafkaBatch(topic, partition, partitions, codec, batch_count, value_bytes,
+                                view[position:position + nbytes], runs_in))
+        position += nbytes
     sources, chains = _checkpoints(header)
-    return Batch(runs, sources, chains, header.get("t", 0.0))
+    return Batch(runs, sources, chains, header.get("t", 0.0), kafka)

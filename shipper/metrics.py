@@ -62,6 +62,8 @@ class Metrics:
         self.wal_limit_bytes = Gauge(p + "wal_limit_bytes", "Configured WAL size limit", registry=r)
         self.wal_segments = Gauge(p + "wal_segments", "WAL segment files on disk", registry=r)
         self.wal_commits = Counter(p + "wal_commits_total", "WAL group commits", registry=r)
+        self.wal_written_bytes = Counter(p + "wal_written_bytes_total", "Bytes appended to the WAL (frames and "
+                                         "their headers)", registry=r)
         self.wal_write_errors = Counter(p + "wal_write_errors_total", "Failed WAL writes (e.g. disk full)", ["errno"],
                                         registry=r)
         self.wal_unacked_records = Gauge(p + "wal_unacked_records", "Records in the WAL not yet acknowledged by Kafka",
@@ -74,6 +76,10 @@ class Metrics:
         self.bytes_shipped = Counter(p + "bytes_shipped_total", "Record value bytes acknowledged by Kafka", registry=r)
         self.send_errors = Counter(p + "kafka_send_errors_total", "Failed batch sends by reason", ["reason"], registry=r)
         self.retries = Counter(p + "kafka_retries_total", "Batches sent again after a failure", registry=r)
+        self.kafka_batches = Counter(p + "kafka_batches_total", "Record batches acknowledged by Kafka, by where they "
+                                     "were built: `ingest` (in the WAL frame, sent as they are), `sender` (from "
+                                     "record values: a topic whose partition count was not known yet, a frame of "
+                                     "the previous release, a refused batch split)", ["built"], registry=r)
         self.lag = Histogram(p + "end_to_end_lag_seconds", "Read of a line to its broker ack", buckets=LAG_BUCKETS,
                              registry=r)
         self.kafka_connected = Gauge(p + "kafka_connected", "1 when the last send to Kafka succeeded", registry=r)

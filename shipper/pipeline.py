@@ -14,15 +14,15 @@ import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable, TypeVar
 
-from .batch import Frame, encode_batch, encode_frame
+from .batch import Batch, Frame, encode_batch, encode_frame
 from .enrich import build_provider
 from .config import FsyncMode, Settings
 from .ingest import Ingest, SigningKey
-from .kafka import KafkaSink, Sender
+from .kafka import KafkaSink, Prebuilder, Sender
 from .metrics import Metrics, timed
 from .model import LossEvent
 from .state import Acknowledgements, StateStore, append_keeping_reserve, roll_forward
-from .wal import Wal, WalWriteError
+from .wal import HEADER_SIZE, Wal, WalWriteError
 
 log = logging.getLogger("shipper.pipeline")
 
@@ -53,6 +53,7 @@ class Pipeline:
         self.acks: Acknowledgements | None = None
         self.ingest: Ingest | None = None
         self._ahead: asyncio.Future | None = None     # the next batch, being read while one is written
+        self._prebuild: Callable[[Batch], Batch] | None = None    # Kafka batches built beside the ingest
 
     # -- start-up --------------------------------------------------------------------------------
     def _open_state(self) -> tuple[Wal, StateStore, Ingest]:
@@ -80,6 +81,8 @@ class Pipeline:
         wal, state, ingest = await asyncio.to_thread(self._open_state)
         self.wal, self.ingest = wal, ingest
         sink = KafkaSink(self.settings.kafka, self.metrics)
+        # Frames hold compressed Kafka batches for the topics whose partition count the sender knows.
+        self._prebuild = Prebuilder(self.settings.kafka, sink.partition_counts, self.metrics).prebuild
         loop = asyncio.get_running_loop()
 
         async def write_gap(chain: str, loss: LossEvent, seq: int, record_hash: str) -> None:
@@ -141,7 +144,7 @@ class Pipeline:
                     await self._pause_for_room(stopping, wal, room_needed)
                     continue
                 else:
-                    collected = await asyncio.to_thread(_collect_encoded, ingest, commit_bytes)
+                    collected = await asyncio.to_thread(_collect_encoded, ingest, commit_bytes, self._prebuild)
                 if collected is None:
                     if interval_sync and wal.written > wal.durable:
                         await self._sync(wal, sender)
@@ -149,7 +152,8 @@ class Pipeline:
                     continue
                 frame, callbacks = collected
                 if wal.has_room(room_needed + frame.nbytes):
-                    self._ahead = asyncio.ensure_future(asyncio.to_thread(_collect_encoded, ingest, commit_bytes))
+                    self._ahead = asyncio.ensure_future(asyncio.to_thread(_collect_encoded, ingest, commit_bytes,
+                                                                          self._prebuild))
                 await self._commit(stopping, wal, sender, frame)
                 if not interval_sync or time.monotonic() - last_sync >= sync_every:
                     await self._sync(wal, sender)
@@ -234,6 +238,7 @@ class Pipeline:
             self.metrics.backpressure.set(0)
         sender.offer(wal.last_start, end, frame)
         self.metrics.wal_commits.inc()
+        self.metrics.wal_written_bytes.inc(frame.nbytes + HEADER_SIZE)
         self.metrics.wal_bytes.set(wal.bytes_on_disk)
         self.metrics.wal_segments.set(wal.segment_count)
 
@@ -275,9 +280,13 @@ async def _flush_every(acks: Acknowledgements, seconds: float) -> None:
         await acks.flush()
 
 
-def _collect_encoded(ingest: Ingest, commit_bytes: int):
+def _collect_encoded(ingest: Ingest, commit_bytes: int, prebuild: Callable[[Batch], Batch] | None = None):
+    """On a worker thread: the next batch read and sealed, its Kafka batches built (`prebuild`, timed as
+    kafka_encode and compress), encoded as a WAL frame."""
     collected = ingest.collect(commit_bytes)
     if collected is None:
         return None
     batch, callbacks = collected
+    if prebuild is not None:
+        batch = prebuild(batch)
     return timed(ingest.metrics.stage_cpu.labels("frame_encode"), encode_frame, batch), callbacks

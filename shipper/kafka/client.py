@@ -12,6 +12,7 @@ import asyncio
 import logging
 import random
 import ssl
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +161,27 @@ def backoff_delays(first_ms: int, max_ms: int):
         delay = min(delay * 2, max_ms / 1000)
 
 
+class PartitionCounts:
+    """The partition count of each topic, as the sender last learned it from metadata; read by the ingest's
+    worker thread (kafka/prebuild.py), which builds Kafka batches only for the topics it finds here."""
+
+    def __init__(self) -> None:
+        self._counts: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def get(self, topic: str) -> int | None:
+        with self._lock:
+            return self._counts.get(topic)
+
+    def set(self, topic: str, count: int) -> None:
+        with self._lock:
+            self._counts[topic] = count
+
+    def clear(self) -> None:
+        with self._lock:
+            self._counts.clear()
+
+
 class KafkaSink:
     """The producer, created and re-created as the broker and configuration allow."""
 
@@ -169,7 +191,7 @@ class KafkaSink:
         self.producer: AIOKafkaProducer | None = None
         self.idempotent = config.idempotence != "off"
         self.codec = _CODECS[config.compression.value]
-        self._partitions: dict[str, int] = {}
+        self.partition_counts = PartitionCounts()
         self._secret_mtime: float | None = None
         # One token source for every producer of this sink: its token and its refresher outlive restarts.
         self.token_source: TokenSource | None = (
@@ -232,15 +254,15 @@ class KafkaSink:
         if self.producer is not None:
             await _quietly_stop(self.producer)
             self.producer = None
-        self._partitions.clear()
+        self.partition_counts.clear()
         return await self.start(stopping)
 
     async def partitions(self, topic: str) -> int:
-        count = self._partitions.get(topic)
+        count = self.partition_counts.get(topic)
         if count is None:
             assert self.producer is not None
-            found = await self.producer.partitions_for(topic)
-            count = self._partitions[topic] = len(found)
+            count = len(await self.producer.partitions_for(topic))
+            self.partition_counts.set(topic, count)
         return count
 
     async def stop(self) -> None:

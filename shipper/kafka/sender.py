@@ -1,12 +1,16 @@
 """The Kafka stage: WAL frames out, finished frames back.
 
 Records leave the WAL in order; each partition has one worker with at most one batch in flight,
-so a chain (one key, one partition) reaches Kafka in seq order. A frame's WAL position travels with
-its records and comes back as the ack: a frame is finished only when every record in it is
-acknowledged (or turned into a gap record, for one the broker refused for good), and finished frames
-are handed on in WAL order to the acknowledgements the sender was given (state.Acknowledgements
-persists them and moves the WAL's ack cursor). A failed batch is sent again from memory, with
-backoff, forever: an outage is normal, the WAL is the buffer.
+so a chain (one key, one partition) reaches Kafka in seq order. A frame's Kafka batches (format 3:
+built and compressed on the ingest side, kafka/prebuild.py) go to their partition's queue whole and
+are sent as they are, only their header written again (producer state, timestamps, CRC); its runs of
+values (a format-2 frame, or what the ingest could not build) are built into batches here, between
+them, in queue order. A frame's WAL position travels with its records and comes back as the ack: a
+frame is finished only when every record in it is acknowledged (or turned into a gap record, for one
+the broker refused for good), and finished frames are handed on in WAL order to the acknowledgements
+the sender was given (state.Acknowledgements persists them and moves the WAL's ack cursor). A failed
+batch is sent again from memory, with backoff, forever: an outage is normal, the WAL is the buffer.
+A prebuilt batch the broker refuses for good is read back into its records and split like any other.
 """
 from __future__ import annotations
 
@@ -27,12 +31,12 @@ from aiokafka.errors import (
     RecordTooLargeError,
 )
 
-from ..batch import Frame, Packed, Sealed, decode_batch
+from ..batch import Frame, KafkaBatch, Packed, Run, Sealed, decode_batch
 from ..metrics import Metrics, timed
 from ..model import LossEvent, LossReason
 from ..wal import Wal, WalPosition
 from .client import KafkaSink, _describe, backoff_delays
-from .wire import _BATCH_HEADER, _RECORD_OVERHEAD, Span, _kafka_records, _SpanBatch, partition_of
+from .wire import _BATCH_HEADER, _RECORD_OVERHEAD, Span, _kafka_records, _SpanBatch, batch_records, partition_of
 
 log = logging.getLogger("shipper.kafka")
 
@@ -92,6 +96,42 @@ class _Run:
     def singles(self) -> list["_Run"]:
         return [_Run(self.ticket, self.chain, self.key, self.first_seq + i, self.values, self.start + i,
                      self.start + i + 1) for i in range(self.count)]
+
+
+@dataclass(slots=True)
+class _Prebuilt:
+    """A Kafka batch built on the ingest side (batch.KafkaBatch, from a format-3 frame): sent whole, as it
+    is, after the items before it in its partition's queue."""
+
+    ticket: _FrameTicket
+    batch: KafkaBatch
+
+    @property
+    def count(self) -> int:
+        return self.batch.count
+
+    def runs(self) -> list[_Run]:
+        """Its records read back (decompressed) as runs of values, one per run its header lists: to send
+        them the way a format-2 frame's runs are sent."""
+        records = batch_records(self.batch.data)
+        if len(records) != self.batch.count:
+            raise ValueError(f"a prebuilt Kafka batch holds {len(records)} records, its frame says {self.batch.count}")
+        runs: list[_Run] = []
+        index = 0
+        for run in self.batch.runs:
+            key = run.chain.encode()
+            values = []
+            for seq in range(run.first_seq, run.first_seq + run.count):
+                record_key, value, headers = records[index]
+                if record_key != key or dict(headers).get("event_id") != b"%s:%d" % (key, seq):
+                    raise ValueError(f"record {index} of a prebuilt Kafka batch is not {run.chain}:{seq}")
+                values.append(value)
+                index += 1
+            runs.append(_Run(self.ticket, run.chain, key, run.first_seq, values, 0, run.count))
+        return runs
+
+    def singles(self) -> list[_Run]:
+        return [single for run in self.runs() for single in run.singles()]
 
 
 @dataclass(slots=True)
@@ -210,17 +250,51 @@ class Sender:
         if ticket.pending == 0:
             self._complete(ticket)
             return
-        for run in batch.runs:
-            if not run.values:
-                continue
-            key = run.chain.encode()
-            partitions = await self._partitions(run.topic)
-            queue = self._queue(run.topic, partition_of(key, partitions))
-            if type(run.values) is Sealed:          # a batch from memory: one run per sealed blob
-                for index, packed in run.values.packed_parts():
-                    queue.items.append(_Run(ticket, run.chain, key, run.first_seq + index, packed, 0, len(packed)))
-            else:
-                queue.items.append(_Run(ticket, run.chain, key, run.first_seq, run.values, 0, len(run.values)))
+        if not batch.kafka:
+            for run in batch.runs:
+                await self._dispatch_run(ticket, run)
+            return
+        # A run goes before the Kafka batch its `before` names (a record too large for a request, between two
+        # batches of its chain): every chain's records reach their partition's queue in seq order.
+        runs = sorted(batch.runs, key=lambda run: run.before)
+        next_run = 0
+        for index, kafka_batch in enumerate(batch.kafka):
+            while next_run < len(runs) and runs[next_run].before <= index:
+                await self._dispatch_run(ticket, runs[next_run])
+                next_run += 1
+            await self._dispatch_prebuilt(ticket, kafka_batch)
+        for run in runs[next_run:]:
+            await self._dispatch_run(ticket, run)
+
+    async def _dispatch_run(self, ticket: _FrameTicket, run: Run) -> None:
+        if not run.values:
+            return
+        key = run.chain.encode()
+        partitions = await self._partitions(run.topic)
+        queue = self._queue(run.topic, partition_of(key, partitions))
+        if type(run.values) is Sealed:          # a batch from memory: one run per sealed blob
+            for index, packed in run.values.packed_parts():
+                queue.items.append(_Run(ticket, run.chain, key, run.first_seq + index, packed, 0, len(packed)))
+        else:
+            queue.items.append(_Run(ticket, run.chain, key, run.first_seq, run.values, 0, len(run.values)))
+        queue.ready.set()
+
+    async def _dispatch_prebuilt(self, ticket: _FrameTicket, kafka_batch: KafkaBatch) -> None:
+        partitions = await self._partitions(kafka_batch.topic)
+        if partitions == kafka_batch.partitions:
+            queue = self._queue(kafka_batch.topic, kafka_batch.partition)
+            queue.items.append(_Prebuilt(ticket, kafka_batch))
+            queue.ready.set()
+            return
+        # The topic's partition count changed since the frame was built: a chain's records must go where
+        # murmur2 of its key modulo the count puts them now, the partition its next records go to, so the
+        # batch is read back into its runs and each run is dispatched as a format-2 frame's run is, in the
+        # batch's order (each chain's records stay in seq order in their new partition's queue).
+        log.info("topic %s has %d partitions now, %d when a WAL frame was built: its batch for partition %d is "
+                 "sent again by chain", kafka_batch.topic, partitions, kafka_batch.partitions, kafka_batch.partition)
+        for run in _Prebuilt(ticket, kafka_batch).runs():
+            queue = self._queue(kafka_batch.topic, partition_of(run.key, partitions))
+            queue.items.append(run)
             queue.ready.set()
 
     async def _partitions(self, topic: str) -> int:
@@ -262,6 +336,12 @@ class Sender:
                 while self.sink.producer is None:
                     await asyncio.sleep(0.1)
                 head = items[0]
+                if type(head) is _Prebuilt:           # built and compressed on the ingest side already
+                    items.popleft()
+                    if in_flight is not None:
+                        await in_flight
+                    in_flight = asyncio.ensure_future(self._send_until_acked(topic, partition, [head]))
+                    continue
                 if len(head.values[head.start]) > limit:
                     if in_flight is not None:     # its gap record comes after the records before it
                         await in_flight
@@ -287,7 +367,11 @@ class Sender:
     def _take_batch(self, items: deque, budget: int, limit: int) -> tuple[list[_Run], tuple[_SpanBatch, int, int]]:
         """The next batch from the head of a partition's queue: at most `budget` bytes of records, and
         the runs it takes (the queue keeps the rest)."""
-        candidates = [items[i] for i in range(min(len(items), 64))]
+        candidates: list[_Run] = []
+        for item in items:
+            if type(item) is not _Run or len(candidates) == 64:     # a prebuilt batch goes on its own
+                break
+            candidates.append(item)
         records, taken, value_bytes = _kafka_records([run.span() for run in candidates], budget, limit, _BATCH_HEADER)
         runs: list[_Run] = []
         for run, count in zip(candidates, taken):
@@ -306,17 +390,27 @@ class Sender:
         count = sum(taken)
         return _SpanBatch(self.sink.codec, records, count), count, value_bytes
 
-    async def _send_until_acked(self, topic: str, partition: int, runs: list[_Run],
+    async def _built(self, runs: "list[_Run] | list[_Prebuilt]") -> tuple[_SpanBatch, int, int]:
+        """The batch to send for `runs` (again): a prebuilt batch as it is (a copy, its header written at
+        the send), else built and compressed anew (compressed on a worker thread, not the loop's)."""
+        if len(runs) == 1 and type(runs[0]) is _Prebuilt:
+            kafka_batch = runs[0].batch
+            return _SpanBatch.prebuilt(kafka_batch.data), kafka_batch.count, kafka_batch.value_bytes
+        built = self._batch(runs)
+        await asyncio.to_thread(timed, self._compress_cpu, built[0].compress_now)
+        return built
+
+    async def _send_until_acked(self, topic: str, partition: int, runs: "list[_Run] | list[_Prebuilt]",
                                 built: tuple[_SpanBatch | None, int, int] | None = None) -> None:
         delays = backoff_delays(self.sink.config.retry_backoff_ms, self.sink.config.retry_backoff_max_ms)
         attempt = 0
         while True:
-            producer = self.sink.producer
             try:
+                if built is None or built[0] is None:
+                    built = await self._built(runs)
+                producer = self.sink.producer
                 if producer is None:
                     raise KafkaConnectionError("producer is restarting")
-                if built is None or built[0] is None:
-                    built = self._batch(runs)
                 batch, count, value_bytes = built
                 built = (None, count, value_bytes)    # aiokafka owns the batch now: a retry rebuilds
                 future = await producer.send_batch(batch, topic, partition=partition)
@@ -347,6 +441,7 @@ class Sender:
             self.metrics.kafka_connected.set(1)
             self.metrics.records_shipped.inc(count)
             self.metrics.bytes_shipped.inc(value_bytes)
+            self.metrics.kafka_batches.labels(built="ingest" if type(runs[0]) is _Prebuilt else "sender").inc()
             self.metrics.wal_unacked_records.dec(count)
             for run in runs:
                 ticket = run.ticket

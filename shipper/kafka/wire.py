@@ -2,7 +2,7 @@
 and the partition a key maps to; and the end of a refused SASL OAUTHBEARER exchange.
 
 The only module that touches aiokafka internals (`_DefaultRecordBatchBuilderPy`, `BatchBuilder`'s
-private fields, `encode_varint_py`, `murmur2`, `OAuthAuthenticator` and the connection's
+private fields, `DefaultRecordBatch`, `encode_varint_py`, `murmur2`, `OAuthAuthenticator` and the connection's
 `authenticator_oauth`). They are not aiokafka's public API, which is why aiokafka is pinned to
 >=0.14,<0.15 (pyproject.toml; 0.14.0 in constraints.txt): moving the pin means
 tests/unit/test_kafka_records.py, which checks these batches against aiokafka's own builder and
@@ -21,7 +21,7 @@ from aiokafka.conn import AIOKafkaConnection, OAuthAuthenticator
 from aiokafka.errors import SaslAuthenticationFailed
 from aiokafka.partitioner import murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
-from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
+from aiokafka.record.default_records import DefaultRecordBatch, _DefaultRecordBatchBuilderPy
 from aiokafka.record.util import encode_varint_py
 
 from ..batch import Packed
@@ -111,7 +111,8 @@ _snappy_block = _native.snappy_block if _native is not None else _snappy_block_p
 class _RecordsBuilder(_DefaultRecordBatchBuilderPy):
     """aiokafka's own v2 batch builder (header, CRC, compression, producer state) around records that
     kafka_records built in one call, instead of one `append` per record. It takes `records` (room for
-    the header first, then the records) as its buffer: no copy, and the buffer is the builder's now."""
+    the header first, then the records) as its buffer: no copy, and the buffer is the builder's now.
+    Or, `prebuilt`, around a whole batch built (and compressed) before, to write its header again."""
 
     def __init__(self, codec: int, records: bytearray, count: int, timestamp_ms: int) -> None:
         super().__init__(2, codec, is_transactional=0, producer_id=-1, producer_epoch=-1, base_sequence=0,
@@ -121,6 +122,18 @@ class _RecordsBuilder(_DefaultRecordBatchBuilderPy):
         self._last_offset = count - 1
         self._num_records = count
         self._compressed: bool | None = None      # set by compress_now(): build() then only writes the header
+
+    @classmethod
+    def prebuilt(cls, batch: "bytes | bytearray | memoryview", timestamp_ms: int) -> "_RecordsBuilder":
+        """A batch this builder built (kafka/prebuild.py, on the ingest side), copied: build() writes its
+        header again (producer state, timestamps, CRC) and leaves its records, compressed or not, as they
+        are. The records' timestamp deltas are 0, so they all take `timestamp_ms`, the send time, as a
+        batch built at the send does (a WAL replayed days later is not refused as too old)."""
+        fields = cls.HEADER_STRUCT.unpack_from(batch)
+        codec = fields[5] & cls.CODEC_MASK
+        builder = cls(codec, bytearray(batch), fields[12], timestamp_ms)
+        builder._compressed = codec != cls.CODEC_NONE
+        return builder
 
     def compress_now(self) -> None:
         """Compress ahead of the send (on a worker thread, while the batch before is awaiting its ack);
@@ -162,18 +175,49 @@ class _RecordsBuilder(_DefaultRecordBatchBuilderPy):
 class _SpanBatch(BatchBuilder):
     """A closed aiokafka BatchBuilder holding a prebuilt batch (what `producer.send_batch` takes)."""
 
-    def __init__(self, codec: int, records: bytearray, count: int) -> None:   # noqa: super() builds per record
-        self._builder = _RecordsBuilder(codec, records, count, int(time.time() * 1000))
+    def __init__(self, codec: int, records: bytearray, count: int,
+                 builder: _RecordsBuilder | None = None) -> None:   # noqa: super() builds per record
+        self._builder = builder or _RecordsBuilder(codec, records, count, int(time.time() * 1000))
         self._relative_offset = count
         self._buffer = None
         self._closed = True
         self._key_serializer = self._value_serializer = None
+
+    @classmethod
+    def prebuilt(cls, batch: "bytes | bytearray | memoryview") -> "_SpanBatch":
+        """A whole batch built on the ingest side (batch.KafkaBatch.data), to send (a copy each time)."""
+        builder = _RecordsBuilder.prebuilt(batch, int(time.time() * 1000))
+        return cls(builder._compression_type, builder._buffer, builder._num_records, builder)
 
     def _set_producer_state(self, producer_id: int, producer_epoch: int, base_sequence: int) -> None:
         self._builder.set_producer_state(producer_id, producer_epoch, base_sequence)
 
     def compress_now(self) -> None:
         self._builder.compress_now()
+
+
+def build_batch(codec: int, records: bytearray, count: int, timestamp_ms: int,
+                compress=None) -> tuple[bytearray, int]:
+    """The whole v2 batch for records that kafka_records built (room for the header first), compressed
+    with `codec` when that makes them smaller, the producer state left at -1, -1, 0; and the codec its
+    records are in (0 when compression did not pay). `compress`, when given, is called with the
+    compressing function (to time it)."""
+    builder = _RecordsBuilder(codec, records, count, timestamp_ms)
+    if compress is None:
+        builder.compress_now()
+    else:
+        compress(builder.compress_now)
+    data = builder.build()
+    return data, codec if builder._compressed else 0
+
+
+def batch_records(batch: "bytes | bytearray | memoryview") -> list[tuple[bytes | None, bytes | None, list]]:
+    """(key, value, headers) of every record of a v2 batch, in order, read back by aiokafka's reader
+    (CRC checked, decompressed): the inverse of build_batch."""
+    reader = DefaultRecordBatch(bytearray(batch))
+    if not reader.validate_crc():
+        raise ValueError("a prebuilt Kafka batch fails its CRC")
+    return [(record.key, record.value, record.headers) for record in reader]
 
 
 

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import random
 import time
 from pathlib import Path
 
@@ -187,6 +189,62 @@ def test_a_record_the_broker_refuses_for_good_becomes_a_gap_and_the_rest_arrives
     assert json.loads(gaps[0]["body"])["bytes"] > 40_000
     refused_seq = logs[299]["seal"]["seq"] + 1
     assert logs[300]["seal"]["seq"] == refused_seq + 1
+    code, report = run_verify(kafka_broker.bootstrap, topic, public_key)
+    assert code == 0, report
+    assert "rejected_by_broker" in json.dumps(report)
+
+
+@pytest.mark.kafka
+def test_a_kafka_ready_batch_the_broker_refuses_is_split_to_the_refused_record_and_the_rest_arrives(tmp_path,
+                                                                                                    kafka_broker):
+    """The same refusal once the shipper knows the topic's partition count, so that the batch holding the
+    record was built on the ingest side and sits compressed in the WAL frame: it is read back into its
+    records and split in halves, its neighbours arrive in order, the refused record becomes a gap naming it.
+    The record (random base64, which snappy cannot shrink) is over max.message.bytes; the batches of the
+    other records, compressed, are not."""
+    topic = f"logs-small-{time.monotonic_ns() % 10**8}"
+    asyncio.run(kafka_broker.create_topic(topic, 1, config={"max.message.bytes": "20000"}))
+    node = SimNode(tmp_path / "log", pods=1, containers_per_pod=1, rotate_every_bytes=None, seed=26)
+    shipper, public_key = signed_shipper(tmp_path, kafka_broker.bootstrap, topic, node,
+                                         kafka={"batch_bytes": 49152})
+    shipper.start()
+    try:
+        node.write(300)
+        node.flush()
+        wait_until(lambda: shipper.metrics().get("audit_shipper_records_shipped_total", 0) >= 300, 90, "300 shipped")
+        assert shipper.metrics().get('audit_shipper_kafka_batches_total{built="sender"}', 0) >= 1  # before it knew
+        # one entry of 40 kB amid the others, written with the next ones (the node's buffer goes to the file
+        # in one write), so that the shipper reads them together and builds them into one batch
+        node.containers[0].buffer += b"2026-11-28T18:00:00.5Z stdout F " + \
+            base64.b64encode(random.randbytes(30_000)) + b"\n"
+        node.write(300)
+        node.flush()
+
+        def settled() -> bool:
+            metrics = shipper.metrics()
+            return metrics.get('audit_shipper_loss_events_total{reason="rejected_by_broker"}', 0) == 1 and \
+                metrics.get("audit_shipper_records_shipped_total", 0) >= 600 and \
+                metrics.get("audit_shipper_wal_unacked_records", 1) == 0
+        wait_until(settled, 90, "the refused record declared, the rest shipped")
+        time.sleep(2)
+        metrics = shipper.metrics()
+        # the batch built with it held other records too: refused, then its halves, down to the record
+        assert shipper.log_text().count("kafka refused a batch for good") >= 2
+        assert shipper.sigterm() == 0
+    finally:
+        shipper.stop()
+    assert metrics['audit_shipper_loss_events_total{reason="rejected_by_broker"}'] == 1
+    assert metrics['audit_shipper_kafka_batches_total{built="ingest"}'] >= 1
+    values = [json.loads(v) for v in asyncio.run(read_topic(kafka_broker.bootstrap, topic, idle_s=1.5))]
+    logs = [v for v in values if not v.get("type")]
+    assert [v["body"] for v in logs] == [b.decode() for b in node.ledger.bodies(node.ledger.chains()[0])]
+    gaps = [v for v in values if v.get("type") == "gap"]
+    assert len(gaps) == 1 and json.loads(gaps[0]["body"])["reason"] == "rejected_by_broker"
+    refused_seq = json.loads(gaps[0]["body"])["missing_seq"]
+    assert logs[299]["seal"]["seq"] < refused_seq < logs[300]["seal"]["seq"]
+    chain = logs[0]["seal"]["chain"]
+    seqs = [v["seal"]["seq"] for v in values if v["seal"]["chain"] == chain]        # in topic order
+    assert seqs == [seq for seq in range(1, len(seqs) + 2) if seq != refused_seq]
     code, report = run_verify(kafka_broker.bootstrap, topic, public_key)
     assert code == 0, report
     assert "rejected_by_broker" in json.dumps(report)

@@ -30,11 +30,11 @@ def test_a_batch_read_ahead_when_the_stop_comes_is_committed(tmp_path, monkeypat
         loop = asyncio.get_running_loop()
         stopping = asyncio.Event()
 
-        def collect_and_stop_during_the_third(ingest_, commit_bytes):
+        def collect_and_stop_during_the_third(ingest_, commit_bytes, prebuild):
             calls.append(pipeline._ahead is not None)
             if len(calls) == 3:                 # a read-ahead: the batch before is being written meanwhile
                 loop.call_soon_threadsafe(stopping.set)
-            return real_collect(ingest_, commit_bytes)
+            return real_collect(ingest_, commit_bytes, prebuild)
 
         monkeypatch.setattr(pipeline_module, "_collect_encoded", collect_and_stop_during_the_third)
         await asyncio.wait_for(pipeline._ingest_until(stopping, wal, ingest, sender), 60)

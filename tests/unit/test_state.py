@@ -112,9 +112,9 @@ def test_a_frame_of_a_newer_format_is_refused_with_a_message_that_says_what_to_d
     payload = encode_batch(Batch([], {"a": SOURCE}, {"u/app": CHAIN}, 1.0))
     (length,) = _U32.unpack_from(payload, 0)
     header = json.loads(payload[4:4 + length])
-    header["v"] = 3
+    header["v"] = 4
     encoded = json.dumps(header).encode()
-    with pytest.raises(FrameFormatError, match="format 3.*release that wrote the WAL"):
+    with pytest.raises(FrameFormatError, match="format 4.*release that wrote the WAL"):
         decode_batch(_U32.pack(len(encoded)) + encoded + payload[4 + length:])
 
 
