@@ -260,7 +260,9 @@ class KafkaSink:
     async def partitions(self, topic: str) -> int:
         count = self.partition_counts.get(topic)
         if count is None:
-            assert self.producer is not None
+            if self.producer is None:
+                # restarting (a refused batch starts a new idempotent producer): the caller retries
+                raise KafkaConnectionError("the Kafka producer is restarting")
             count = len(await self.producer.partitions_for(topic))
             self.partition_counts.set(topic, count)
         return count

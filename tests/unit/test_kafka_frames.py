@@ -446,3 +446,21 @@ def test_a_batch_built_for_a_partition_count_that_changed_goes_chain_by_chain_wh
         assert sender.metrics.kafka_batches.labels(built="ingest")._value.get() == 0
     finally:
         pipeline._close(wal, state, ingest)
+
+
+def test_a_partition_count_asked_while_the_producer_restarts_is_a_retried_kafka_error_not_a_crash():
+    """A refused batch restarts the idempotent producer, which forgets the partition counts: a frame
+    dispatched meanwhile asks for one with no producer. That is an error the sender retries (a Kafka
+    error), never an assertion that ends the sender's task group and the pipeline with it."""
+    import asyncio
+
+    from aiokafka.errors import KafkaConnectionError
+
+    from shipper.kafka import KafkaSink
+    from shipper.metrics import Metrics
+
+    sink = KafkaSink(kafka_config(), Metrics())
+    with pytest.raises(KafkaConnectionError, match="restarting"):
+        asyncio.run(sink.partitions("logs"))
+    sink.partition_counts.set("logs", 3)
+    assert asyncio.run(sink.partitions("logs")) == 3
