@@ -109,8 +109,28 @@ async def start_broker(kind: str, workdir: Path, partitions: int = 1):
     broker = KafkaBroker(workdir / "kafka", fast_start=False)   # the full JIT: a broker under sustained load
     broker.start()
     await broker.wait_ready_async(120)
+    await warm_up(broker)
     await broker.create_topic("logs", partitions)
     return broker, broker.stop
+
+
+async def warm_up(broker, records: int = 200_000) -> None:
+    """A few seconds of produce traffic into a topic of its own, so the broker's JIT has compiled its
+    produce path before the run: a broker in service is warm, and a cold one's first seconds would be
+    counted as the shipper's lag."""
+    from aiokafka import AIOKafkaProducer
+
+    await broker.create_topic("warm-up", 1)
+    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, acks="all", linger_ms=5,
+                                compression_type="snappy", max_batch_size=1 << 20)
+    await producer.start()
+    try:
+        value = b'{"warm":"up","body":"' + b"x" * 800 + b'"}'
+        for start in range(0, records, 10_000):
+            await asyncio.gather(*[await producer.send("warm-up", value, key=b"%d" % (index % 16))
+                                   for index in range(start, start + 10_000)])
+    finally:
+        await producer.stop()
 
 
 def write_workload(root: Path, lines: int, files: int) -> tuple[SimNode, int]:
