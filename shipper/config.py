@@ -248,7 +248,10 @@ class KafkaConfig(_Section):
     request_timeout_ms: int = Field(30_000, ge=1000, description="Broker response timeout; the WAL resends after it.")
     retry_backoff_ms: int = Field(200, ge=10, description="First delay before resending a failed batch.")
     retry_backoff_max_ms: int = Field(10_000, ge=100, description="Longest delay between resends (retries never stop).")
-    max_in_flight_bytes: int = Field(8 * MiB, ge=1 * MiB, description="WAL bytes being sent and not yet acknowledged (bounds memory).")
+    max_in_flight_bytes: int = Field(2 * MiB, ge=256 * 1024, description=(
+        "WAL bytes being sent and not yet acknowledged (bounds memory). WAL frames hold compressed Kafka "
+        "batches (about 250 bytes a line with snappy), so the default keeps about 8,000 lines in flight; "
+        "raise it for a broker far away (throughput is at most this over the round trip to the broker)."))
 
     @field_validator("bootstrap_servers")
     @classmethod
