@@ -17,6 +17,7 @@ import json
 import struct
 from array import array
 from collections import defaultdict
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -292,6 +293,18 @@ def node_pipeline(tmp_path: Path, **sections):
     return node, load_settings(str(config))
 
 
+def node_with_one_big_entry(tmp_path: Path, container: int, body: bytes, kafka: dict):
+    """A node of three pods whose container `container` logs one entry of `body` amid 600 others."""
+    node, settings = node_pipeline(tmp_path, kafka=kafka)
+    node.write(300)
+    node.flush()
+    with open(node.containers[container].log_path, "ab") as live:
+        live.write(b"2026-11-28T18:00:00.5Z stdout F " + body + b"\n")
+    node.write(300)
+    node.flush()
+    return settings
+
+
 def commit_everything(pipeline: Pipeline, wal, ingest, prebuild=None) -> list:
     """What the ingest loop does, by hand: collect, build, append, sync; returns (start, end, frame)."""
     committed = []
@@ -303,6 +316,20 @@ def commit_everything(pipeline: Pipeline, wal, ingest, prebuild=None) -> list:
         for callback in callbacks:
             callback()
     return committed
+
+
+@contextmanager
+def prebuilt_frames(settings, partitions: int):
+    """The node's lines read and committed as Kafka-ready frames built for `partitions` partitions;
+    yields the open WAL and the (start, end, frame) committed."""
+    pipeline = Pipeline(settings)
+    wal, state, ingest = pipeline._open_state()
+    try:
+        counts = PartitionCounts()
+        counts.set(settings.kafka.topic, partitions)
+        yield wal, commit_everything(pipeline, wal, ingest, Prebuilder(settings.kafka, counts, Metrics()).prebuild)
+    finally:
+        pipeline._close(wal, state, ingest)
 
 
 def chain_values(producer: FakeProducer) -> dict[str, list[tuple[int, bytes]]]:
@@ -356,20 +383,8 @@ def test_a_wal_of_the_release_before_is_recovered_and_sent_then_kafka_ready_fram
 
 
 def test_a_kafka_ready_batch_the_broker_refuses_is_split_down_to_the_refused_record_which_becomes_a_gap(tmp_path):
-    node, settings = node_pipeline(tmp_path, kafka={"batch_bytes": 16384})
-    node.write(300)
-    node.flush()
-    big_chain = node.containers[0]
-    with open(big_chain.log_path, "ab") as live:                # one entry of 8 kB amid the others
-        live.write(b"2026-11-28T18:00:00.5Z stdout F " + b"x" * 8000 + b"\n")
-    node.write(300)
-    node.flush()
-    pipeline = Pipeline(settings)
-    wal, state, ingest = pipeline._open_state()
-    try:
-        counts = PartitionCounts()
-        counts.set(settings.kafka.topic, 1)
-        frames = commit_everything(pipeline, wal, ingest, Prebuilder(settings.kafka, counts, Metrics()).prebuild)
+    settings = node_with_one_big_entry(tmp_path, 0, b"x" * 8000, {"batch_bytes": 16384})
+    with prebuilt_frames(settings, 1) as (wal, frames):
         written = {}                                             # what the WAL holds, by chain and seq
         for _, _, frame in frames:
             written.update({(chain, seq): value for chain, pairs in records_by_chain(frame.batch).items()
@@ -389,24 +404,11 @@ def test_a_kafka_ready_batch_the_broker_refuses_is_split_down_to_the_refused_rec
         for chain, pairs in shipped.items():
             assert [seq for seq, _ in pairs] == sorted(seq for seq, _ in pairs)   # the rest in order
         assert sender.metrics.loss_events.labels(reason="rejected_by_broker")._value.get() == 1
-    finally:
-        pipeline._close(wal, state, ingest)
 
 
 def test_a_record_too_large_for_a_request_stays_a_value_between_its_chains_batches_and_becomes_a_gap(tmp_path):
-    node, settings = node_pipeline(tmp_path, kafka={"batch_bytes": 16384, "max_request_bytes": 65536})
-    node.write(300)
-    node.flush()
-    with open(node.containers[1].log_path, "ab") as live:
-        live.write(b"2026-11-28T18:00:00.5Z stdout F " + b"y" * 70_000 + b"\n")
-    node.write(300)
-    node.flush()
-    pipeline = Pipeline(settings)
-    wal, state, ingest = pipeline._open_state()
-    try:
-        counts = PartitionCounts()
-        counts.set(settings.kafka.topic, 2)
-        frames = commit_everything(pipeline, wal, ingest, Prebuilder(settings.kafka, counts, Metrics()).prebuild)
+    settings = node_with_one_big_entry(tmp_path, 1, b"y" * 70_000, {"batch_bytes": 16384, "max_request_bytes": 65536})
+    with prebuilt_frames(settings, 2) as (wal, frames):
         oversized = [(frame, run) for _, _, frame in frames for run in frame.batch.runs]
         assert len(oversized) == 1
         frame, run = oversized[0]
@@ -416,20 +418,13 @@ def test_a_record_too_large_for_a_request_stays_a_value_between_its_chains_batch
         assert gaps == [(run.chain, run.first_seq, json.loads(run.values[0])["seal"]["hash"], "rejected_by_broker")]
         seqs = [seq for seq, _ in chain_values(producer)[run.chain]]
         assert seqs == [seq for seq in range(1, len(seqs) + 2) if seq != run.first_seq]
-    finally:
-        pipeline._close(wal, state, ingest)
 
 
 def test_a_batch_built_for_a_partition_count_that_changed_goes_chain_by_chain_where_murmur2_puts_it_now(tmp_path):
     node, settings = node_pipeline(tmp_path)
     node.write(3000)
     node.flush()
-    pipeline = Pipeline(settings)
-    wal, state, ingest = pipeline._open_state()
-    try:
-        counts = PartitionCounts()
-        counts.set(settings.kafka.topic, 1)                       # built for one partition ...
-        frames = commit_everything(pipeline, wal, ingest, Prebuilder(settings.kafka, counts, Metrics()).prebuild)
+    with prebuilt_frames(settings, 1) as (wal, frames):           # built for one partition ...
         assert all(kb.partitions == 1 for _, _, frame in frames for kb in frame.batch.kafka)
         written = [records_by_chain(frame.batch) for _, _, frame in frames]
         producer = FakeProducer()
@@ -444,8 +439,6 @@ def test_a_batch_built_for_a_partition_count_that_changed_goes_chain_by_chain_wh
         for chain in chains:
             assert shipped[chain] == [pair for pairs in written for pair in pairs.get(chain, [])]
         assert sender.metrics.kafka_batches.labels(built="ingest")._value.get() == 0
-    finally:
-        pipeline._close(wal, state, ingest)
 
 
 def test_a_partition_count_asked_while_the_producer_restarts_is_a_retried_kafka_error_not_a_crash():
