@@ -57,6 +57,19 @@ def compress(path: Path) -> None:
     path.unlink()
 
 
+def create_on_inode(path: Path, inode: int) -> None:
+    """Creates `path`, empty, on the freed inode `inode` (ext4 hands a freed inode out again soon); the
+    files made on the way wait in the directory above, outside the watched one (a directory made for
+    them now would take the inode). Skips the test where that never happens."""
+    spares = path.parent.parent
+    for _ in range(200):
+        path.write_bytes(b"")
+        if os.stat(path).st_ino == inode:
+            return
+        path.rename(spares / f"spare-{os.urandom(4).hex()}")
+    pytest.skip("the filesystem did not reuse the inode")
+
+
 # -- reading ---------------------------------------------------------------------------------------
 
 def test_new_file_is_read_from_the_first_byte(live, tail_record):
@@ -342,13 +355,7 @@ def test_kernel_reused_inode_is_a_new_identity(live, tail_record):
     st = os.stat(live)
     position = SourcePosition(FileId(st.st_dev, st.st_ino, Fingerprint.of(old)), str(live), len(old))
     live.unlink()
-    for _ in range(200):                               # ext4 hands a freed inode out again soon
-        live.write_bytes(b"")
-        if os.stat(live).st_ino == st.st_ino:
-            break
-        live.rename(live.with_name(f"spare-{os.urandom(4).hex()}"))
-    else:
-        pytest.skip("the filesystem did not reuse the inode")
+    create_on_inode(live, st.st_ino)
     new = lines("new", 3)
     append(live, new)
     rec = tail_record(tailer(live, position))
@@ -361,8 +368,6 @@ def test_held_rotated_file_is_read_when_an_empty_file_before_it_lost_its_inode_t
     # One descriptor: the empty file E is known by name and inode only, the file after it (c) is
     # held open. E is deleted and a newer empty file gets its inode: it is not E (its name says
     # so), so reading never jumps past c to it.
-    spares = live.parent.parent / "spares"
-    spares.mkdir()
     rec = tail_record(tailer(live, read_size=1000, max_held_files=1), read_size=1000)
     a, b, c = lines("a", 40), lines("b", 40), lines("c", 5)
     append(live, a)
@@ -381,13 +386,7 @@ def test_held_rotated_file_is_read_when_an_empty_file_before_it_lost_its_inode_t
     inode = os.stat(empty).st_ino
     empty.unlink()                                     # kubelet deletes the oldest
     rotate(live, "20261128-180004")
-    for i in range(200):                               # ext4 hands a freed inode out again soon
-        if os.stat(live).st_ino == inode:
-            break
-        live.rename(spares / f"{i}")
-        live.write_bytes(b"")
-    else:
-        pytest.skip("the filesystem did not reuse the inode")
+    create_on_inode(live, inode)
     rotate(live, "20261128-180005")                    # a newer empty file on E's inode
     rec.drain()
     assert rec.data == a + b + c
@@ -398,8 +397,6 @@ def test_empty_rotated_file_is_not_taken_for_the_live_file_that_reused_its_inode
     # One descriptor, held by b: the empty file E is known by name and inode only. Compressed and
     # gone, its inode goes to the new live file: that is not E (a rotated file never comes back to
     # the live path), so c is read once and E, which held nothing, loses nothing.
-    spares = live.parent.parent / "spares"
-    spares.mkdir()
     rec = tail_record(tailer(live, read_size=1000, max_held_files=1), read_size=1000)
     a, c = lines("a", 40), lines("c", 5)
     append(live, a)
@@ -412,13 +409,7 @@ def test_empty_rotated_file_is_not_taken_for_the_live_file_that_reused_its_inode
     rec.poll()                                         # E's rotated name is learned
     inode = os.stat(empty).st_ino
     compress(empty)
-    for i in range(200):                               # ext4 hands a freed inode out again soon
-        live.write_bytes(b"")
-        if os.stat(live).st_ino == inode:
-            break
-        live.rename(spares / f"{i}")
-    else:
-        pytest.skip("the filesystem did not reuse the inode")
+    create_on_inode(live, inode)
     append(live, c)
     rec.drain()
     assert rec.data == a + c
@@ -430,8 +421,6 @@ def test_empty_gz_is_not_taken_for_a_deleted_file_so_the_held_file_after_it_is_r
     # .gz newer than h (the tracked empty file E, compressed; its inode reused by the live file,
     # so the rotation went unnoticed) agrees with no first bytes: it says nothing of where a went,
     # and reading goes on with h, not after the .gz.
-    spares = live.parent.parent / "spares"
-    spares.mkdir()
     rec = tail_record(tailer(live, read_size=1000, max_held_files=1), read_size=1000)
     a, h = lines("a", 40), lines("h", 3)
     append(live, a)
@@ -444,13 +433,7 @@ def test_empty_gz_is_not_taken_for_a_deleted_file_so_the_held_file_after_it_is_r
     os.rename(live, empty)
     inode = os.stat(empty).st_ino
     compress(empty)
-    for i in range(200):                               # ext4 hands a freed inode out again soon
-        live.write_bytes(b"")
-        if os.stat(live).st_ino == inode:
-            break
-        live.rename(spares / f"{i}")
-    else:
-        pytest.skip("the filesystem did not reuse the inode")
+    create_on_inode(live, inode)
     rec.drain()
     assert rec.data == a + h
     assert rec.losses == []
