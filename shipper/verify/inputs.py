@@ -304,6 +304,10 @@ async def topic_partitions(consumer, topics: list[str]) -> list:
     return assigned
 
 
+#: How often a group's consumer is polled while the fetcher reads its partitions (see read_partitions).
+POLL_EVERY_S = 1.0
+
+
 async def offset_range(consumer, assigned: list) -> tuple[dict, dict]:
     """(first offsets, end offsets) of the partitions now."""
     from aiokafka.errors import KafkaError
@@ -335,7 +339,10 @@ async def read_partitions(verifier: Verifier, consumer, assigned: list, *, idle_
     it lets records written together with a manifest arrive (`wait_for_claims`: while a manifest attests
     more than was read). Reading also stops after `idle_timeout_s` without any new record (a partition
     that never reaches its end offset is then a violation `incomplete_read`), and after `timeout_s` in all.
-    `interrupted()` true (its group rebalanced) ends the read at once, stopped "interrupted".
+    `interrupted()` true (its group rebalanced) ends the read at once, stopped "interrupted". A group's
+    consumer is polled every POLL_EVERY_S meanwhile (it returns nothing, its partitions being paused): a
+    consumer not polled for max_poll_interval_ms (5 minutes) leaves its group, and a member reading a
+    large share of a topic would be dropped, and start over, each time.
     """
     from aiokafka.errors import KafkaError
 
@@ -358,9 +365,13 @@ async def read_partitions(verifier: Verifier, consumer, assigned: list, *, idle_
         idle_since = _time.monotonic()
         drain_since: float | None = None
         settle_ms = int(min(idle_timeout_s, 1.0) * 1000)
+        next_poll = _time.monotonic() + POLL_EVERY_S
         while True:
             fed = await fetcher.fetch_once(200 if pending else settle_ms)
             now = _time.monotonic()
+            if not assign and now >= next_poll:
+                next_poll = now + POLL_EVERY_S
+                await consumer.getmany(timeout_ms=0)
             if len(fetcher.stopped) > len(unfinished):
                 await _settle_stopped(consumer._client, fetcher, verifier, pending, unfinished)
             if fed:

@@ -206,3 +206,41 @@ def test_a_topic_deleted_while_it_is_read_stops_its_partitions_as_deleted(kafka_
     stopped, took, unfinished, read = asyncio.run(scenario())
     assert stopped.reason == fetch_module.DELETED and stopped.offset >= read and took < 15
     assert list(unfinished.values()) == ["its topic was deleted while it was read"]
+
+
+def test_a_group_member_reading_longer_than_the_poll_interval_stays_in_its_group(kafka_broker):
+    """The fetcher reads a group member's partitions, not its consumer; a consumer not polled for
+    max_poll_interval_ms leaves the group, and the member's read would end "interrupted" (and a one-shot
+    group verify start over). Here the poll interval is 2 s and the read waits 6 s for a record that
+    never comes: the member stays, and the read ends "idle"."""
+    from aiokafka import AIOKafkaConsumer
+
+    from shipper.verify.group import _Membership
+    from shipper.verify.inputs import read_partitions
+
+    async def scenario():
+        name = await written(kafka_broker, "poll", one_partition())
+        membership = _Membership()
+        consumer = AIOKafkaConsumer(bootstrap_servers=kafka_broker.bootstrap, group_id=f"poll-{name}",
+                                    enable_auto_commit=False, max_poll_interval_ms=2000,
+                                    heartbeat_interval_ms=300, session_timeout_ms=6000)
+        await consumer.start()
+        try:
+            consumer.subscribe([name], listener=membership.listener)
+            async with asyncio.timeout(60):
+                while not membership.assignments:
+                    await consumer.getmany(timeout_ms=200)
+            membership.rebalanced = False
+            assigned = list(membership.assigned)
+            begins = {tp: 0 for tp in assigned}
+            ends = {tp: len(one_partition().partitions[0]) + 1 for tp in assigned}   # one more than there is
+            reading = await read_partitions(Verifier(KEYS), consumer, assigned, idle_timeout_s=6.0, timeout_s=60,
+                                            begins=begins, ends=ends, wait_for_claims=False, assign=False,
+                                            interrupted=lambda: membership.rebalanced)
+            return reading.stopped, membership.assignments, reading.reached
+        finally:
+            await consumer.stop()
+
+    stopped, assignments, positions = asyncio.run(scenario())
+    assert (stopped, assignments) == ("idle", 1)
+    assert list(positions.values()) == [len(one_partition().partitions[0])]
