@@ -17,6 +17,11 @@ other: the rest of verify_topic, ListOffsets, the report).
 
 The idle settle of verify_topic (a quiet poll after the end offsets, --idle seconds at most) is part of
 the wall clock, as it is for a user.
+
+--follow measures `shipper verify --follow --group` instead: each round a Follower of a new consumer
+group (in this process, no metrics port) reads the topic from its beginning until it has verified every
+record; its CPU and wall clock include joining the group and its commits (state snapshots), and the
+records/s are its own metric's.
 """
 from __future__ import annotations
 
@@ -167,7 +172,9 @@ async def run(broker, args: argparse.Namespace) -> None:
     print(f"wrote {count:,} records in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     now = rfc3339_epoch(TIME) + 60
     cpu, wall, splits = [], [], []
-    for _ in range(args.rounds):
+    if args.follow:
+        await follow_rounds(broker.bootstrap, {signer.key_id: key.public_key()}, count, args, cpu, wall)
+    for _ in range(0 if args.follow else args.rounds):
         started, started_cpu = time.perf_counter(), time.process_time()
         report = await verify_topic(broker.bootstrap, TOPIC, public_keys={signer.key_id: key.public_key()},
                                     idle_timeout_s=args.idle, timeout_s=600, now=now)
@@ -181,7 +188,7 @@ async def run(broker, args: argparse.Namespace) -> None:
             stages["other"] = elapsed_cpu - sum(stages.values())
             splits.append(stages)
         print(f"  round: {count / elapsed_cpu:,.0f} records/s CPU, {count / elapsed:,.0f} wall", file=sys.stderr)
-    print(f"{args.broker}: {count:,} {args.format} records, {args.chains} chains in runs of {args.run}, "
+    print(f"{args.broker}{' --follow' if args.follow else ''}: {count:,} {args.format} records, {args.chains} chains in runs of {args.run}, "
           f"{args.partitions} partitions, {args.codec}: {min(cpu):,.0f} / {statistics.median(cpu):,.0f} records/s "
           f"of CPU time (min / median of {args.rounds}), {min(wall):,.0f} / {statistics.median(wall):,.0f} by the "
           "wall clock")
@@ -189,6 +196,28 @@ async def run(broker, args: argparse.Namespace) -> None:
         parts = ", ".join(f"{name} {statistics.median(s[name] for s in splits) / count * 1e6:.2f}"
                           for name in splits[0])
         print(f"  CPU µs per record (median): {parts}")
+
+
+async def follow_rounds(bootstrap: str, public_keys: dict, count: int, args: argparse.Namespace,
+                        cpu: list[float], wall: list[float]) -> None:
+    import io
+    import uuid
+
+    from shipper.verify.follow import Follower
+
+    for _ in range(args.rounds):
+        follower = Follower(bootstrap, [TOPIC], f"bench-{uuid.uuid4().hex[:8]}", public_keys=public_keys,
+                            verifier_options={}, commit_every_s=5.0, out=io.StringIO())
+        started, started_cpu = time.perf_counter(), time.process_time()
+        task = asyncio.ensure_future(follower.run())
+        while follower.metrics.records._value.get() < count and not task.done():
+            await asyncio.sleep(0.05)
+        elapsed, elapsed_cpu = time.perf_counter() - started, time.process_time() - started_cpu
+        follower.stop.set()
+        assert await task == 0 and not follower.violated, follower.out.getvalue()[-2000:]
+        cpu.append(count / elapsed_cpu)
+        wall.append(count / elapsed)
+        print(f"  round: {count / elapsed_cpu:,.0f} records/s CPU, {count / elapsed:,.0f} wall", file=sys.stderr)
 
 
 def main() -> None:
@@ -206,6 +235,7 @@ def main() -> None:
                         help="record format: audit-shipper/v1 (full) or /v2 (compact, the shipper's default)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--idle", type=float, default=0.5, help="verify_topic's idle_timeout_s")
+    parser.add_argument("--follow", action="store_true", help="measure verify --follow --group instead")
     args = parser.parse_args()
     from tests.harness.kafka import KafkaBroker
     from tests.harness.tansu import TansuBroker

@@ -230,6 +230,7 @@ class Fetcher:
         self._led: set[Partition] = set()        # partitions seen with a leader (a deleted one had one)
         self._order: list[Partition] = []
         self.stopped: dict[Partition, Stopped] = {}
+        self.high_watermarks: dict[Partition, int] = {}    # as the partition's last answer gave it
         self.stats = FetchStats()
         self._failing: dict[int | None, tuple[int, float]] = {}   # leader -> (rounds failed in a row, since)
 
@@ -249,6 +250,7 @@ class Fetcher:
             del self._positions[key], self._limits[key]
             self._order.remove(key)
         self.stopped.pop(key, None)
+        self.high_watermarks.pop(key, None)
 
     def position(self, topic: str, partition: int) -> int:
         """The next offset to read (KeyError when not assigned)."""
@@ -347,7 +349,7 @@ class Fetcher:
         await asyncio.sleep(min(BACKOFF_S[1], BACKOFF_S[0] * 2 ** failures))
 
     def _take(self, topic: str, part: tuple, asked: dict[Partition, int]) -> int:
-        partition, error_code, data = part[0], part[1], part[-1]
+        partition, error_code, data = part[0], part[1], part[-1]      # part[2]: the high watermark, every version
         key = (topic, partition)
         position = self._positions.get(key)
         if position is None or key in self.stopped or asked.get(key) != position:
@@ -361,6 +363,7 @@ class Fetcher:
             else:
                 raise FetchError(f"{topic}/{partition}: {error.__name__}")
             return 0
+        self.high_watermarks[key] = part[2]
         read = feed_fetched(self.verifier, topic, partition, data or b"", position, self.stats)
         self._positions[key] = read.position
         if read.stopped is not None:

@@ -1,7 +1,12 @@
 """`shipper verify --follow --group NAME`: a verifier that keeps judging a live topic, as one or more
 members of a Kafka consumer group, and resumes where it was after a restart.
 
-- **Reading.** The group's coordinator deals the partitions. Records are judged as they come; what a
+- **Reading.** The group's coordinator deals the partitions; the consumer holds the membership and the
+  commits, and fetches nothing itself (its partitions are paused): the records are read by fetch.Fetcher
+  on its client, the fast path a one-shot verify reads with (batches decoded and scanned natively, chains
+  judged in runs). A partition retention deleted records of before they were read is reported
+  (`incomplete_read`) and read on from its log start; one deleted, truncated or unreadable is reported and
+  stops until it is assigned again. Records are judged as they come; what a
   one-shot verify judges at the end (a missing range nothing filled, a head a manifest attests that the
   topic does not hold) is judged once it has waited `grace_s`, and a chain not attested for
   `stale_after_s` is reported stale (Verifier.settle).
@@ -37,8 +42,9 @@ from ..health import HealthServer
 from ..kafka.wire import partition_of
 from .chain import RelayedClaim
 from .group import _Membership, _Messages, _ensure_exchange, encode_message, exchange_topic_of
-from .inputs import VerifyError, _stop, _topic_list, topic_partitions
-from .report import Issue
+from .fetch import Fetcher
+from .inputs import POLL_EVERY_S, VerifyError, _settle_stopped, _stop, _topic_list, topic_partitions
+from .report import INCOMPLETE_READ, Issue
 from .snapshot import FORMAT, chain_from_dict, chain_to_dict
 from .verifier import Verifier
 
@@ -104,7 +110,9 @@ class Follower:
         self.run_id = f"{group}/follow"
         self.stop = asyncio.Event()
         self.violated = False
-        self.positions: dict[Any, int] = {}
+        self.positions: dict[Any, int] = {}             # assigned partition -> the next offset to read
+        self.fetcher: Fetcher | None = None
+        self._unfinished: dict[Any, str] = {}            # partitions the fetcher stopped for good, and why
         self.partition_counts: dict[str, int] = {}
         self.last_tick = time.monotonic()
         self.ready = False
@@ -153,6 +161,7 @@ class Follower:
                                                 auto_offset_reset="earliest", **common)
         self.state_reader = AIOKafkaConsumer(group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
                                              **common)
+        self.fetcher = Fetcher(self.consumer._client, self.verifier)
         clients = (self.consumer, self.producer, self.exchange_reader, self.state_reader)
         try:
             for client in clients:
@@ -197,22 +206,26 @@ class Follower:
         self.metrics_port = await self.health.start()
 
     async def _loop(self) -> None:
-        verifier, feed = self.verifier, self.verifier.feed
-        next_relay = next_settle = time.monotonic()
+        verifier, fetcher = self.verifier, self.fetcher
+        next_relay = next_settle = next_poll = time.monotonic()
         next_commit = time.monotonic() + self.commit_every_s
         while not self.stop.is_set():
-            batch = await self.consumer.getmany(timeout_ms=500, max_records=10_000)
+            if self.positions:
+                fed = await fetcher.fetch_once(500)
+            else:                   # nothing assigned (yet): the poll below waits for the group instead
+                fed = 0
+                await self.consumer.getmany(timeout_ms=500)
             now = time.monotonic()
             self.last_tick = now
-            for tp, messages in batch.items():
-                if tp not in self.positions:
-                    continue        # revoked meanwhile
-                for message in messages:
-                    feed(message.value, message.key, message.partition, message.offset, topic=message.topic,
-                         headers=message.headers)
-                self.positions[tp] = messages[-1].offset + 1
-                self.metrics.records.inc(len(messages))
+            self._take_positions()
+            if fed:
+                self.metrics.records.inc(fed)
                 self.metrics.last_record.set(time.time())
+            if len(fetcher.stopped) > len(self._unfinished):
+                await self._settle_stopped()
+            if now >= next_poll:        # it fetches nothing: polling keeps it in the group (see read_partitions)
+                next_poll = now + POLL_EVERY_S
+                await self.consumer.getmany(timeout_ms=0)
             if now >= next_relay:
                 next_relay = now + 1.0
                 await self._relay()
@@ -224,12 +237,39 @@ class Follower:
                 next_commit = now + self.commit_every_s
                 await self._commit()
 
+    def _take_positions(self) -> None:
+        """The assigned partitions' positions as the fetcher has moved them (it feeds a round's records
+        without yielding to the event loop, so these always match what the verifier was given)."""
+        for tp in self.positions:
+            try:
+                self.positions[tp] = self.fetcher.position(tp.topic, tp.partition)
+            except KeyError:            # being revoked: it keeps the position last taken
+                pass
+
+    async def _settle_stopped(self) -> None:
+        """Partitions the fetcher stopped: records retention deleted before they were read are reported and
+        reading goes on from the log start (inputs._settle_stopped); a partition deleted, truncated below the
+        position or unreadable is reported once and not read again until it is assigned again."""
+        from aiokafka.errors import KafkaError
+
+        before = set(self._unfinished)
+        try:
+            await _settle_stopped(self.consumer._client, self.fetcher, self.verifier, set(), self._unfinished)
+        except (KafkaError, OSError) as exc:
+            log.warning("the partitions stopped could not be settled yet (%s): retried", exc)
+            return
+        for tp in sorted(set(self._unfinished) - before):
+            position = self.fetcher.position(tp.topic, tp.partition)
+            self.verifier.add_violation(INCOMPLETE_READ, f"reading stopped at offset {position}: "
+                                        f"{self._unfinished[tp]}; the partition is not read again until it is "
+                                        f"assigned again", tp.topic, tp.partition, position)
+
     def _gauges(self) -> None:
         self.metrics.chains.set(sum(1 for state in self.verifier.chains.values() if state.records))
         self.metrics.stale_chains.set(self.verifier.stale_chains(time.time()))
         self.metrics.partitions.set(len(self.positions))
         for tp, position in self.positions.items():
-            highwater = self.consumer.highwater(tp)
+            highwater = self.fetcher.high_watermarks.get((tp.topic, tp.partition))
             if highwater is not None:
                 self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, highwater - position))
 
@@ -273,6 +313,7 @@ class Follower:
 
         offsets = {}
         now = time.monotonic()
+        self._take_positions()
         exchange_offset = await self.exchange_reader.position(self._exchange_tp)
         for tp in list(partitions if partitions is not None else self.positions):
             position = self.positions.get(tp)
@@ -303,6 +344,7 @@ class Follower:
         return count is not None and partition_of(chain.encode(), count) == tp.partition
 
     async def _assigned(self, assigned: list) -> None:
+        self.consumer.pause(*assigned)                  # the fetcher reads them
         fresh = [tp for tp in assigned if tp not in self.positions]
         committed = await self.consumer._coordinator.fetch_committed_offsets(fresh) if fresh else {}
         unrestored = []
@@ -312,16 +354,14 @@ class Follower:
             if found is not None and found.offset >= 0 and (found.metadata or "").startswith("state:"):
                 position = await self._restore(tp, found.offset, found.metadata)
             if position:
-                self.consumer.seek(tp, position)
+                self.fetcher.assign(tp.topic, tp.partition, position)
                 self.positions[tp] = position
             else:
                 unrestored.append(tp)
         if unrestored:
-            # seek() to listed offsets: seek_to_beginning() would wait on the fetcher, which waits on this
-            # rebalance callback
             begins = await self.consumer.beginning_offsets(unrestored)
             for tp in unrestored:
-                self.consumer.seek(tp, begins[tp])
+                self.fetcher.assign(tp.topic, tp.partition, begins[tp])
                 self.positions[tp] = begins[tp]
         self.ready = True
 
@@ -363,6 +403,10 @@ class Follower:
         mine = [tp for tp in revoked if tp in self.positions]
         if not mine:
             return
+        self._take_positions()
+        for tp in mine:                 # nothing more is read of them: the commit holds what was judged
+            self.fetcher.unassign(tp.topic, tp.partition)
+            self._unfinished.pop(tp, None)
         try:
             await self._commit(mine, force=True)
         except Exception as exc:     # the next owner resumes from the last commit instead

@@ -219,6 +219,71 @@ def test_follow_mode_resumes_after_sigkill_without_re_reading_and_catches_the_vi
     assert (altered["chain"], altered["seq"], altered["topic"]) == ("uid-3/web", 163, name)
 
 
+def test_follow_mode_names_the_records_deleted_before_it_read_them_and_reads_on_from_the_log_start(
+        kafka_broker, key_file):
+    """Records deleted (by retention; here by DeleteRecords) between a commit and the restart cannot be
+    judged: the follower says which offsets they were, in its output and metrics, and reads on from the
+    partition's new start. Its lag gauges come from the partitions' high watermarks."""
+    import signal
+
+    from aiokafka import TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
+
+    from tests.harness.ports import free_port
+    from tests.integration.test_verify_kafka import produce
+
+    node = spec_node()
+    topic = node.topic(PARTITIONS)
+    name = asyncio.run(publish(kafka_broker, "deleted", topic, partitions=PARTITIONS))
+    first = sum(len(records) for records in topic.partitions.values())
+    group, port = f"deleted-{name}", free_port()
+
+    def lags(metrics: dict) -> list[float]:
+        return [value for key, value in metrics.items() if key.startswith("audit_shipper_verify_lag_records{")]
+
+    follower = start_follower(kafka_broker.bootstrap, name, group, key_file, port)
+    try:
+        wait_for(port, lambda m: m.get("audit_shipper_verify_records_total") == first
+                 and m.get("audit_shipper_verify_last_commit_timestamp_seconds", 0)
+                 > m.get("audit_shipper_verify_last_record_timestamp_seconds", 0) + 0.5
+                 and lags(m) == [0.0] * PARTITIONS)
+    finally:
+        follower.send_signal(signal.SIGTERM)
+        follower.communicate(timeout=60)
+    assert follower.returncode == 0
+
+    emitted = len(node.emitted)
+    node.chains["uid-3/web"].logs(8)
+    later = Topic(PARTITIONS)
+    for key, value in node.emitted[emitted:]:
+        later.partitions.setdefault(topic.partition_of(key), []).append((key, value))
+    asyncio.run(produce(kafka_broker.client_options(), name, later))
+    partition = topic.partition_of(b"uid-3/web")
+    committed = len(topic.partitions[partition])           # where the follower's commit left the partition
+
+    async def delete_two() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_broker.bootstrap)
+        await admin.start()
+        try:
+            await admin.delete_records({TopicPartition(name, partition): RecordsToDelete(before_offset=committed + 2)})
+        finally:
+            await admin.close()
+
+    asyncio.run(delete_two())
+    written = sum(len(records) for records in later.partitions.values())
+    restarted = start_follower(kafka_broker.bootstrap, name, group, key_file, port)
+    try:
+        wait_for(port, lambda m: m.get('audit_shipper_verify_violations_total{kind="incomplete_read"}') == 1
+                         and m.get("audit_shipper_verify_records_total") == written - 2)
+    finally:
+        restarted.send_signal(signal.SIGTERM)
+        out, err = restarted.communicate(timeout=60)
+    assert restarted.returncode == 0, err
+    (deleted,) = [json.loads(line) for line in out.splitlines() if json.loads(line).get("violation") == "incomplete_read"]
+    assert (deleted["topic"], deleted["partition"], deleted["offset"]) == (name, partition, committed)
+    assert f"offsets {committed}..{committed + 1} were deleted" in deleted["detail"]
+
+
 def test_follow_members_relay_a_manifests_claims_to_the_member_holding_the_chain(kafka_broker, key_file):
     """Two followers, the node's manifests in one's partitions and a chain whose tail was removed in the
     other's: the claim crosses over the exchange topic and the holder reports the tail removed once it
