@@ -154,8 +154,9 @@ class Follower:
 
         self.membership = _Membership(on_assigned=self._assigned, on_revoked=self._revoked)
         common = dict(bootstrap_servers=self.bootstrap, client_id="shipper-verify-follow", **self.client_options)
+        # membership and commits only: the fetcher reads its partitions, which it keeps paused
         self.consumer = AIOKafkaConsumer(group_id=self.group, enable_auto_commit=False, auto_offset_reset="earliest",
-                                         max_partition_fetch_bytes=16 << 20, fetch_max_bytes=64 << 20, **common)
+                                         **common)
         self.producer = AIOKafkaProducer(acks="all", max_request_size=(1 << 20), **common)
         self.exchange_reader = AIOKafkaConsumer(group_id=None, enable_auto_commit=False,
                                                 auto_offset_reset="earliest", **common)
