@@ -22,6 +22,10 @@ the wall clock, as it is for a user.
 group (in this process, no metrics port) reads the topic from its beginning until it has verified every
 record; its CPU and wall clock include joining the group and its commits (state snapshots), and the
 records/s are its own metric's.
+
+--prove measures `shipper prove` instead: each round the proof of record 9,000 of the first chain, which
+reads its chain's partition to the first checkpoint after the record (nearly the whole partition); the
+records/s are the partition's records read, by CPU time and by the wall clock.
 """
 from __future__ import annotations
 
@@ -174,7 +178,9 @@ async def run(broker, args: argparse.Namespace) -> None:
     cpu, wall, splits = [], [], []
     if args.follow:
         await follow_rounds(broker.bootstrap, {signer.key_id: key.public_key()}, count, args, cpu, wall)
-    for _ in range(0 if args.follow else args.rounds):
+    if args.prove:
+        count = await prove_rounds(broker.bootstrap, {signer.key_id: key.public_key()}, args, cpu, wall)
+    for _ in range(0 if args.follow or args.prove else args.rounds):
         started, started_cpu = time.perf_counter(), time.process_time()
         report = await verify_topic(broker.bootstrap, TOPIC, public_keys={signer.key_id: key.public_key()},
                                     idle_timeout_s=args.idle, timeout_s=600, now=now)
@@ -188,7 +194,7 @@ async def run(broker, args: argparse.Namespace) -> None:
             stages["other"] = elapsed_cpu - sum(stages.values())
             splits.append(stages)
         print(f"  round: {count / elapsed_cpu:,.0f} records/s CPU, {count / elapsed:,.0f} wall", file=sys.stderr)
-    print(f"{args.broker}{' --follow' if args.follow else ''}: {count:,} {args.format} records, {args.chains} chains in runs of {args.run}, "
+    print(f"{args.broker}{' --follow' if args.follow else ' --prove' if args.prove else ''}: {count:,} {args.format} records, {args.chains} chains in runs of {args.run}, "
           f"{args.partitions} partitions, {args.codec}: {min(cpu):,.0f} / {statistics.median(cpu):,.0f} records/s "
           f"of CPU time (min / median of {args.rounds}), {min(wall):,.0f} / {statistics.median(wall):,.0f} by the "
           "wall clock")
@@ -220,6 +226,33 @@ async def follow_rounds(bootstrap: str, public_keys: dict, count: int, args: arg
         print(f"  round: {count / elapsed_cpu:,.0f} records/s CPU, {count / elapsed:,.0f} wall", file=sys.stderr)
 
 
+async def prove_rounds(bootstrap: str, public_keys: dict, args: argparse.Namespace, cpu: list[float],
+                       wall: list[float]) -> int:
+    """Rounds of prove_from_topic; returns the records of the partition read."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from shipper.verify.inputs import prove_from_topic
+
+    chain = "uid-0000/app"
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        tp = TopicPartition(TOPIC, partition_of(chain.encode(), args.partitions))
+        count = (await consumer.end_offsets([tp]))[tp]
+    finally:
+        await consumer.stop()
+    for _ in range(args.rounds):
+        started, started_cpu = time.perf_counter(), time.process_time()
+        proof = await prove_from_topic(bootstrap, TOPIC, f"{chain}:9000", public_keys=public_keys, idle_timeout_s=1.0)
+        elapsed, elapsed_cpu = time.perf_counter() - started, time.process_time() - started_cpu
+        assert proof["event_id"] == f"{chain}:9000", proof
+        cpu.append(count / elapsed_cpu)
+        wall.append(count / elapsed)
+        print(f"  round: {count / elapsed_cpu:,.0f} records/s CPU, {count / elapsed:,.0f} wall "
+              f"(checkpoint at seq {proof['checkpoint_seq']})", file=sys.stderr)
+    return count
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--broker", choices=["kafka", "tansu"], default="kafka")
@@ -236,6 +269,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--idle", type=float, default=0.5, help="verify_topic's idle_timeout_s")
     parser.add_argument("--follow", action="store_true", help="measure verify --follow --group instead")
+    parser.add_argument("--prove", action="store_true", help="measure prove (one record's proof) instead")
     args = parser.parse_args()
     from tests.harness.kafka import KafkaBroker
     from tests.harness.tansu import TansuBroker

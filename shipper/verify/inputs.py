@@ -471,16 +471,60 @@ def kafka_client_options(**terms: Any) -> dict[str, Any]:
         raise VerifyError(str(exc)) from None
 
 
+class _ProofFeed:
+    """What fetch.Fetcher feeds (the verifier's side of it) when a proof is built: the records keyed to the
+    proof's chain, decoded, to the ProofBuilder, in offset order. The other chains' records are passed over
+    on the scan's chain column, never decoded; a record the scan could not read (SLOW) is decoded and its
+    key compared, as is every record of the chain (a record keyed to another chain is not the chain's)."""
+
+    def __init__(self, builder, chain_key: bytes) -> None:
+        self.builder, self.chain_key = builder, chain_key
+        self.unreadable: list[str] = []          # what the fetcher could not read, for the error if no proof
+
+    def feed_scanned(self, scanned: Any, topic: str | None, partition: int | None) -> None:
+        from .scan import FLAG_SLOW
+
+        names = scanned.chain_names
+        wanted = names.index(self.builder.chain) if self.builder.chain in names else -1
+        flags, chains = scanned.flags, scanned.chains
+        for index in range(scanned.count):
+            if chains[index] == wanted or flags[index] & FLAG_SLOW:
+                record = scanned.record(index)
+                if self.feed(record.value, record.key, partition, record.offset, topic=topic):
+                    return
+
+    def feed(self, value: bytes | None, key: bytes | None, partition: int | None, offset: int | None, *,
+             topic: str | None = None, headers: Any = None) -> bool:
+        """One record; True once the builder is done."""
+        if self.builder.done:
+            return True
+        if key != self.chain_key or value is None:
+            return False
+        try:
+            record = _json_decode(str(value, "utf-8"))
+        except ValueError:
+            return False
+        return self.builder.feed(record, (topic, partition, offset))
+
+    def add_violation(self, kind: str, detail: str, topic: str | None = None, partition: int | None = None,
+                      offset: int | None = None) -> None:
+        self.unreadable.append(detail)
+
+
 async def prove_from_topic(bootstrap: str, topic: str, event_id: str, *, public_keys: dict[str, Any] | None = None,
                            idle_timeout_s: float = 5.0, timeout_s: float | None = None, **client_options) -> dict:
     """The proof of one record (proof.py): read only the partition its chain is keyed to (murmur2, as the
     shipper partitions), from the beginning, until the first checkpoint after the record that is good
     for one of the keys (any, with no keys) or the partition's end. ProofError when there is no proof
-    to make, VerifyError when Kafka cannot be read."""
+    to make, VerifyError when Kafka cannot be read.
+
+    Read with fetch.Fetcher, as verify reads (batches decoded and scanned natively): only the chain's own
+    records are decoded (_ProofFeed)."""
     from aiokafka import TopicPartition
     from aiokafka.errors import KafkaError
 
     from ..kafka.wire import partition_of
+    from .fetch import OUT_OF_RANGE, Fetcher
     from .proof import ProofBuilder, ProofError
 
     try:
@@ -490,42 +534,47 @@ async def prove_from_topic(bootstrap: str, topic: str, event_id: str, *, public_
     chain_key = builder.chain.encode()
     started = _time.monotonic()
     consumer = await _started_consumer(bootstrap, "shipper-prove", client_options)
+    feed = _ProofFeed(builder, chain_key)
     try:
         cluster = await consumer._client.fetch_all_metadata()
         partitions = cluster.partitions_for_topic(topic)
         if not partitions:
             raise VerifyError(f"topic {topic!r} does not exist")
-        tp = TopicPartition(topic, partition_of(chain_key, len(partitions)))
-        consumer.assign([tp])
-        await consumer.seek_to_beginning(tp)
-        end = (await consumer.end_offsets([tp]))[tp]
+        key = (topic, partition_of(chain_key, len(partitions)))
+        tp = TopicPartition(*key)
+        begins, ends = await offset_range(consumer, [tp])
+        end = ends[tp]
+        fetcher = Fetcher(consumer._client, feed)
+        fetcher.assign(*key, begins[tp])
         idle_since = _time.monotonic()
         settle_ms = int(min(idle_timeout_s, 1.0) * 1000)
         past_end = end == 0
         while not builder.done:
-            batch = await consumer.getmany(tp, timeout_ms=settle_ms if past_end else 200, max_records=10_000)
+            before = fetcher.position(*key)
+            await fetcher.fetch_once(settle_ms if past_end else 200)
             now = _time.monotonic()
-            messages = batch.get(tp, [])
-            for message in messages:
-                if message.key != chain_key or message.value is None:
-                    continue
-                try:
-                    record = _json_decode(str(message.value, "utf-8"))
-                except ValueError:
-                    continue
-                if builder.feed(record, (message.topic, message.partition, message.offset)):
+            stopped = fetcher.stopped.get(key)
+            if stopped is not None:
+                if stopped.reason != OUT_OF_RANGE:
+                    feed.unreadable.append(stopped.detail)
                     break
-            if messages:
+                await _settle_stopped(consumer._client, fetcher, feed, set(), {})     # on from the log start
+            if fetcher.position(*key) != before:
                 idle_since = now
             elif past_end:
                 break       # a quiet poll past the end offset (Tansu's is the start of its last batch)
             elif now - idle_since >= idle_timeout_s:
                 break
-            past_end = past_end or await consumer.position(tp) >= end
+            past_end = past_end or fetcher.position(*key) >= end
             if timeout_s is not None and now - started >= timeout_s:
                 break
     except (KafkaError, OSError) as exc:
         raise VerifyError(f"reading {topic}: {exc}") from None
     finally:
         await _stop(consumer)
-    return builder.proof()
+    try:
+        return builder.proof()
+    except ProofError as exc:
+        if feed.unreadable:
+            raise ProofError(f"{exc} (the partition could not all be read: {'; '.join(feed.unreadable[:3])})") from None
+        raise

@@ -360,6 +360,26 @@ def test_prove_refuses_a_record_changed_in_the_topic(kafka_broker, spec_clean_to
     assert "does not hash to its stated hash" in capsys.readouterr().err
 
 
+def test_prove_takes_only_the_records_keyed_to_the_chain(kafka_broker, spec_clean_topic, tmp_path, capsys):
+    """Prove reads the chain's partition natively and decodes only the chain's records: a copy of the
+    record with another body, keyed to another chain and put before it in the same partition, is not the
+    chain's record (taken for it, it would not hash to its stated hash and the proof would be refused)."""
+    async def scenario() -> str:
+        topic = await read_back_spec(kafka_broker, spec_clean_topic)
+        part, index = topic.locate("uid-3/web", 64)
+        forged = topic.record("uid-3/web", 64)
+        forged["body"] = "a copy with another body"
+        topic.partitions[part].insert(index, (b"uid-9/other", json.dumps(forged).encode()))
+        return await publish(kafka_broker, "spec-prove-rekeyed", topic)
+
+    name = asyncio.run(scenario())
+    proof = tmp_path / "proof.json"
+    assert prove_main(["uid-3/web:64", "--bootstrap-servers", kafka_broker.bootstrap, "--topic", name,
+                       "--out", str(proof), "--idle-timeout", "3"]) == 0, capsys.readouterr().err
+    written = json.loads(proof.read_text())
+    assert written["record"]["body"] != "a copy with another body" and written["checkpoint_seq"] == 102
+
+
 @pytest.mark.tansu
 def test_prove_on_tansu_reads_the_checkpoint_in_the_last_batch(tansu_broker, tmp_path, capsys):
     name = new_topic_name("spec-tansu")
