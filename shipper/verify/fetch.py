@@ -259,7 +259,8 @@ class Fetcher:
     async def fetch_once(self, timeout_ms: int) -> int:
         """One round: a fetch request to each leader of the assigned partitions that are not stopped (the
         broker answers once it has a byte for one of them or after timeout_ms), every answer fed to the
-        verifier. Returns the records fed."""
+        verifier. Returns the records fed. With nothing to fetch (every partition stopped, or none assigned)
+        the round waits timeout_ms all the same, so that a caller's loop of rounds never spins."""
         self.stats.rounds += 1
         if self._order:
             self._order.append(self._order.pop(0))      # each partition leads its request in turn
@@ -271,6 +272,8 @@ class Fetcher:
         if not by_leader:
             if unknown:
                 await self._failed(None, "no partition has a known leader")
+            else:
+                await asyncio.sleep(timeout_ms / 1000)
             return 0
         self._failing.pop(None, None)
         started = time.process_time()

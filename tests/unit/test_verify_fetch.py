@@ -5,13 +5,14 @@ against real brokers in tests/integration/test_verify_kafka.py.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 
 from aiokafka.record.legacy_records import _LegacyRecordBatchBuilderPy
 
 from shipper.verify import Verifier
 from shipper.verify.batches import CONTROL, HEADER_SIZE, read_records_py
-from shipper.verify.fetch import UNREADABLE, FetchStats, feed_fetched
+from shipper.verify.fetch import UNREADABLE, Fetcher, FetchStats, Stopped, feed_fetched
 from tests.unit.test_verify import KEYS, standard_node
 from tests.unit.test_verify_fast import encode, headers_for, rows_of
 
@@ -147,3 +148,19 @@ def test_a_legacy_message_set_is_read_record_by_record():
     assert report.totals["violation_kinds"] == {"envelope_mismatch": 5}
     assert report.totals["records_read"] == 9 and json.loads(rows[0][1])["seal"]["seq"] == 1
     assert headers_for(rows[0][1])[0] == ("schema", b"audit-shipper/v1")
+
+
+def test_a_round_with_nothing_to_fetch_waits_its_timeout_instead_of_returning_at_once():
+    """A follower whose partitions are all stopped loops on rounds: each must wait, not spin a core."""
+    import time
+
+    class FakeClient:                   # a fake: no partition is fetched, so no broker is asked
+        def add_topic(self, topic):
+            pass
+
+    fetcher = Fetcher(FakeClient(), Verifier(KEYS))
+    fetcher.assign("logs", 0, 0)
+    fetcher.stopped[("logs", 0)] = Stopped(UNREADABLE, 0, "no batch at offset 0")
+    started = time.monotonic()
+    assert asyncio.run(fetcher.fetch_once(300)) == 0
+    assert time.monotonic() - started >= 0.29
