@@ -555,10 +555,11 @@ async def prove_from_topic(bootstrap: str, topic: str, event_id: str, *, public_
             now = _time.monotonic()
             stopped = fetcher.stopped.get(key)
             if stopped is not None:
-                if stopped.reason != OUT_OF_RANGE:
-                    feed.unreadable.append(stopped.detail)
+                unfinished: dict = {}           # retention: read on from the log start; else it stays stopped
+                await _settle_stopped(consumer._client, fetcher, feed, set(), unfinished)
+                if key in fetcher.stopped:
+                    feed.unreadable.append(unfinished[tp] if stopped.reason == OUT_OF_RANGE else stopped.detail)
                     break
-                await _settle_stopped(consumer._client, fetcher, feed, set(), {})     # on from the log start
             if fetcher.position(*key) != before:
                 idle_since = now
             elif past_end:
