@@ -23,7 +23,8 @@ group (in this process, no metrics port) reads the topic from its beginning unti
 record; its CPU and wall clock include joining the group and its commits (state snapshots), and the
 records/s are its own metric's.
 
---prove measures `shipper prove` instead: each round the proof of record 9,000 of the first chain, which
+--prove measures `shipper prove` instead: each round the proof of the record 9/10 into the first chain
+(9,000 of 10,000 by default), which
 reads its chain's partition to the first checkpoint after the record (nearly the whole partition); the
 records/s are the partition's records read, by CPU time and by the wall clock.
 """
@@ -38,6 +39,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Awaitable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -175,25 +177,22 @@ async def run(broker, args: argparse.Namespace) -> None:
     count = await write_topic(broker.bootstrap, args, signer)
     print(f"wrote {count:,} records in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     now = rfc3339_epoch(TIME) + 60
-    cpu, wall, splits = [], [], []
+    rounds, splits = Rounds(), []
+    cpu, wall = rounds.cpu, rounds.wall
     if args.follow:
-        await follow_rounds(broker.bootstrap, {signer.key_id: key.public_key()}, count, args, cpu, wall)
+        await follow_rounds(broker.bootstrap, {signer.key_id: key.public_key()}, count, args, rounds)
     if args.prove:
-        count = await prove_rounds(broker.bootstrap, {signer.key_id: key.public_key()}, args, cpu, wall)
+        count = await prove_rounds(broker.bootstrap, {signer.key_id: key.public_key()}, args, rounds)
     for _ in range(0 if args.follow or args.prove else args.rounds):
-        started, started_cpu = time.perf_counter(), time.process_time()
-        report = await verify_topic(broker.bootstrap, TOPIC, public_keys={signer.key_id: key.public_key()},
-                                    idle_timeout_s=args.idle, timeout_s=600, now=now)
-        elapsed, elapsed_cpu = time.perf_counter() - started, time.process_time() - started_cpu
+        report, elapsed_cpu = await rounds.timed(count, verify_topic(
+            broker.bootstrap, TOPIC, public_keys={signer.key_id: key.public_key()}, idle_timeout_s=args.idle,
+            timeout_s=600, now=now))
         assert report.ok, report.human()[-2000:]
         assert report.totals["records_read"] >= count and report.totals["unattested_records"] == 0, report.totals
-        cpu.append(count / elapsed_cpu)
-        wall.append(count / elapsed)
         if "fetch" in report.meta:
             stages = {name: report.meta["fetch"][name + "_s"] for name in ("fetch", "decode", "scan", "judge")}
             stages["other"] = elapsed_cpu - sum(stages.values())
             splits.append(stages)
-        print(f"  round: {count / elapsed_cpu:,.0f} records/s CPU, {count / elapsed:,.0f} wall", file=sys.stderr)
     print(f"{args.broker}{' --follow' if args.follow else ' --prove' if args.prove else ''}: {count:,} {args.format} records, {args.chains} chains in runs of {args.run}, "
           f"{args.partitions} partitions, {args.codec}: {min(cpu):,.0f} / {statistics.median(cpu):,.0f} records/s "
           f"of CPU time (min / median of {args.rounds}), {min(wall):,.0f} / {statistics.median(wall):,.0f} by the "
@@ -204,8 +203,26 @@ async def run(broker, args: argparse.Namespace) -> None:
         print(f"  CPU µs per record (median): {parts}")
 
 
+class Rounds:
+    """Each round's records/s, by this process's CPU time and by the wall clock."""
+
+    def __init__(self) -> None:
+        self.cpu: list[float] = []
+        self.wall: list[float] = []
+
+    async def timed(self, count: int, work: Awaitable) -> tuple[Any, float]:
+        """Awaits `work`, a round of `count` records: its result and the CPU seconds it took."""
+        started, started_cpu = time.perf_counter(), time.process_time()
+        result = await work
+        elapsed, elapsed_cpu = time.perf_counter() - started, time.process_time() - started_cpu
+        self.cpu.append(count / elapsed_cpu)
+        self.wall.append(count / elapsed)
+        print(f"  round: {count / elapsed_cpu:,.0f} records/s CPU, {count / elapsed:,.0f} wall", file=sys.stderr)
+        return result, elapsed_cpu
+
+
 async def follow_rounds(bootstrap: str, public_keys: dict, count: int, args: argparse.Namespace,
-                        cpu: list[float], wall: list[float]) -> None:
+                        rounds: Rounds) -> None:
     import io
     import uuid
 
@@ -214,26 +231,28 @@ async def follow_rounds(bootstrap: str, public_keys: dict, count: int, args: arg
     for _ in range(args.rounds):
         follower = Follower(bootstrap, [TOPIC], f"bench-{uuid.uuid4().hex[:8]}", public_keys=public_keys,
                             verifier_options={}, commit_every_s=5.0, out=io.StringIO())
-        started, started_cpu = time.perf_counter(), time.process_time()
-        task = asyncio.ensure_future(follower.run())
-        while follower.metrics.records._value.get() < count and not task.done():
-            await asyncio.sleep(0.05)
-        elapsed, elapsed_cpu = time.perf_counter() - started, time.process_time() - started_cpu
+        task = None
+
+        async def verified_all() -> None:
+            nonlocal task
+            task = asyncio.ensure_future(follower.run())
+            while follower.metrics.records._value.get() < count and not task.done():
+                await asyncio.sleep(0.05)
+
+        await rounds.timed(count, verified_all())
         follower.stop.set()
         assert await task == 0 and not follower.violated, follower.out.getvalue()[-2000:]
-        cpu.append(count / elapsed_cpu)
-        wall.append(count / elapsed)
-        print(f"  round: {count / elapsed_cpu:,.0f} records/s CPU, {count / elapsed:,.0f} wall", file=sys.stderr)
 
 
-async def prove_rounds(bootstrap: str, public_keys: dict, args: argparse.Namespace, cpu: list[float],
-                       wall: list[float]) -> int:
+async def prove_rounds(bootstrap: str, public_keys: dict, args: argparse.Namespace, rounds: Rounds) -> int:
     """Rounds of prove_from_topic; returns the records of the partition read."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     from shipper.verify.inputs import prove_from_topic
 
     chain = "uid-0000/app"
+    seq = args.records // args.chains * 9 // 10          # 9/10 into the chain: 9,000 of 10,000 by default
+    event_id = f"{chain}:{seq}"
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
     await consumer.start()
     try:
@@ -242,14 +261,9 @@ async def prove_rounds(bootstrap: str, public_keys: dict, args: argparse.Namespa
     finally:
         await consumer.stop()
     for _ in range(args.rounds):
-        started, started_cpu = time.perf_counter(), time.process_time()
-        proof = await prove_from_topic(bootstrap, TOPIC, f"{chain}:9000", public_keys=public_keys, idle_timeout_s=1.0)
-        elapsed, elapsed_cpu = time.perf_counter() - started, time.process_time() - started_cpu
-        assert proof["event_id"] == f"{chain}:9000", proof
-        cpu.append(count / elapsed_cpu)
-        wall.append(count / elapsed)
-        print(f"  round: {count / elapsed_cpu:,.0f} records/s CPU, {count / elapsed:,.0f} wall "
-              f"(checkpoint at seq {proof['checkpoint_seq']})", file=sys.stderr)
+        proof, _ = await rounds.timed(count, prove_from_topic(bootstrap, TOPIC, event_id, public_keys=public_keys,
+                                                              idle_timeout_s=1.0))
+        assert proof["event_id"] == event_id and proof["checkpoint_seq"] > seq, proof
     return count
 
 
