@@ -24,9 +24,9 @@ record; its CPU and wall clock include joining the group and its commits (state 
 records/s are its own metric's.
 
 --prove measures `shipper prove` instead: each round the proof of the record 9/10 into the first chain
-(9,000 of 10,000 by default), which
-reads its chain's partition to the first checkpoint after the record (nearly the whole partition); the
-records/s are the partition's records read, by CPU time and by the wall clock.
+(9,000 of 10,000 by default), which reads its chain's partition to the first checkpoint after the record
+(nearly the whole partition); the records/s are the partition's records read, by CPU time and by the
+wall clock.
 """
 from __future__ import annotations
 
